@@ -1,0 +1,185 @@
+//! The admin endpoint, off the data path (loopback by default):
+//! `GET /ready`, `GET /live`, `GET /metrics`, `GET /config`, `GET /clusters`, `POST /reload`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::server::drain::Drain;
+
+pub async fn serve(listener: TcpListener, app: Arc<App>, mut drain: Drain) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(address = %addr, "admin endpoint listening");
+    }
+    loop {
+        let (tcp, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(_) => continue,
+            },
+            _ = drain.signaled() => return,
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(route(req, &app).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+async fn route(req: Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+        (&Method::GET, "/ready") if app.is_ready() => text(StatusCode::OK, "ready\n"),
+        (&Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(app.runtime.metrics.encode())));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        (&Method::GET, "/config") => json(&effective_config(app)),
+        (&Method::GET, "/clusters") => json(&clusters(app)),
+        (&Method::POST, "/reload") => match app.reload().await {
+            Ok(generation) => text(
+                StatusCode::OK,
+                &format!("reloaded: generation {generation}\n"),
+            ),
+            Err(e) => text(StatusCode::BAD_REQUEST, &format!("reload refused: {e}\n")),
+        },
+        (_, "/live" | "/ready" | "/metrics" | "/config" | "/clusters" | "/reload") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /ready /live /metrics /config /clusters /reload\n",
+        ),
+    }
+}
+
+/// The config in force, with defaults filled in and filter configs' secrets redacted.
+fn effective_config(app: &App) -> serde_json::Value {
+    let snap = app.runtime.snapshot();
+    let mut value = serde_json::to_value(&snap.config.config).unwrap_or_default();
+    if let Some(filters) = value.get_mut("filters").and_then(|f| f.as_array_mut()) {
+        for f in filters {
+            if let Some(c) = f.get_mut("config") {
+                redact(c);
+            }
+        }
+    }
+    serde_json::json!({
+        "source": snap.config.source.display().to_string(),
+        "generation": snap.generation,
+        "config": value,
+    })
+}
+
+/// Replaces values under keys that look like secrets.
+fn redact(v: &mut serde_json::Value) {
+    const SECRET: [&str; 7] = [
+        "key",
+        "secret",
+        "token",
+        "password",
+        "credential",
+        "auth",
+        "private",
+    ];
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                let k = k.to_ascii_lowercase();
+                if SECRET.iter().any(|s| k.contains(s)) && !v.is_object() {
+                    *v = serde_json::Value::String("<redacted>".into());
+                } else {
+                    redact(v);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+fn clusters(app: &App) -> serde_json::Value {
+    let snap = app.runtime.snapshot();
+    let mut names: Vec<_> = snap.clusters.keys().collect();
+    names.sort();
+    let list: Vec<_> = names
+        .into_iter()
+        .map(|name| {
+            let c = &snap.clusters[name];
+            let now = c.now_ms();
+            let endpoints: Vec<_> = c
+                .endpoints()
+                .list
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "address": e.addr.to_string(),
+                        "host": &*e.host,
+                        "state": crate::upstream::health::describe(e, now),
+                        "pending": e.pending.load(std::sync::atomic::Ordering::Relaxed),
+                        "open_connections": e.pool.open_connections(),
+                        "idle_connections": e.pool.idle_connections(),
+                    })
+                })
+                .collect();
+            serde_json::json!({ "name": name, "policy": c.config.balance.policy, "endpoints": endpoints })
+        })
+        .collect();
+    serde_json::json!({ "clusters": list })
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(v: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec_pretty(v).unwrap_or_default(),
+    )));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_secret_looking_keys() {
+        let mut v = serde_json::json!({"key": "s3cret", "nested": {"api_token": "t", "name": "n"}, "list": [{"password": "p"}]});
+        super::redact(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({"key": "<redacted>", "nested": {"api_token": "<redacted>", "name": "n"}, "list": [{"password": "<redacted>"}]})
+        );
+    }
+}

@@ -1,0 +1,314 @@
+//! The composition root: loads the config, builds the first snapshot, binds the
+//! listeners and the admin endpoint, and owns reload and shutdown. Nothing on the
+//! request path lives here.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::chain::ChainBuilder;
+use crate::config::{self, ConfigError, LoadedConfig};
+use crate::runtime::Runtime;
+use crate::server::drain::{Drain, DrainController};
+use crate::snapshot::Snapshot;
+use crate::telemetry::metrics::{Metrics, Outcome, OutcomeLabels};
+
+/// Where the config comes from.
+#[derive(Clone, Debug)]
+pub enum ConfigSource {
+    /// A TOML file, read again on every reload.
+    File(PathBuf),
+    /// A config built in code (`weft proxy`); reloads re-apply it.
+    Fixed(Box<LoadedConfig>),
+}
+
+impl ConfigSource {
+    pub fn load(&self) -> Result<LoadedConfig, ConfigError> {
+        match self {
+            ConfigSource::File(p) => config::load(p),
+            ConfigSource::Fixed(c) => Ok((**c).clone()),
+        }
+    }
+}
+
+struct BoundListener {
+    address: SocketAddr,
+    local: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// A running proxy.
+pub struct App {
+    pub runtime: Arc<Runtime>,
+    source: ConfigSource,
+    listeners: Mutex<HashMap<String, BoundListener>>,
+    reload_lock: tokio::sync::Mutex<()>,
+    /// Taken by `shutdown`; hands out the `Drain` tokens tasks hold.
+    drain: Mutex<Option<DrainController>>,
+    draining: watch::Receiver<bool>,
+    ready: AtomicBool,
+    admin: Mutex<Option<SocketAddr>>,
+}
+
+impl App {
+    /// Loads the config, binds every listener and the admin endpoint, and starts
+    /// serving. Returns once the proxy is ready.
+    pub async fn start(source: ConfigSource) -> anyhow::Result<Arc<App>> {
+        let loaded = source.load()?;
+        let metrics = Arc::new(Metrics::new());
+        let chains = ChainBuilder::new(metrics.clone(), &loaded.config.runtime)
+            .context("starting the filter engine")?;
+        let snapshot = Snapshot::build(loaded, None, &metrics, &chains).await?;
+        let admin_address = snapshot.config.config.admin.address;
+        let watch_config =
+            snapshot.config.config.runtime.watch_config && matches!(source, ConfigSource::File(_));
+        let runtime = Arc::new(Runtime::new(snapshot, metrics, chains));
+        let drain = DrainController::new();
+        let app = Arc::new(App {
+            runtime,
+            source,
+            listeners: Mutex::new(HashMap::new()),
+            reload_lock: tokio::sync::Mutex::new(()),
+            draining: drain.signal(),
+            drain: Mutex::new(Some(drain)),
+            ready: AtomicBool::new(false),
+            admin: Mutex::new(None),
+        });
+        let snap = app.runtime.snapshot();
+        let bound = app.bind_new_listeners(&snap).await?;
+        app.activate_listeners(&snap, bound);
+        if let Some(addr) = admin_address {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the admin endpoint to {addr}"))?;
+            *app.admin.lock().unwrap_or_else(|p| p.into_inner()) = listener.local_addr().ok();
+            if let Some(token) = app.drain_token() {
+                tokio::spawn(crate::admin::serve(listener, app.clone(), token));
+            }
+        }
+        if watch_config {
+            crate::config::watch::spawn(app.clone());
+        }
+        app.ready.store(true, Ordering::Release);
+        tracing::info!(
+            generation = snap.generation,
+            listeners = snap.listeners.len(),
+            clusters = snap.clusters.len(),
+            "weft is ready"
+        );
+        Ok(app)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !*self.draining.borrow()
+    }
+
+    /// A token for a task shutdown must wait for; none once shutdown has begun.
+    fn drain_token(&self) -> Option<Drain> {
+        self.drain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(DrainController::watcher)
+    }
+
+    pub fn source(&self) -> &ConfigSource {
+        &self.source
+    }
+
+    /// The address a listener is bound to (useful when the config says port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map(|l| l.local)
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        *self.admin.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the config again and, if it is valid, publishes it as a new snapshot.
+    /// New requests use it at once; requests in flight finish on the old one. A
+    /// refused config leaves everything as it was.
+    pub async fn reload(&self) -> Result<u64, String> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let result = self.try_reload().await;
+        let outcome = if result.is_ok() {
+            Outcome::applied
+        } else {
+            Outcome::refused
+        };
+        self.runtime
+            .metrics
+            .reloads
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        match &result {
+            Ok(generation) => tracing::info!(generation, "config reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "config reload refused; the previous config keeps serving")
+            }
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<u64, String> {
+        let loaded = self.source.load().map_err(|e| e.to_string())?;
+        let old = self.runtime.snapshot();
+        if loaded.config.admin != old.config.config.admin {
+            return Err(format!(
+                "{}: admin: the admin address cannot change without a restart",
+                loaded.source.display()
+            ));
+        }
+        let next = Snapshot::build(
+            loaded,
+            Some(&old),
+            &self.runtime.metrics,
+            &self.runtime.chains,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let bound = self
+            .bind_new_listeners(&next)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let generation = next.generation;
+        self.runtime.publish(next);
+        let snap = self.runtime.snapshot();
+        self.activate_listeners(&snap, bound);
+        Ok(generation)
+    }
+
+    /// Binds the listeners of `snap` that are not bound yet (or moved), so that a
+    /// port that cannot be bound refuses the config before anything changes.
+    async fn bind_new_listeners(
+        &self,
+        snap: &Snapshot,
+    ) -> anyhow::Result<Vec<(String, TcpListener)>> {
+        let mut fresh = Vec::new();
+        for l in &snap.config.config.listeners {
+            let same = self
+                .listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&l.name)
+                .is_some_and(|b| b.address == l.address);
+            if same {
+                continue;
+            }
+            let listener = TcpListener::bind(l.address).await.with_context(|| {
+                format!(
+                    "{}: listeners: cannot bind {:?} to {}",
+                    snap.config.source.display(),
+                    l.name,
+                    l.address
+                )
+            })?;
+            fresh.push((l.name.clone(), listener));
+        }
+        Ok(fresh)
+    }
+
+    /// Starts accepting on freshly bound listeners and stops those the config dropped.
+    fn activate_listeners(&self, snap: &Snapshot, fresh: Vec<(String, TcpListener)>) {
+        let mut bound = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        bound.retain(|name, b| {
+            let keep = snap
+                .config
+                .config
+                .listeners
+                .iter()
+                .any(|l| l.name == *name && l.address == b.address);
+            if !keep {
+                let _ = b.stop.send(true);
+            }
+            keep
+        });
+        let Some(token) = self.drain_token() else {
+            return;
+        };
+        for (name, listener) in fresh {
+            let Some(cfg) = snap.config.config.listeners.iter().find(|l| l.name == name) else {
+                continue;
+            };
+            let local = listener.local_addr().unwrap_or(cfg.address);
+            let (stop, stopped) = watch::channel(false);
+            tracing::info!(listener = %name, address = %local, protocol = ?cfg.protocol, tls = cfg.tls.is_some(), "listening");
+            tokio::spawn(crate::server::accept_loop(
+                listener,
+                name.as_str().into(),
+                self.runtime.clone(),
+                stopped,
+                token.clone(),
+            ));
+            bound.insert(
+                name,
+                BoundListener {
+                    address: cfg.address,
+                    local,
+                    stop,
+                },
+            );
+        }
+    }
+
+    /// Stops accepting, lets requests in flight finish for up to the configured
+    /// shutdown timeout, and returns whether they all did.
+    pub async fn shutdown(&self) -> bool {
+        let Some(drain) = self.drain.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return true;
+        };
+        let deadline = self
+            .runtime
+            .snapshot()
+            .config
+            .config
+            .runtime
+            .shutdown_timeout
+            .0;
+        tracing::info!(
+            deadline_secs = deadline.as_secs_f64(),
+            "shutting down: draining connections"
+        );
+        let clean = drain.drain(deadline).await;
+        if clean {
+            tracing::info!("all connections drained");
+        } else {
+            tracing::warn!("shutdown deadline reached with requests still in flight");
+        }
+        clean
+    }
+
+    /// Serves until SIGTERM or SIGINT (reloading on SIGHUP), then shuts down.
+    pub async fn run_until_signal(self: &Arc<Self>) -> anyhow::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    let _ = self.reload().await;
+                }
+            }
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+}
+
+/// How long the watcher waits for a burst of file events to settle.
+pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);

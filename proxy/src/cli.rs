@@ -1,0 +1,231 @@
+//! The `weft` command line: `run`, `check` and `proxy`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+use crate::app::{App, ConfigSource};
+use crate::config::{
+    self, ChainConfig, ClientTlsConfig, ClusterConfig, Config, EndpointConfig, FilterConfig,
+    ListenerConfig, UpstreamProtocol,
+};
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "weft",
+    version,
+    about = "A service-mesh proxy programmed with sandboxed WebAssembly filters"
+)]
+pub struct Cli {
+    /// How log lines are written.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter when RUST_LOG is not set, such as "info" or "warn,weft::access=off".
+    #[arg(long, global = true, default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy with a config file.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file (and load its filters) without serving.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// A reverse proxy from flags alone, no config file.
+    Proxy(ProxyArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProxyArgs {
+    /// Address to listen on, such as 127.0.0.1:8080.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Upstream URL (repeat to balance across several): http:// (HTTP/1.1, or
+    /// HTTP/2 when the client and upstream both speak it), h2c:// (HTTP/2 in clear
+    /// text, as gRPC servers speak) or https:// (TLS, protocol by ALPN).
+    #[arg(long = "to", required = true)]
+    pub to: Vec<String>,
+    /// Address for the admin endpoints (/ready, /metrics, ...); off when absent.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// A filter to run, as PATH.wasm or PATH.wasm=CONFIG_JSON (repeat for a chain, in order).
+    #[arg(long = "filter")]
+    pub filters: Vec<String>,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+}
+
+/// Runs the command; the process exits with the returned code.
+pub fn main(cli: Cli) -> ExitCode {
+    telemetry::init_logging(cli.log_format, &cli.log);
+    let result = match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => match config::load(&config) {
+            Ok(loaded) => serve(ConfigSource::File(config), loaded.config.runtime.workers),
+            Err(e) => Err(e.into()),
+        },
+        Command::Proxy(args) => match proxy_config(&args) {
+            Ok(loaded) => serve(ConfigSource::Fixed(Box::new(loaded)), args.workers),
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.enable_all()
+        .thread_name("weft-worker")
+        .build()
+        .context("starting the async runtime")
+}
+
+fn serve(source: ConfigSource, workers: usize) -> anyhow::Result<()> {
+    runtime(workers)?.block_on(async {
+        let app = App::start(source).await?;
+        app.run_until_signal().await
+    })
+}
+
+fn check(path: &Path) -> anyhow::Result<()> {
+    let loaded = config::load(path)?;
+    let summary = format!(
+        "{}: ok ({} listeners, {} clusters, {} filters, {} chains)",
+        path.display(),
+        loaded.config.listeners.len(),
+        loaded.config.clusters.len(),
+        loaded.config.filters.len(),
+        loaded.config.chains.len()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let metrics = std::sync::Arc::new(crate::telemetry::metrics::Metrics::new());
+        let chains = crate::chain::ChainBuilder::new(metrics.clone(), &loaded.config.runtime)?;
+        crate::snapshot::Snapshot::build(loaded, None, &metrics, &chains).await?;
+        anyhow::Ok(())
+    })?;
+    println!("{summary}");
+    Ok(())
+}
+
+/// The config `weft proxy` stands for: one listener, one cluster, an optional chain.
+pub fn proxy_config(args: &ProxyArgs) -> anyhow::Result<config::LoadedConfig> {
+    let mut scheme = None;
+    let mut endpoints = Vec::new();
+    let mut server_name = None;
+    for to in &args.to {
+        let uri: http::Uri = to
+            .parse()
+            .with_context(|| format!("--to {to:?} is not a URL"))?;
+        let s = uri
+            .scheme_str()
+            .with_context(|| format!("--to {to:?} needs a scheme: http://, h2c:// or https://"))?
+            .to_ascii_lowercase();
+        if !matches!(s.as_str(), "http" | "h2c" | "https") {
+            bail!("--to {to:?}: the scheme must be http, h2c or https");
+        }
+        if scheme.as_ref().is_some_and(|prev| *prev != s) {
+            bail!("every --to must use the same scheme ({to:?} differs)");
+        }
+        if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+            bail!("--to {to:?}: a path is not supported; give scheme://host:port");
+        }
+        let authority = uri
+            .authority()
+            .with_context(|| format!("--to {to:?} needs a host"))?;
+        let port = authority
+            .port_u16()
+            .unwrap_or(if s == "https" { 443 } else { 80 });
+        let host = authority.host();
+        server_name.get_or_insert_with(|| {
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        });
+        endpoints.push(EndpointConfig::Address(format!("{host}:{port}")));
+        scheme = Some(s);
+    }
+    let scheme = scheme.unwrap_or_default();
+    let cluster = ClusterConfig {
+        name: "upstream".into(),
+        endpoints,
+        protocol: if scheme == "h2c" {
+            UpstreamProtocol::Http2
+        } else {
+            UpstreamProtocol::Auto
+        },
+        tls: (scheme == "https").then_some(ClientTlsConfig {
+            server_name,
+            ca: None,
+            cert: None,
+            key: None,
+        }),
+        ..toml::from_str("name = \"upstream\"\nendpoints = []").context("cluster defaults")?
+    };
+    let mut filters = Vec::new();
+    for (i, spec) in args.filters.iter().enumerate() {
+        let (path, json) = match spec.split_once('=') {
+            Some((p, j)) => (p, Some(j)),
+            None => (spec.as_str(), None),
+        };
+        let config = match json {
+            Some(j) => Some(
+                serde_json::from_str::<serde_json::Value>(j)
+                    .with_context(|| format!("--filter {path}: the config is not valid JSON"))?,
+            ),
+            None => None,
+        };
+        let mut f: FilterConfig = toml::from_str(&format!("name = \"f{i}\"\nmodule = \"\""))
+            .context("filter defaults")?;
+        f.module = std::path::absolute(path).unwrap_or_else(|_| PathBuf::from(path));
+        f.config = config;
+        filters.push(f);
+    }
+    let chain = (!filters.is_empty()).then(|| ChainConfig {
+        name: "cli".into(),
+        filters: filters.iter().map(|f| f.name.clone()).collect(),
+    });
+    let listener: ListenerConfig = toml::from_str(&format!(
+        "name = \"proxy\"\naddress = \"{}\"\ncluster = \"upstream\"",
+        args.listen
+    ))
+    .context("listener defaults")?;
+    let config = Config {
+        admin: config::AdminConfig {
+            address: args.admin,
+        },
+        listeners: vec![ListenerConfig {
+            chain: chain.as_ref().map(|c| c.name.clone()),
+            ..listener
+        }],
+        clusters: vec![cluster],
+        filters,
+        chains: chain.into_iter().collect(),
+        ..Config::default()
+    };
+    Ok(config::from_config(Path::new("<command line>"), config)?)
+}

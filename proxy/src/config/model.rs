@@ -1,0 +1,639 @@
+//! The config file as serde reads it. Every field is documented in `docs/config.md`
+//! with its default; keep the two in step.
+//!
+//! These structs are plain data: `validate` checks them once and the runtime builds
+//! its snapshot from them. They are `Serialize` so `GET /config` can show the
+//! effective config (defaults filled in, secrets redacted).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::units::{Bytes, Dur};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+    #[serde(default)]
+    pub filters: Vec<FilterConfig>,
+    #[serde(default)]
+    pub chains: Vec<ChainConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where the admin endpoints listen; loopback by default. `None` turns them off.
+    #[serde(default = "default_admin_address")]
+    pub address: Option<SocketAddr>,
+}
+
+fn default_admin_address() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9901)))
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            address: default_admin_address(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads; 0 means one per available core.
+    #[serde(default)]
+    pub workers: usize,
+    /// How long in-flight requests may run after SIGTERM before the proxy exits.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: Dur,
+    /// Reload when the config file changes on disk.
+    #[serde(default = "yes")]
+    pub watch_config: bool,
+    /// Where compiled filter modules are cached; `None` keeps them in memory only.
+    #[serde(default = "default_cache_dir")]
+    pub module_cache: Option<PathBuf>,
+    /// Filter instances that may exist at once, across all filters (the pooling
+    /// allocator reserves address space for each).
+    #[serde(default = "default_filter_instances")]
+    pub filter_instances: u32,
+}
+
+fn default_filter_instances() -> u32 {
+    1000
+}
+
+fn default_shutdown_timeout() -> Dur {
+    Dur::secs(30)
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/weft/modules"))
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            workers: 0,
+            shutdown_timeout: default_shutdown_timeout(),
+            watch_config: true,
+            module_cache: default_cache_dir(),
+            filter_instances: default_filter_instances(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+// ---------------------------------------------------------------- listeners
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN under TLS) on the same port.
+    #[default]
+    Http,
+    /// Bytes forwarded to the listener's cluster, unparsed.
+    Tcp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// Cluster for requests no route matches (and for every TCP connection).
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Filter chain for requests no route matches.
+    #[serde(default)]
+    pub chain: Option<String>,
+    /// Tried in order; the first that matches decides the cluster and chain.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub tls: Option<ServerTlsConfig>,
+    #[serde(default)]
+    pub limits: ListenerLimits,
+    #[serde(default)]
+    pub forwarding: ForwardingConfig,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Host to match: exact (`api.example.com`) or a leading wildcard (`*.example.com`).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path prefix to match, on segment boundaries is not required (`/api` matches `/apis`).
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub chain: Option<String>,
+    /// Overrides the cluster's `request_timeout` for this route.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// Certificates; the one whose `server_names` match the client's SNI is chosen,
+    /// the first is the default.
+    pub certificates: Vec<CertificateConfig>,
+    /// Protocols offered by ALPN, in order of preference.
+    #[serde(default = "default_alpn")]
+    pub alpn: Vec<String>,
+    /// PEM file of CAs whose client certificates are accepted; set to require mTLS.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+fn default_alpn() -> Vec<String> {
+    vec!["h2".into(), "http/1.1".into()]
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Host names this certificate serves; empty means "names in the certificate".
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerLimits {
+    /// Open downstream connections; further ones are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    #[serde(default = "default_max_streams")]
+    pub max_concurrent_streams: u32,
+    /// Bytes of request head (request line and headers); beyond it 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: Bytes,
+    /// Number of request headers; beyond it 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Time allowed to receive a request's headers (slowloris protection); beyond it the connection closes.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Dur,
+    /// A connection with no request in flight for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
+    /// Time allowed for a TLS handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub tls_handshake_timeout: Dur,
+}
+
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_streams() -> u32 {
+    256
+}
+fn default_max_header_bytes() -> Bytes {
+    Bytes::kib(64)
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_header_read_timeout() -> Dur {
+    Dur::secs(10)
+}
+fn default_idle_timeout() -> Dur {
+    Dur::secs(300)
+}
+fn default_handshake_timeout() -> Dur {
+    Dur::secs(10)
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            max_connections: default_max_connections(),
+            max_concurrent_streams: default_max_streams(),
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            tls_handshake_timeout: default_handshake_timeout(),
+        }
+    }
+}
+
+/// What to do with a forwarding header the proxy adds to requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardMode {
+    /// Add this hop to what the client sent (trusting the client's value).
+    Append,
+    /// Drop what the client sent and write only this hop (for edge proxies).
+    Replace,
+    /// Pass the client's value through untouched.
+    Off,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardingConfig {
+    /// `X-Forwarded-For`, plus `X-Forwarded-Proto` and `X-Forwarded-Host` when not `off`.
+    #[serde(default = "append")]
+    pub x_forwarded_for: ForwardMode,
+    /// RFC 7239 `Forwarded`.
+    #[serde(default = "off")]
+    pub forwarded: ForwardMode,
+    /// Pseudonym to add to `Via`; none adds no `Via`.
+    #[serde(default)]
+    pub via: Option<String>,
+}
+
+fn append() -> ForwardMode {
+    ForwardMode::Append
+}
+fn off() -> ForwardMode {
+    ForwardMode::Off
+}
+
+impl Default for ForwardingConfig {
+    fn default() -> Self {
+        ForwardingConfig {
+            x_forwarded_for: append(),
+            forwarded: off(),
+            via: None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- clusters
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, or HTTP/2 when the client speaks it and the upstream offers it
+    /// (ALPN under TLS; a prior-knowledge probe in clear text).
+    #[default]
+    Auto,
+    Http1,
+    /// HTTP/2 only (prior knowledge in clear text: what gRPC servers speak).
+    Http2,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancePolicy {
+    #[default]
+    RoundRobin,
+    /// Power of two choices weighted by outstanding requests and latency (peak EWMA).
+    LeastRequest,
+    /// Ring hash on a request header (or the key a filter sets).
+    ConsistentHash,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceConfig {
+    #[serde(default)]
+    pub policy: BalancePolicy,
+    /// For `consistent_hash`: the header whose value is hashed.
+    #[serde(default)]
+    pub hash_header: Option<String>,
+    /// For `least_request`: how fast the latency average forgets.
+    #[serde(default = "default_ewma_decay")]
+    pub ewma_decay: Dur,
+}
+
+fn default_ewma_decay() -> Dur {
+    Dur::secs(10)
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EndpointConfig {
+    /// `"10.0.0.1:8080"` or `"backend.internal:8080"` (resolved, and re-resolved every `dns_refresh`).
+    Address(String),
+    Detailed {
+        address: String,
+    },
+}
+
+impl EndpointConfig {
+    pub fn address(&self) -> &str {
+        match self {
+            EndpointConfig::Address(a) | EndpointConfig::Detailed { address: a } => a,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub endpoints: Vec<EndpointConfig>,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// Connect with TLS.
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
+    #[serde(default)]
+    pub balance: BalanceConfig,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// From sending the request to the last byte of the response; `"0s"` for none
+    /// (long-lived streams). Routes may override it.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Dur,
+    /// A request or response body that moves no byte for this long is aborted; `"0s"` for none.
+    #[serde(default = "default_stream_idle_timeout")]
+    pub idle_timeout: Dur,
+    /// How often DNS names among the endpoints are resolved again.
+    #[serde(default = "default_dns_refresh")]
+    pub dns_refresh: Dur,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    #[serde(default)]
+    pub outlier: OutlierConfig,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur::secs(2)
+}
+fn default_request_timeout() -> Dur {
+    Dur::secs(15)
+}
+fn default_stream_idle_timeout() -> Dur {
+    Dur::secs(300)
+}
+fn default_dns_refresh() -> Dur {
+    Dur::secs(30)
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// Name to send as SNI and to verify; defaults to the endpoint's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// PEM file of trusted CAs; the system's roots when absent.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key for mTLS.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Idle HTTP/1.1 connections kept per endpoint.
+    #[serde(default = "default_max_idle")]
+    pub max_idle_per_endpoint: usize,
+    /// Connections per endpoint (HTTP/1.1: one per request in flight); 0 for no limit.
+    /// A request that finds the limit reached gets 503.
+    #[serde(default)]
+    pub max_connections_per_endpoint: usize,
+    /// Idle connections are closed after this long.
+    #[serde(default = "default_pool_idle")]
+    pub idle_timeout: Dur,
+}
+
+fn default_max_idle() -> usize {
+    128
+}
+fn default_pool_idle() -> Dur {
+    Dur::secs(90)
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_idle_per_endpoint: default_max_idle(),
+            max_connections_per_endpoint: 0,
+            idle_timeout: default_pool_idle(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Consecutive failures (connect errors, timeouts, 5xx with `count_5xx`) that
+    /// eject an endpoint; 0 turns ejection off.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// Whether 5xx responses count as failures.
+    #[serde(default = "yes")]
+    pub count_5xx: bool,
+    /// First ejection; each further ejection of the same endpoint doubles it.
+    #[serde(default = "default_base_ejection")]
+    pub base_ejection: Dur,
+    #[serde(default = "default_max_ejection")]
+    pub max_ejection: Dur,
+    /// At most this share of a cluster's endpoints is ejected at once.
+    #[serde(default = "default_max_ejected_percent")]
+    pub max_ejected_percent: u8,
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_base_ejection() -> Dur {
+    Dur::secs(30)
+}
+fn default_max_ejection() -> Dur {
+    Dur::secs(300)
+}
+fn default_max_ejected_percent() -> u8 {
+    50
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: default_consecutive_failures(),
+            count_5xx: true,
+            base_ejection: default_base_ejection(),
+            max_ejection: default_max_ejection(),
+            max_ejected_percent: default_max_ejected_percent(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// Path requested with GET; a 2xx or 3xx answer is healthy.
+    pub path: String,
+    #[serde(default = "default_hc_interval")]
+    pub interval: Dur,
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: Dur,
+    /// Consecutive successes that make an unhealthy endpoint healthy again.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make an endpoint unhealthy.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+fn default_hc_interval() -> Dur {
+    Dur::secs(5)
+}
+fn default_hc_timeout() -> Dur {
+    Dur::secs(1)
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+
+// ---------------------------------------------------------------- filters and chains
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// A failing filter fails its request: 500 (503 when it cannot be run at all).
+    #[default]
+    Closed,
+    /// A failing filter is skipped for that request.
+    Open,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    pub name: String,
+    /// Path of the compiled component (`.wasm`), relative to the config file.
+    pub module: PathBuf,
+    /// Handed to the filter's `configure` as JSON.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+    #[serde(default)]
+    pub failure: FailurePolicy,
+    #[serde(default)]
+    pub limits: FilterLimits,
+    #[serde(default)]
+    pub grants: FilterGrants,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterLimits {
+    /// Linear memory of one instance.
+    #[serde(default = "default_filter_memory")]
+    pub memory: Bytes,
+    /// CPU time one call into the filter may take.
+    #[serde(default = "default_filter_cpu")]
+    pub cpu_time: Dur,
+    /// Bytes of header names and values the filter may write per request.
+    #[serde(default = "default_filter_header_bytes")]
+    pub header_bytes: Bytes,
+    /// Size of a local response body or a buffered body.
+    #[serde(default = "default_filter_body_bytes")]
+    pub body_bytes: Bytes,
+    /// Request body kept for a retry the filter asks for.
+    #[serde(default = "default_retry_buffer")]
+    pub retry_buffer: Bytes,
+    /// Outbound calls one request may make.
+    #[serde(default = "default_outbound_calls")]
+    pub outbound_calls: u32,
+    /// Requests one instance serves before it is replaced by a fresh one (1: a fresh
+    /// instance for every request).
+    #[serde(default = "default_instance_reuse")]
+    pub instance_reuse: u32,
+    /// Entries in the filter's shared key-value store.
+    #[serde(default = "default_shared_entries")]
+    pub shared_entries: usize,
+}
+
+fn default_filter_memory() -> Bytes {
+    Bytes::mib(16)
+}
+fn default_filter_cpu() -> Dur {
+    Dur::millis(50)
+}
+fn default_filter_header_bytes() -> Bytes {
+    Bytes::kib(64)
+}
+fn default_filter_body_bytes() -> Bytes {
+    Bytes::mib(1)
+}
+fn default_retry_buffer() -> Bytes {
+    Bytes::kib(64)
+}
+fn default_outbound_calls() -> u32 {
+    8
+}
+fn default_instance_reuse() -> u32 {
+    10_000
+}
+fn default_shared_entries() -> usize {
+    10_000
+}
+
+impl Default for FilterLimits {
+    fn default() -> Self {
+        FilterLimits {
+            memory: default_filter_memory(),
+            cpu_time: default_filter_cpu(),
+            header_bytes: default_filter_header_bytes(),
+            body_bytes: default_filter_body_bytes(),
+            retry_buffer: default_retry_buffer(),
+            outbound_calls: default_outbound_calls(),
+            instance_reuse: default_instance_reuse(),
+            shared_entries: default_shared_entries(),
+        }
+    }
+}
+
+/// Capabilities beyond the default of none.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterGrants {
+    /// Environment variables the filter sees.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Host directories the filter may read, mounted at the same path inside it.
+    #[serde(default)]
+    pub read_dirs: Vec<PathBuf>,
+    /// Let the filter write to the proxy's stderr.
+    #[serde(default)]
+    pub stderr: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    pub name: String,
+    /// Filter names, run in this order for requests and in reverse for responses.
+    pub filters: Vec<String>,
+}

@@ -1,0 +1,142 @@
+//! Why a request failed, as data: who is to blame, which status the client gets, and
+//! whether sending the request again could help. The message is for logs; the
+//! status and kind are what code looks at.
+
+use http::StatusCode;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Who caused a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blame {
+    /// The client: a malformed or oversized request, or it went away.
+    Downstream,
+    /// The upstream: refused, reset, answered badly, or too slowly.
+    Upstream,
+    /// The proxy's own config or a filter.
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches the request")]
+    NoRoute,
+    #[error("no cluster chosen: the route names none and no filter routed the request")]
+    NoCluster,
+    #[error("unknown cluster {0:?}")]
+    UnknownCluster(String),
+    #[error("no healthy endpoint in cluster {0:?}")]
+    NoHealthyEndpoint(String),
+    #[error("connection limit reached for {0}")]
+    PoolExhausted(std::net::SocketAddr),
+    #[error("connecting to {addr} failed: {source}")]
+    Connect {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to {0} timed out")]
+    ConnectTimeout(std::net::SocketAddr),
+    #[error("TLS handshake with {addr} failed: {source}")]
+    UpstreamTls {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP handshake with {addr} failed: {source}")]
+    Handshake {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("upstream {addr} failed: {source}")]
+    Upstream {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("upstream timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("request body: {0}")]
+    DownstreamBody(String),
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    #[error("filter {filter:?} failed: {reason}")]
+    Filter {
+        filter: String,
+        reason: String,
+        status: StatusCode,
+    },
+    #[error("response body larger than {0} bytes for a filter that buffers it")]
+    ResponseTooLarge(usize),
+}
+
+impl ProxyError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        use ProxyError::*;
+        match self {
+            NoRoute => StatusCode::NOT_FOUND,
+            NoCluster | UnknownCluster(_) | NoHealthyEndpoint(_) | PoolExhausted(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Connect { .. }
+            | UpstreamTls { .. }
+            | Handshake { .. }
+            | Upstream { .. }
+            | ResponseTooLarge(_) => StatusCode::BAD_GATEWAY,
+            ConnectTimeout(_) | Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            DownstreamBody(_) | BadRequest(_) => StatusCode::BAD_REQUEST,
+            BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Filter { status, .. } => *status,
+        }
+    }
+
+    pub fn blame(&self) -> Blame {
+        use ProxyError::*;
+        match self {
+            NoRoute | NoCluster | UnknownCluster(_) | Filter { .. } => Blame::Internal,
+            DownstreamBody(_) | BodyTooLarge(_) | BadRequest(_) => Blame::Downstream,
+            _ => Blame::Upstream,
+        }
+    }
+
+    /// A short reason for access logs and the completion hook.
+    pub fn kind(&self) -> &'static str {
+        use ProxyError::*;
+        match self {
+            NoRoute => "no route",
+            NoCluster => "no cluster",
+            UnknownCluster(_) => "unknown cluster",
+            NoHealthyEndpoint(_) => "no healthy endpoint",
+            PoolExhausted(_) => "connection limit",
+            Connect { .. } => "upstream connect error",
+            ConnectTimeout(_) => "upstream connect timeout",
+            UpstreamTls { .. } => "upstream tls error",
+            Handshake { .. } => "upstream handshake error",
+            Upstream { .. } => "upstream error",
+            Timeout(_) => "upstream timeout",
+            DownstreamBody(_) => "request body error",
+            BodyTooLarge(_) => "request body too large",
+            BadRequest(_) => "bad request",
+            Filter { .. } => "filter failure",
+            ResponseTooLarge(_) => "response too large",
+        }
+    }
+
+    /// Whether an endpoint should be charged with this failure by outlier detection.
+    pub fn counts_against_endpoint(&self) -> bool {
+        use ProxyError::*;
+        matches!(
+            self,
+            Connect { .. }
+                | ConnectTimeout(_)
+                | UpstreamTls { .. }
+                | Handshake { .. }
+                | Upstream { .. }
+                | Timeout(_)
+        )
+    }
+}

@@ -1,0 +1,275 @@
+//! The life of one request after its response headers: the response body streams
+//! to the client under the request's deadline and idle timeout, and when it ends
+//! (or the client goes away) the exchange is settled: metrics, access log, the
+//! upstream connection back to its pool, the completion hook of the filters.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Uri, Version};
+use http_body::{Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use super::body::{Body, Tally};
+use crate::error::BoxError;
+use crate::server::ConnInfo;
+use crate::snapshot::ListenerRuntime;
+use crate::telemetry::access::{self, AccessRecord};
+use crate::upstream::pool::Lease;
+use crate::upstream::{Cluster, Endpoint};
+
+/// Runs when an exchange is settled (the filters' completion phase).
+pub type CompletionHook = Box<dyn FnOnce(&Exchange) + Send>;
+
+/// Everything needed to settle a request once its response is done.
+pub struct Exchange {
+    pub start: Instant,
+    pub conn: Arc<ConnInfo>,
+    pub listener: Arc<ListenerRuntime>,
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub status: u16,
+    pub cluster: Option<Arc<Cluster>>,
+    /// The endpoint the request went to; its `pending` count includes this request.
+    pub endpoint: Option<Arc<Endpoint>>,
+    /// An HTTP/1.1 connection to hand back to the pool if the exchange ends cleanly.
+    pub lease: Option<Lease>,
+    pub tally: Arc<Tally>,
+    pub response_bytes: u64,
+    pub upstream_latency: Option<Duration>,
+    pub retries: u32,
+    /// Why the request failed, if it did.
+    pub error: Option<&'static str>,
+    /// Set when the response body was sent to its end.
+    pub complete: bool,
+    pub on_complete: Option<CompletionHook>,
+}
+
+impl Exchange {
+    pub fn new(
+        conn: Arc<ConnInfo>,
+        listener: Arc<ListenerRuntime>,
+        method: Method,
+        uri: Uri,
+        version: Version,
+    ) -> Self {
+        conn.state.begin();
+        Exchange {
+            start: Instant::now(),
+            conn,
+            listener,
+            method,
+            uri,
+            version,
+            status: 0,
+            cluster: None,
+            endpoint: None,
+            lease: None,
+            tally: Arc::default(),
+            response_bytes: 0,
+            upstream_latency: None,
+            retries: 0,
+            error: None,
+            complete: false,
+            on_complete: None,
+        }
+    }
+
+    /// Marks the request as sent to `ep`, counting it as pending there.
+    pub fn set_endpoint(&mut self, ep: Arc<Endpoint>) {
+        ep.pending.fetch_add(1, Ordering::Relaxed);
+        if let Some(old) = self.endpoint.replace(ep) {
+            old.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if let Some(ep) = &self.endpoint {
+            ep.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+        if !self.complete && self.error.is_none() {
+            self.error = Some("downstream closed before the response ended");
+        }
+        // An HTTP/1.1 connection is reusable only when both bodies went through whole.
+        if let (Some(Lease::H1 { sender, .. }), Some(ep), Some(cluster)) =
+            (self.lease.take(), &self.endpoint, &self.cluster)
+        {
+            if self.complete && self.tally.request_done.load(Ordering::Relaxed) {
+                ep.pool
+                    .put(sender, cluster.config.pool.max_idle_per_endpoint);
+            }
+        }
+        let elapsed = self.start.elapsed();
+        let cluster = self.cluster.as_ref().map(|c| &*c.name);
+        self.listener
+            .stats(cluster)
+            .record(self.status, elapsed.as_secs_f64());
+        if let Some(hook) = self.on_complete.take() {
+            hook(self);
+        }
+        access::log(&AccessRecord {
+            listener: &self.conn.listener,
+            remote: self.conn.remote,
+            method: &self.method,
+            uri: &self.uri,
+            version: self.version,
+            status: self.status,
+            cluster,
+            upstream: self.endpoint.as_ref().map(|e| e.addr),
+            request_bytes: self.tally.request_bytes.load(Ordering::Relaxed),
+            response_bytes: self.response_bytes,
+            duration: elapsed,
+            retries: self.retries,
+            error: self.error,
+        });
+        self.conn.state.end(self.conn.runtime.now_ms());
+    }
+}
+
+/// Limits on a streaming response body.
+#[derive(Clone, Copy, Default)]
+pub struct BodyTimeouts {
+    /// The request's deadline (from the route or cluster `request_timeout`).
+    pub deadline: Option<Instant>,
+    /// The longest gap between two frames.
+    pub idle: Option<Duration>,
+}
+
+/// The response body as the client receives it; settles the exchange when it ends.
+pub struct ResponseBody {
+    inner: Body,
+    exchange: Option<Box<Exchange>>,
+    timeouts: BodyTimeouts,
+    /// Made only once a poll finds no frame ready, so quick bodies never touch the timer.
+    timer: Option<Pin<Box<Sleep>>>,
+    last_frame: Option<Instant>,
+}
+
+impl ResponseBody {
+    pub fn new(inner: Body, exchange: Box<Exchange>, timeouts: BodyTimeouts) -> Self {
+        let mut body = ResponseBody {
+            inner,
+            exchange: Some(exchange),
+            timeouts,
+            timer: None,
+            last_frame: None,
+        };
+        if http_body::Body::is_end_stream(&body.inner) {
+            body.finish();
+        }
+        body
+    }
+
+    /// A body that settles nothing (answers given before a request exists).
+    pub fn plain(inner: Body) -> Self {
+        ResponseBody {
+            inner,
+            exchange: None,
+            timeouts: BodyTimeouts::default(),
+            timer: None,
+            last_frame: None,
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(mut ex) = self.exchange.take() {
+            ex.complete = true;
+        }
+    }
+
+    fn fail(&mut self, why: &'static str) {
+        if let Some(mut ex) = self.exchange.take() {
+            ex.error = Some(why);
+        }
+    }
+
+    /// When the body must have made progress by, if ever.
+    fn due(&self) -> Option<Instant> {
+        let idle = self
+            .timeouts
+            .idle
+            .map(|d| self.last_frame.unwrap_or_else(Instant::now) + d);
+        match (self.timeouts.deadline, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(ex), Some(data)) = (this.exchange.as_mut(), frame.data_ref()) {
+                    ex.response_bytes += data.len() as u64;
+                }
+                if this.timeouts.idle.is_some() {
+                    this.last_frame = Some(Instant::now());
+                }
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                tracing::debug!(error = %e, "response body failed");
+                this.fail("upstream response body failed");
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Pending => {
+                let Some(due) = this.due() else {
+                    return Poll::Pending;
+                };
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                if timer.deadline() != due {
+                    timer.as_mut().reset(due);
+                }
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let hit_deadline = this.timeouts.deadline.is_some_and(|d| Instant::now() >= d);
+                let why = if hit_deadline {
+                    "request timeout while streaming the response"
+                } else {
+                    "response body idle timeout"
+                };
+                if let Some(ex) = &this.exchange {
+                    if let Some(c) = &ex.cluster {
+                        c.stats.timeouts.inc();
+                    }
+                }
+                this.fail(why);
+                Poll::Ready(Some(Err(why.into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,229 @@
+//! Byte tunnels: HTTP/1.1 upgrades (WebSocket) once the upstream switched
+//! protocols, `CONNECT` to a routed cluster, and plain TCP listeners. Each tunnel
+//! ends when either side closes or no byte moves for the idle timeout.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::body::Body;
+use super::exchange::{BodyTimeouts, Exchange};
+use crate::error::ProxyError;
+use crate::server::drain::Drain;
+use crate::snapshot::ListenerRuntime;
+
+/// Joins the client's and the upstream's upgraded connections once both are ready,
+/// and returns the 101 response for the client.
+pub fn splice_upgrade(
+    downstream: OnUpgrade,
+    mut resp: Response<Incoming>,
+    ex: &Exchange,
+) -> Response<Body> {
+    let upstream = hyper::upgrade::on(&mut resp);
+    let idle = ex
+        .cluster
+        .as_ref()
+        .and_then(|c| c.config.idle_timeout.non_zero());
+    let listener = ex.conn.listener.clone();
+    tokio::spawn(async move {
+        match tokio::try_join!(downstream, upstream) {
+            Ok((d, u)) => {
+                if let Err(e) = pipe(TokioIo::new(d), TokioIo::new(u), idle).await {
+                    tracing::debug!(%listener, error = %e, "upgraded tunnel ended with an error");
+                }
+            }
+            Err(e) => tracing::debug!(%listener, error = %e, "upgrade did not complete"),
+        }
+    });
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, Body::Empty)
+}
+
+/// `CONNECT host:port`: routed like any request (by authority), then a TCP (or TLS,
+/// if the cluster says so) connection to the chosen endpoint carries the bytes.
+pub async fn connect(
+    mut req: Request<Incoming>,
+    lr: &ListenerRuntime,
+    ex: &mut Exchange,
+) -> Result<(Response<Body>, BodyTimeouts), ProxyError> {
+    let authority = req.uri().authority().map(|a| a.as_str().to_string());
+    let target = lr
+        .routes
+        .find(authority.as_deref(), "/")
+        .ok_or(ProxyError::NoRoute)?;
+    let cluster = target.cluster.clone().ok_or(ProxyError::NoCluster)?;
+    ex.cluster = Some(cluster.clone());
+    let ep = cluster.pick(None)?;
+    ex.set_endpoint(ep.clone());
+    let (io, _) = match cluster.connector.connect(ep.addr, &ep.host, true).await {
+        Ok(c) => c,
+        Err(e) => {
+            cluster.stats.connect_errors.inc();
+            cluster.record(&ep, Err(()));
+            tracing::warn!(cluster = %cluster.name, endpoint = %ep.addr, error = %e, "CONNECT tunnel failed");
+            return Err(e);
+        }
+    };
+    let downstream = hyper::upgrade::on(&mut req);
+    let idle = cluster.config.idle_timeout.non_zero();
+    tokio::spawn(async move {
+        match downstream.await {
+            Ok(d) => {
+                if let Err(e) = pipe(TokioIo::new(d), io, idle).await {
+                    tracing::debug!(error = %e, "CONNECT tunnel ended with an error");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade did not complete"),
+        }
+    });
+    Ok((Response::new(Body::Empty), BodyTimeouts::default()))
+}
+
+/// A TCP listener's connection: bytes to an endpoint of the listener's cluster.
+/// The drain token is held so shutdown waits for the tunnel, up to its deadline;
+/// bytes cannot be cut short gracefully, so the tunnel does not watch the signal.
+pub async fn serve_tcp(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    lr: Arc<ListenerRuntime>,
+    _drain: Drain,
+) {
+    let Some(cluster) = lr.routes.fallback.as_ref().and_then(|t| t.cluster.clone()) else {
+        return;
+    };
+    let _ = tcp.set_nodelay(true);
+    let ep = match cluster.pick(None) {
+        Ok(ep) => ep,
+        Err(e) => {
+            tracing::warn!(listener = %lr.name, %remote, error = %e, "TCP connection refused");
+            return;
+        }
+    };
+    let start = Instant::now();
+    let upstream = match cluster.connector.connect(ep.addr, &ep.host, true).await {
+        Ok((io, _)) => io,
+        Err(e) => {
+            cluster.stats.connect_errors.inc();
+            cluster.record(&ep, Err(()));
+            tracing::warn!(listener = %lr.name, cluster = %cluster.name, endpoint = %ep.addr, error = %e, "TCP upstream connect failed");
+            return;
+        }
+    };
+    cluster.record(&ep, Ok(start.elapsed()));
+    let idle = lr.config.limits.idle_timeout.non_zero();
+    let result = pipe(tcp, upstream, idle).await;
+    let (sent, received) = result.as_ref().copied().unwrap_or((0, 0));
+    tracing::info!(
+        target: "weft::access",
+        listener = %lr.name,
+        %remote,
+        cluster = %cluster.name,
+        upstream = %ep.addr,
+        request_bytes = sent,
+        response_bytes = received,
+        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+        error = result.as_ref().err().map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
+    );
+}
+
+/// Copies both ways until both sides are done, or until no byte has moved for `idle`.
+/// Returns the bytes sent from `a` to `b` and from `b` to `a`.
+async fn pipe<A, B>(a: A, b: B, idle: Option<Duration>) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(idle) = idle else {
+        let (mut a, mut b) = (a, b);
+        return tokio::io::copy_bidirectional(&mut a, &mut b).await;
+    };
+    let epoch = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut a = Watched {
+        inner: a,
+        last: last.clone(),
+        epoch,
+    };
+    let mut b = Watched {
+        inner: b,
+        last: last.clone(),
+        epoch,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    tokio::pin!(copy);
+    loop {
+        let due = epoch + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+        tokio::select! {
+            r = &mut copy => return r,
+            () = tokio::time::sleep_until(due) => {
+                let since = epoch + Duration::from_millis(last.load(Ordering::Relaxed));
+                if Instant::now().saturating_duration_since(since) >= idle {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel idle timeout"));
+                }
+            }
+        }
+    }
+}
+
+/// Records when bytes last moved through a stream.
+struct Watched<T> {
+    inner: T,
+    last: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl<T> Watched<T> {
+    fn touch(&self) {
+        self.last
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.touch();
+        }
+        r
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,220 @@
+//! One immutable view of the whole config, built off the request path and published
+//! with one swap. Requests hold the snapshot they started with until they end.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+
+use crate::chain::{Chain, ChainBuilder};
+use crate::config::{ConfigError, ListenerConfig, LoadedConfig, Problem};
+use crate::route::{HostMatch, Route, RouteTable, Target};
+use crate::telemetry::metrics::{Metrics, RouteStats};
+use crate::tls;
+use crate::upstream::Cluster;
+
+pub struct Snapshot {
+    pub config: Arc<LoadedConfig>,
+    pub listeners: HashMap<String, Arc<ListenerRuntime>>,
+    pub clusters: HashMap<String, Arc<Cluster>>,
+    pub chains: HashMap<String, Arc<Chain>>,
+    /// Counts snapshots published by this process (1 for the first).
+    pub generation: u64,
+}
+
+/// What a listener needs per connection and per request.
+pub struct ListenerRuntime {
+    pub name: Arc<str>,
+    pub config: ListenerConfig,
+    pub routes: RouteTable,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub http: auto::Builder<TokioExecutor>,
+    stats: HashMap<String, RouteStats>,
+    no_cluster_stats: RouteStats,
+}
+
+impl ListenerRuntime {
+    /// Metric handles for requests of this listener served by `cluster`.
+    pub fn stats(&self, cluster: Option<&str>) -> &RouteStats {
+        cluster
+            .and_then(|c| self.stats.get(c))
+            .unwrap_or(&self.no_cluster_stats)
+    }
+}
+
+impl Snapshot {
+    /// Builds a snapshot: clusters (reusing those of `previous` whose definition is
+    /// unchanged), TLS material, filter chains. Every error names its field.
+    pub async fn build(
+        loaded: LoadedConfig,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+        chains: &ChainBuilder,
+    ) -> Result<Snapshot, ConfigError> {
+        let file = loaded.source.clone();
+        let mut problems = Vec::new();
+        let resolve = |p: &std::path::Path| loaded.resolve(p);
+
+        let mut clusters = HashMap::new();
+        for (i, c) in loaded.config.clusters.iter().enumerate() {
+            let reused = previous
+                .and_then(|p| p.clusters.get(&c.name))
+                .filter(|old| old.config == *c);
+            let cluster = match reused {
+                Some(old) => old.clone(),
+                None => match Cluster::build(c, metrics.cluster_stats(&c.name), resolve).await {
+                    Ok(c) => c,
+                    Err(reason) => {
+                        problems.push(Problem {
+                            field: format!("clusters[{i}].tls"),
+                            reason,
+                        });
+                        continue;
+                    }
+                },
+            };
+            clusters.insert(c.name.clone(), cluster);
+        }
+
+        let built_chains = match chains.build_all(&loaded, previous.map(|p| &p.chains)).await {
+            Ok(c) => c,
+            Err(mut p) => {
+                problems.append(&mut p);
+                HashMap::new()
+            }
+        };
+
+        let mut listeners = HashMap::new();
+        for (i, l) in loaded.config.listeners.iter().enumerate() {
+            match build_listener(i, l, &loaded, &clusters, &built_chains, metrics) {
+                Ok(rt) => {
+                    listeners.insert(l.name.clone(), Arc::new(rt));
+                }
+                Err(mut p) => problems.append(&mut p),
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigError { file, problems });
+        }
+        let generation = previous.map_or(1, |p| p.generation + 1);
+        Ok(Snapshot {
+            config: Arc::new(loaded),
+            listeners,
+            clusters,
+            chains: built_chains,
+            generation,
+        })
+    }
+}
+
+fn build_listener(
+    i: usize,
+    l: &ListenerConfig,
+    loaded: &LoadedConfig,
+    clusters: &HashMap<String, Arc<Cluster>>,
+    chains: &HashMap<String, Arc<Chain>>,
+    metrics: &Metrics,
+) -> Result<ListenerRuntime, Vec<Problem>> {
+    let at = format!("listeners[{i}]");
+    let mut problems = Vec::new();
+    let target = |cluster: Option<&String>, chain: Option<&String>, timeout| Target {
+        cluster: cluster.and_then(|c| clusters.get(c)).cloned(),
+        chain: chain.and_then(|c| chains.get(c)).cloned(),
+        timeout,
+    };
+    let fallback = (l.cluster.is_some() || l.chain.is_some())
+        .then(|| target(l.cluster.as_ref(), l.chain.as_ref(), None));
+    let routes = l
+        .routes
+        .iter()
+        .map(|r| Route {
+            host: r.host.as_deref().map(HostMatch::parse),
+            path_prefix: r.path_prefix.clone(),
+            target: target(
+                r.cluster.as_ref().or(l.cluster.as_ref()),
+                r.chain.as_ref(),
+                r.timeout.map(|d| d.0),
+            ),
+        })
+        .collect();
+
+    let tls = match &l.tls {
+        None => None,
+        Some(t) => {
+            let mut certs = Vec::new();
+            for (j, c) in t.certificates.iter().enumerate() {
+                match tls::ServerCert::load(
+                    &loaded.resolve(&c.cert),
+                    &loaded.resolve(&c.key),
+                    &c.server_names,
+                ) {
+                    Ok(cert) => certs.push(cert),
+                    Err(reason) => problems.push(Problem {
+                        field: format!("{at}.tls.certificates[{j}]"),
+                        reason,
+                    }),
+                }
+            }
+            let client_ca = match t
+                .client_ca
+                .as_deref()
+                .map(|p| tls::load_roots(&loaded.resolve(p)))
+                .transpose()
+            {
+                Ok(ca) => ca,
+                Err(reason) => {
+                    problems.push(Problem {
+                        field: format!("{at}.tls.client_ca"),
+                        reason,
+                    });
+                    None
+                }
+            };
+            if !problems.is_empty() {
+                return Err(problems);
+            }
+            match tls::server_config(certs, &t.alpn, client_ca) {
+                Ok(c) => Some(Arc::new(c)),
+                Err(reason) => {
+                    return Err(vec![Problem {
+                        field: format!("{at}.tls"),
+                        reason,
+                    }])
+                }
+            }
+        }
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+
+    let lim = &l.limits;
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(lim.header_read_timeout.non_zero())
+        .max_buf_size(lim.max_header_bytes.as_usize().max(8192))
+        .max_headers(lim.max_headers)
+        .keep_alive(true);
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(lim.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(lim.max_header_bytes.0).unwrap_or(u32::MAX))
+        .enable_connect_protocol();
+
+    let stats = clusters
+        .keys()
+        .map(|c| (c.clone(), metrics.route_stats(&l.name, c)))
+        .collect();
+    Ok(ListenerRuntime {
+        name: l.name.as_str().into(),
+        config: l.clone(),
+        routes: RouteTable { routes, fallback },
+        tls,
+        http,
+        stats,
+        no_cluster_stats: metrics.route_stats(&l.name, "-"),
+    })
+}

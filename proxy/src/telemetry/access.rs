@@ -1,0 +1,44 @@
+//! The access log: one event per request, target `weft::access`, written when the
+//! response's last byte has gone (or the request failed).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Method, Uri, Version};
+
+/// What one finished request looked like.
+pub struct AccessRecord<'a> {
+    pub listener: &'a str,
+    pub remote: SocketAddr,
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub version: Version,
+    pub status: u16,
+    pub cluster: Option<&'a str>,
+    pub upstream: Option<SocketAddr>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub duration: Duration,
+    pub retries: u32,
+    pub error: Option<&'a str>,
+}
+
+pub fn log(r: &AccessRecord<'_>) {
+    // The query string may carry secrets; log the path only.
+    tracing::info!(
+        target: "weft::access",
+        listener = r.listener,
+        remote = %r.remote,
+        method = %r.method,
+        path = r.uri.path(),
+        version = ?r.version,
+        status = r.status,
+        cluster = r.cluster.unwrap_or("-"),
+        upstream = %r.upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+        request_bytes = r.request_bytes,
+        response_bytes = r.response_bytes,
+        duration_ms = r.duration.as_secs_f64() * 1000.0,
+        retries = r.retries,
+        error = r.error.unwrap_or("-"),
+    );
+}

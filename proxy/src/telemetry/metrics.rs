@@ -1,0 +1,464 @@
+//! The proxy's metrics, exposed in Prometheus text format on the admin `/metrics`.
+//!
+//! Label sets are typed structs. The request path never builds a label set: the
+//! handles it needs (`RouteStats`) are resolved when a config snapshot is built.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+fn filter_histogram() -> Histogram {
+    // 1 µs .. ~65 ms: a filter call is meant to take microseconds.
+    Histogram::new(exponential_buckets(0.000_001, 2.0, 17))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub listener: String,
+    pub cluster: String,
+    pub status_class: &'static str,
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn status_class_index(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub listener: String,
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+/// Which protection turned a client away.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Limit {
+    max_connections,
+    header_size,
+    header_read_timeout,
+    idle_timeout,
+    tls_handshake,
+    body_size,
+    stream_idle_timeout,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub listener: String,
+    pub limit: Limit,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Outcome {
+    applied,
+    refused,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FilterPhaseLabels {
+    pub filter: String,
+    pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FilterFailureLabels {
+    pub filter: String,
+    pub reason: &'static str,
+}
+
+/// Every metric of one proxy process.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: HistogramFamily<RouteLabels>,
+    pub upstream_connect_errors: Family<ClusterLabels, Counter>,
+    pub upstream_timeouts: Family<ClusterLabels, Counter>,
+    pub endpoint_ejections: Family<ClusterLabels, Counter>,
+    pub endpoints_healthy: Family<ClusterLabels, Gauge>,
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    pub connections: Family<ListenerLabels, Counter>,
+    pub limit_hits: Family<LimitLabels, Counter>,
+    pub reloads: Family<OutcomeLabels, Counter>,
+    pub filter_duration: HistogramFamily<FilterPhaseLabels>,
+    pub filter_failures: Family<FilterFailureLabels, Counter>,
+    guest: Mutex<HashMap<String, GuestFamily>>,
+}
+
+/// A metric a filter declared. Label names are fixed at declaration.
+#[derive(Clone)]
+pub enum GuestFamily {
+    Counter(
+        Family<Vec<(String, String)>, Counter<f64, AtomicU64>>,
+        Vec<String>,
+    ),
+    Gauge(
+        Family<Vec<(String, String)>, Gauge<f64, AtomicU64>>,
+        Vec<String>,
+    ),
+    Histogram(
+        Family<Vec<(String, String)>, Histogram, Buckets>,
+        Vec<String>,
+    ),
+}
+
+impl GuestFamily {
+    pub fn label_names(&self) -> &[String] {
+        match self {
+            GuestFamily::Counter(_, l)
+            | GuestFamily::Gauge(_, l)
+            | GuestFamily::Histogram(_, l) => l,
+        }
+    }
+}
+
+/// Makes histograms with a filter's bucket bounds.
+#[derive(Clone)]
+pub struct Buckets(Arc<[f64]>);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+/// What a guest asked to declare.
+pub enum GuestKind {
+    Counter,
+    Gauge,
+    Histogram(Vec<f64>),
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("weft");
+        let requests = Family::default();
+        r.register(
+            "requests",
+            "Requests answered, by listener, cluster and status class",
+            requests.clone(),
+        );
+        let request_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        r.register_with_unit(
+            "request_duration",
+            "Time from the request's arrival to the last byte of the response",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        let upstream_connect_errors = Family::default();
+        r.register(
+            "upstream_connect_errors",
+            "Failed connection attempts to upstream endpoints",
+            upstream_connect_errors.clone(),
+        );
+        let upstream_timeouts = Family::default();
+        r.register(
+            "upstream_timeouts",
+            "Requests that hit a connect, request or idle timeout upstream",
+            upstream_timeouts.clone(),
+        );
+        let endpoint_ejections = Family::default();
+        r.register(
+            "endpoint_ejections",
+            "Endpoints ejected by outlier detection or marked down by health checks",
+            endpoint_ejections.clone(),
+        );
+        let endpoints_healthy = Family::default();
+        r.register(
+            "endpoints_healthy",
+            "Endpoints currently eligible for traffic",
+            endpoints_healthy.clone(),
+        );
+        let connections_open = Family::default();
+        r.register(
+            "downstream_connections_open",
+            "Open downstream connections",
+            connections_open.clone(),
+        );
+        let connections = Family::default();
+        r.register(
+            "downstream_connections",
+            "Downstream connections accepted",
+            connections.clone(),
+        );
+        let limit_hits = Family::default();
+        r.register(
+            "limit_hits",
+            "Clients turned away or cut off by a protection limit",
+            limit_hits.clone(),
+        );
+        let reloads = Family::default();
+        r.register(
+            "config_reloads",
+            "Config reloads, applied or refused",
+            reloads.clone(),
+        );
+        let filter_duration: HistogramFamily<FilterPhaseLabels> =
+            Family::new_with_constructor(filter_histogram);
+        r.register_with_unit(
+            "filter_duration",
+            "Time spent inside each filter, per phase",
+            Unit::Seconds,
+            filter_duration.clone(),
+        );
+        let filter_failures = Family::default();
+        r.register(
+            "filter_failures",
+            "Filter calls that trapped, ran out of time or memory, or answered invalidly",
+            filter_failures.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(r),
+            requests,
+            request_duration,
+            upstream_connect_errors,
+            upstream_timeouts,
+            endpoint_ejections,
+            endpoints_healthy,
+            connections_open,
+            connections,
+            limit_hits,
+            reloads,
+            filter_duration,
+            filter_failures,
+            guest: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+
+    pub fn limit_hit(&self, listener: &str, limit: Limit) {
+        self.limit_hits
+            .get_or_create(&LimitLabels {
+                listener: listener.to_string(),
+                limit,
+            })
+            .inc();
+    }
+
+    /// Handles for the request path of one listener and cluster.
+    pub fn route_stats(&self, listener: &str, cluster: &str) -> RouteStats {
+        let by_class = STATUS_CLASSES.map(|status_class| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    listener: listener.to_string(),
+                    cluster: cluster.to_string(),
+                    status_class,
+                })
+                .clone()
+        });
+        let duration = self
+            .request_duration
+            .get_or_create(&RouteLabels {
+                listener: listener.to_string(),
+                cluster: cluster.to_string(),
+            })
+            .clone();
+        RouteStats { by_class, duration }
+    }
+
+    pub fn cluster_stats(&self, cluster: &str) -> ClusterStats {
+        let l = ClusterLabels {
+            cluster: cluster.to_string(),
+        };
+        ClusterStats {
+            connect_errors: self.upstream_connect_errors.get_or_create(&l).clone(),
+            timeouts: self.upstream_timeouts.get_or_create(&l).clone(),
+            ejections: self.endpoint_ejections.get_or_create(&l).clone(),
+            healthy: self.endpoints_healthy.get_or_create(&l).clone(),
+        }
+    }
+
+    /// Declares (or finds) a metric of a filter. The exposed name is
+    /// `weft_filter_<name>`; the filter's name becomes the `filter` label.
+    pub fn guest_metric(
+        &self,
+        name: &str,
+        help: &str,
+        kind: GuestKind,
+        labels: Vec<String>,
+    ) -> Result<GuestFamily, String> {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(format!(
+                "metric name {name:?} must be snake_case ([a-z0-9_]+)"
+            ));
+        }
+        if let Some(bad) = labels
+            .iter()
+            .find(|l| l.is_empty() || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        {
+            return Err(format!("label name {bad:?} must be [A-Za-z0-9_]+"));
+        }
+        if labels.iter().any(|l| l == "filter") {
+            return Err("the label \"filter\" is set by the proxy".into());
+        }
+        let mut guest = self.guest.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = guest.get(name) {
+            let same_kind = matches!(
+                (existing, &kind),
+                (GuestFamily::Counter(..), GuestKind::Counter)
+                    | (GuestFamily::Gauge(..), GuestKind::Gauge)
+                    | (GuestFamily::Histogram(..), GuestKind::Histogram(_))
+            );
+            if !same_kind || existing.label_names()[1..] != labels[..] {
+                return Err(format!(
+                    "metric {name:?} is already declared with another kind or other labels"
+                ));
+            }
+            return Ok(existing.clone());
+        }
+        let mut all_labels = vec!["filter".to_string()];
+        all_labels.extend(labels);
+        let full = format!("filter_{name}");
+        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let family = match kind {
+            GuestKind::Counter => {
+                let f = Family::default();
+                registry.register(full, help, f.clone());
+                GuestFamily::Counter(f, all_labels)
+            }
+            GuestKind::Gauge => {
+                let f = Family::default();
+                registry.register(full, help, f.clone());
+                GuestFamily::Gauge(f, all_labels)
+            }
+            GuestKind::Histogram(buckets) => {
+                let buckets: Vec<f64> = if buckets.is_empty() {
+                    exponential_buckets(0.001, 2.0, 14).collect()
+                } else {
+                    buckets
+                };
+                if buckets.windows(2).any(|w| w[0] >= w[1])
+                    || buckets.iter().any(|b| !b.is_finite())
+                {
+                    return Err("histogram buckets must be finite and increasing".into());
+                }
+                let f = Family::new_with_constructor(Buckets(buckets.into()));
+                registry.register(full, help, f.clone());
+                GuestFamily::Histogram(f, all_labels)
+            }
+        };
+        guest.insert(name.to_string(), family.clone());
+        Ok(family)
+    }
+}
+
+/// Per-route metric handles, resolved once per snapshot.
+#[derive(Clone)]
+pub struct RouteStats {
+    by_class: [Counter; 5],
+    duration: Histogram,
+}
+
+impl RouteStats {
+    pub fn record(&self, status: u16, seconds: f64) {
+        self.by_class[status_class_index(status)].inc();
+        self.duration.observe(seconds);
+    }
+}
+
+#[derive(Clone)]
+pub struct ClusterStats {
+    pub connect_errors: Counter,
+    pub timeouts: Counter,
+    pub ejections: Counter,
+    pub healthy: Gauge,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_stats_show_in_exposition() {
+        let m = Metrics::new();
+        let s = m.route_stats("edge", "api");
+        s.record(204, 0.003);
+        s.record(503, 0.1);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"weft_requests_total{listener="edge",cluster="api",status_class="2xx"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"weft_requests_total{listener="edge",cluster="api",status_class="5xx"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "weft_request_duration_seconds_count{listener=\"edge\",cluster=\"api\"} 2"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn guest_metric_redeclaration_must_match() {
+        let m = Metrics::new();
+        assert!(m
+            .guest_metric("hits", "h", GuestKind::Counter, vec!["outcome".into()])
+            .is_ok());
+        assert!(m
+            .guest_metric("hits", "h", GuestKind::Counter, vec!["outcome".into()])
+            .is_ok());
+        assert!(m
+            .guest_metric("hits", "h", GuestKind::Gauge, vec!["outcome".into()])
+            .is_err());
+        assert!(m
+            .guest_metric("Bad-Name", "h", GuestKind::Counter, vec![])
+            .is_err());
+    }
+}

@@ -1,0 +1,231 @@
+//! Upstream clusters: their endpoints (static or resolved from DNS), how one is
+//! chosen (`balance`), the connections kept to each (`pool`), how connections are
+//! opened (`connect`), and which endpoints are fit for traffic (`health`).
+//!
+//! A cluster outlives config reloads that leave its definition unchanged, so its
+//! pools, latency estimates and ejections carry over.
+
+pub mod balance;
+pub mod connect;
+mod dns;
+pub mod health;
+pub mod pool;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{ClusterConfig, UpstreamProtocol};
+use crate::error::ProxyError;
+use crate::telemetry::metrics::ClusterStats;
+use balance::{Balancer, Ewma};
+use connect::Connector;
+use pool::Pool;
+
+/// One address of a cluster, with its connections and health.
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// The host as configured (a DNS name or an IP), for SNI and health checks.
+    pub host: Arc<str>,
+    pub(crate) pool: Pool,
+    /// Requests sent and not yet answered.
+    pub(crate) pending: AtomicU32,
+    pub(crate) ewma: Mutex<Ewma>,
+    pub(crate) health: health::EndpointHealth,
+    /// Whether it speaks HTTP/2 in clear text: 0 unknown, 1 yes, 2 no.
+    h2c: AtomicU8,
+}
+
+impl Endpoint {
+    fn new(addr: SocketAddr, host: Arc<str>, now: Instant) -> Self {
+        Endpoint {
+            addr,
+            host,
+            pool: Pool::default(),
+            pending: AtomicU32::new(0),
+            ewma: Mutex::new(Ewma::new(now)),
+            health: health::EndpointHealth::default(),
+            h2c: AtomicU8::new(0),
+        }
+    }
+}
+
+/// The endpoints of a cluster at one moment, with what the balancer precomputes.
+pub struct EndpointSet {
+    pub list: Vec<Arc<Endpoint>>,
+    pub(crate) ring: Vec<(u64, u32)>,
+}
+
+/// A named group of endpoints and the policy that spreads requests over them.
+pub struct Cluster {
+    pub name: Arc<str>,
+    pub config: ClusterConfig,
+    pub(crate) endpoints: ArcSwap<EndpointSet>,
+    pub(crate) connector: Connector,
+    pub(crate) balancer: Balancer,
+    pub stats: ClusterStats,
+    /// Origin of the millisecond clocks kept in atomics (ejections).
+    pub(crate) epoch: Instant,
+    rr: AtomicU64,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for t in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+    }
+}
+
+/// How a request wants to reach the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// An ordinary request; `downstream_h2` says whether the client spoke HTTP/2.
+    Request { downstream_h2: bool },
+    /// An HTTP/1.1 upgrade (WebSocket): a dedicated HTTP/1.1 connection.
+    Upgrade,
+}
+
+impl Cluster {
+    /// Builds a cluster and starts its background work (DNS, health checks,
+    /// housekeeping). `resolve` maps paths in the config to files.
+    pub async fn build(
+        config: &ClusterConfig,
+        stats: ClusterStats,
+        resolve: impl Fn(&std::path::Path) -> std::path::PathBuf,
+    ) -> Result<Arc<Cluster>, String> {
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|t| connect::UpstreamTls::new(t, config.protocol, &resolve))
+            .transpose()?;
+        let connector = Connector {
+            tls,
+            connect_timeout: config.connect_timeout.0,
+        };
+        let epoch = Instant::now();
+        let initial = dns::resolve_all(config).await;
+        let list: Vec<Arc<Endpoint>> = initial
+            .into_iter()
+            .map(|(addr, host)| Arc::new(Endpoint::new(addr, host, epoch)))
+            .collect();
+        let balancer = Balancer::new(&config.balance);
+        let ring = balancer.ring_for(&list);
+        stats.healthy.set(list.len() as i64);
+        let cluster = Arc::new(Cluster {
+            name: config.name.as_str().into(),
+            config: config.clone(),
+            endpoints: ArcSwap::from_pointee(EndpointSet { list, ring }),
+            connector,
+            balancer,
+            stats,
+            epoch,
+            rr: AtomicU64::new(0),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let mut tasks = vec![tokio::spawn(housekeeping(Arc::downgrade(&cluster)))];
+        if dns::has_names(config) {
+            tasks.push(tokio::spawn(dns::refresh(Arc::downgrade(&cluster))));
+        }
+        if let Some(hc) = &config.health_check {
+            tasks.push(tokio::spawn(health::active_checks(
+                Arc::downgrade(&cluster),
+                hc.clone(),
+            )));
+        }
+        *cluster.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+        Ok(cluster)
+    }
+
+    /// The endpoints as they are now.
+    pub fn endpoints(&self) -> arc_swap::Guard<Arc<EndpointSet>> {
+        self.endpoints.load()
+    }
+
+    /// Chooses a healthy endpoint; `hash_key` feeds consistent hashing.
+    pub fn pick(&self, hash_key: Option<&[u8]>) -> Result<Arc<Endpoint>, ProxyError> {
+        let set = self.endpoints.load();
+        let now_ms = self.now_ms();
+        let n = self.rr.fetch_add(1, Ordering::Relaxed);
+        self.balancer
+            .pick(&set, hash_key, n, |e| e.health.is_available(now_ms))
+            .cloned()
+            .ok_or_else(|| ProxyError::NoHealthyEndpoint(self.name.to_string()))
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether this request should go over HTTP/2 to `ep`, deciding for clear-text
+    /// `auto` clusters by probing the endpoint once.
+    pub(crate) async fn use_h2(&self, ep: &Endpoint, want: Want) -> Option<bool> {
+        let downstream_h2 = match want {
+            Want::Upgrade => return Some(false),
+            Want::Request { downstream_h2 } => downstream_h2,
+        };
+        match (self.config.protocol, self.connector.tls.is_some()) {
+            (UpstreamProtocol::Http1, _) => Some(false),
+            (UpstreamProtocol::Http2, _) => Some(true),
+            // Under TLS, ALPN decides when the connection is made.
+            (UpstreamProtocol::Auto, true) => None,
+            (UpstreamProtocol::Auto, false) if !downstream_h2 => Some(false),
+            (UpstreamProtocol::Auto, false) => Some(match ep.h2c.load(Ordering::Relaxed) {
+                1 => true,
+                2 => false,
+                _ => {
+                    let yes = connect::probe_h2c(ep.addr, self.connector.connect_timeout).await;
+                    ep.h2c.store(if yes { 1 } else { 2 }, Ordering::Relaxed);
+                    tracing::debug!(cluster = %self.name, endpoint = %ep.addr, h2c = yes, "probed for clear-text HTTP/2");
+                    yes
+                }
+            }),
+        }
+    }
+
+    /// Records how a request to `ep` went, for balancing and outlier detection.
+    pub fn record(&self, ep: &Endpoint, outcome: Result<Duration, ()>) {
+        match outcome {
+            Ok(latency) => {
+                ep.ewma.lock().unwrap_or_else(|p| p.into_inner()).observe(
+                    latency,
+                    self.config.balance.ewma_decay.0,
+                    Instant::now(),
+                );
+                ep.health.success(self.now_ms(), &self.config.outlier);
+            }
+            Err(()) => health::failure(self, ep),
+        }
+    }
+}
+
+/// Closes idle connections past their time and keeps the healthy gauge true.
+async fn housekeeping(cluster: std::sync::Weak<Cluster>) {
+    let period = Duration::from_secs(1);
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(c) = cluster.upgrade() else { return };
+        let idle = c.config.pool.idle_timeout.0;
+        let now_ms = c.now_ms();
+        let set = c.endpoints.load();
+        let mut healthy = 0;
+        for ep in &set.list {
+            ep.pool.sweep(idle);
+            if ep.health.is_available(now_ms) {
+                healthy += 1;
+            }
+        }
+        c.stats.healthy.set(healthy);
+    }
+}

@@ -1,0 +1,297 @@
+//! Connections kept to each endpoint: idle HTTP/1.1 connections (one request at a
+//! time each) and one shared HTTP/2 connection.
+//!
+//! Built directly on hyper's connection API rather than hyper-util's pooled client:
+//! that client spawns a task per request to hand the connection back, which showed
+//! up in profiles. Here a connection returns to the pool when the exchange that
+//! used it ends (see `proxy::exchange`), with no extra task.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::time::Instant;
+
+use super::{Cluster, Endpoint, Want};
+use crate::error::ProxyError;
+use crate::proxy::body::RequestBody;
+
+type H1Sender = http1::SendRequest<RequestBody>;
+type H2Sender = http2::SendRequest<RequestBody>;
+
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<Vec<Idle>>,
+    h2: ArcSwapOption<H2Sender>,
+    h2_connect: tokio::sync::Mutex<()>,
+    /// Connections open to this endpoint, pooled or in use.
+    open: Arc<AtomicUsize>,
+}
+
+struct Idle {
+    sender: H1Sender,
+    since: Instant,
+}
+
+impl Pool {
+    /// Drops idle connections older than `max_idle`.
+    pub(super) fn sweep(&self, max_idle: Duration) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|i| i.since.elapsed() < max_idle && !i.sender.is_closed());
+    }
+
+    fn take_idle(&self, max_idle: Duration) -> Option<H1Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(i) = idle.pop() {
+            if i.since.elapsed() < max_idle && !i.sender.is_closed() {
+                return Some(i.sender);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose exchange finished cleanly.
+    pub fn put(&self, sender: H1Sender, max_idle_conns: usize) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < max_idle_conns {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub fn idle_connections(&self) -> usize {
+        self.idle.lock().map(|i| i.len()).unwrap_or(0)
+    }
+}
+
+/// A connection checked out for one request.
+pub enum Lease {
+    /// `reused` connections may have been closed by the upstream meanwhile; a
+    /// request that fails on one before being written is sent again on a new one.
+    H1 {
+        sender: H1Sender,
+        reused: bool,
+    },
+    H2(H2Sender),
+}
+
+impl Lease {
+    pub fn is_h2(&self) -> bool {
+        matches!(self, Lease::H2(_))
+    }
+}
+
+/// Counts a connection as open until dropped.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Cluster {
+    /// A connection to `ep` fit for `want`.
+    pub(crate) async fn checkout(
+        &self,
+        ep: &Arc<Endpoint>,
+        want: Want,
+    ) -> Result<Lease, ProxyError> {
+        let max_idle = self.config.pool.idle_timeout.0;
+        match self.use_h2(ep, want).await {
+            Some(true) => self.h2_sender(ep, None).await.map(Lease::H2),
+            Some(false) if want == Want::Upgrade => self.connect_h1(ep, true).await,
+            Some(false) => match ep.pool.take_idle(max_idle) {
+                Some(sender) => Ok(Lease::H1 {
+                    sender,
+                    reused: true,
+                }),
+                None => self.connect_h1(ep, false).await,
+            },
+            // TLS with ALPN: use what the endpoint chose before, else connect and see.
+            None => {
+                if let Some(s) = ep.pool.h2.load().as_deref().filter(|s| !s.is_closed()) {
+                    return Ok(Lease::H2(s.clone()));
+                }
+                if let Some(sender) = ep.pool.take_idle(max_idle) {
+                    return Ok(Lease::H1 {
+                        sender,
+                        reused: true,
+                    });
+                }
+                let guard = self.reserve(ep)?;
+                let (io, h2) = self.connect_counted(ep, false).await?;
+                if h2 {
+                    self.h2_sender(ep, Some((io, guard))).await.map(Lease::H2)
+                } else {
+                    self.handshake_h1(ep, io, guard, false).await
+                }
+            }
+        }
+    }
+
+    /// Reserves a connection slot under the endpoint's limit.
+    fn reserve(&self, ep: &Endpoint) -> Result<OpenGuard, ProxyError> {
+        let max = self.config.pool.max_connections_per_endpoint;
+        let open = ep.pool.open.fetch_add(1, Ordering::Relaxed);
+        let guard = OpenGuard(ep.pool.open.clone());
+        if max != 0 && open >= max {
+            return Err(ProxyError::PoolExhausted(ep.addr));
+        }
+        Ok(guard)
+    }
+
+    async fn connect_counted(
+        &self,
+        ep: &Endpoint,
+        http1_only: bool,
+    ) -> Result<(super::connect::Io, bool), ProxyError> {
+        let r = self.connector.connect(ep.addr, &ep.host, http1_only).await;
+        if let Err(e) = &r {
+            self.stats.connect_errors.inc();
+            if matches!(e, ProxyError::ConnectTimeout(_)) {
+                self.stats.timeouts.inc();
+            }
+        }
+        r
+    }
+
+    async fn connect_h1(&self, ep: &Arc<Endpoint>, upgrades: bool) -> Result<Lease, ProxyError> {
+        let guard = self.reserve(ep)?;
+        let (io, _) = self.connect_counted(ep, true).await?;
+        self.handshake_h1(ep, io, guard, upgrades).await
+    }
+
+    async fn handshake_h1(
+        &self,
+        ep: &Endpoint,
+        io: super::connect::Io,
+        guard: OpenGuard,
+        upgrades: bool,
+    ) -> Result<Lease, ProxyError> {
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| ProxyError::Handshake {
+                addr: ep.addr,
+                source,
+            })?;
+        let addr = ep.addr;
+        tokio::spawn(async move {
+            let _open = guard;
+            let r = if upgrades {
+                conn.with_upgrades().await
+            } else {
+                conn.await
+            };
+            if let Err(e) = r {
+                tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(Lease::H1 {
+            sender,
+            reused: false,
+        })
+    }
+
+    /// The endpoint's shared HTTP/2 connection, made on first use (once, however
+    /// many requests wait for it). `made` is a connection already opened by ALPN.
+    async fn h2_sender(
+        &self,
+        ep: &Endpoint,
+        made: Option<(super::connect::Io, OpenGuard)>,
+    ) -> Result<H2Sender, ProxyError> {
+        if made.is_none() {
+            if let Some(s) = ep.pool.h2.load().as_deref().filter(|s| !s.is_closed()) {
+                return Ok(s.clone());
+            }
+        }
+        let _one_at_a_time = ep.pool.h2_connect.lock().await;
+        if let Some(s) = ep.pool.h2.load().as_deref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let (io, guard) = match made {
+            Some(m) => m,
+            None => {
+                let guard = self.reserve(ep)?;
+                (self.connect_counted(ep, false).await?.0, guard)
+            }
+        };
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| ProxyError::Handshake {
+                addr: ep.addr,
+                source,
+            })?;
+        let addr = ep.addr;
+        tokio::spawn(async move {
+            let _open = guard;
+            if let Err(e) = conn.await {
+                tracing::debug!(endpoint = %addr, error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        ep.pool.h2.store(Some(Arc::new(sender.clone())));
+        Ok(sender)
+    }
+
+    /// Sends `req` on a leased connection. A request that a reused HTTP/1.1
+    /// connection failed to write (the upstream closed it while idle) goes again on
+    /// a new connection, once.
+    pub(crate) async fn send(
+        &self,
+        ep: &Arc<Endpoint>,
+        lease: &mut Lease,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let addr = ep.addr;
+        match lease {
+            Lease::H2(sender) => sender
+                .send_request(req)
+                .await
+                .map_err(|source| ProxyError::Upstream { addr, source }),
+            Lease::H1 { sender, reused } => {
+                if *reused {
+                    // A pooled connection turns ready once its last exchange is fully done.
+                    let ready =
+                        tokio::time::timeout(self.connector.connect_timeout, sender.ready()).await;
+                    if !matches!(ready, Ok(Ok(()))) {
+                        *lease = self.connect_h1(ep, false).await?;
+                        return Box::pin(self.send(ep, lease, req)).await;
+                    }
+                }
+                match sender.try_send_request(req).await {
+                    Ok(r) => Ok(r),
+                    Err(mut e) => match (e.take_message(), *reused) {
+                        (Some(req), true) => {
+                            tracing::debug!(endpoint = %addr, error = %e.error(), "pooled connection was closed; sending on a new one");
+                            *lease = self.connect_h1(ep, false).await?;
+                            Box::pin(self.send(ep, lease, req)).await
+                        }
+                        _ => Err(ProxyError::Upstream {
+                            addr,
+                            source: e.into_error(),
+                        }),
+                    },
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Forwarding: HTTP/1.1 and HTTP/2 on both sides, streaming bodies, trailers,
+//! hop-by-hop and forwarding headers, keep-alive and pipelining.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+fn config(backend: &Backend, protocol: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+cluster = "b"
+
+[[clusters]]
+name = "b"
+endpoints = ["{}"]
+protocol = "{protocol}"
+"#,
+        backend.addr
+    )
+}
+
+async fn info(client: &TestClient, url: &str) -> serde_json::Value {
+    let (status, headers, body) = get(client, url).await;
+    assert_eq!(status, 200, "{body:?}");
+    assert_eq!(headers["x-backend"], "b1");
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[tokio::test]
+async fn every_protocol_pair_forwards() {
+    // (client, upstream protocol setting, backend speaks, version the backend sees)
+    let cases = [
+        ("h1", "auto", Proto::Http1, "HTTP/1.1"),
+        ("h2", "auto", Proto::Http1, "HTTP/1.1"),
+        ("h2", "auto", Proto::Auto, "HTTP/2.0"),
+        ("h1", "http2", Proto::Http2, "HTTP/2.0"),
+        ("h2", "http2", Proto::Http2, "HTTP/2.0"),
+        ("h2", "http1", Proto::Auto, "HTTP/1.1"),
+    ];
+    for (client, protocol, speaks, seen) in cases {
+        let backend = Backend::start_with("b1", speaks, None).await;
+        let proxy = Proxy::start(&config(&backend, protocol)).await;
+        let c = if client == "h1" { h1() } else { h2() };
+        let v = info(&c, &proxy.url("/info?q=1")).await;
+        assert_eq!(
+            v["version"], seen,
+            "client {client}, protocol {protocol}, backend {speaks:?}"
+        );
+        assert!(v["uri"].as_str().unwrap().ends_with("/info?q=1"), "{v}");
+        assert_eq!(v["headers"]["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(v["headers"]["x-forwarded-proto"], "http");
+        let host = v["headers"]
+            .get("host")
+            .or(v["headers"].get(":authority"))
+            .cloned();
+        if seen == "HTTP/1.1" {
+            assert_eq!(
+                host.unwrap(),
+                proxy.addr("main").to_string(),
+                "the client's authority reaches the upstream"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_stay_on_their_hop() {
+    let backend = Backend::start("b1").await;
+    let proxy = Proxy::start(&config(&backend, "auto")).await;
+    let req = Request::get(proxy.url("/info"))
+        .header("connection", "keep-alive, x-private")
+        .header("x-private", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("x-public", "ok")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(empty())
+        .unwrap();
+    let (status, _, body) = send(&h1(), req).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let h = &v["headers"];
+    assert!(h.get("x-private").is_none(), "{h}");
+    assert!(h.get("keep-alive").is_none(), "{h}");
+    assert_eq!(h["te"], "trailers");
+    assert_eq!(h["x-public"], "ok");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_configurable() {
+    let backend = Backend::start("b1").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+cluster = "b"
+[listeners.forwarding]
+x_forwarded_for = "replace"
+forwarded = "append"
+via = "edge"
+
+[[clusters]]
+name = "b"
+endpoints = ["{}"]
+"#,
+        backend.addr
+    ))
+    .await;
+    let req = Request::get(proxy.url("/info"))
+        .header("x-forwarded-for", "6.6.6.6")
+        .body(empty())
+        .unwrap();
+    let (_, headers, body) = send(&h1(), req).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(v["headers"]["forwarded"], "for=127.0.0.1;proto=http");
+    assert_eq!(v["headers"]["via"], "1.1 edge");
+    assert_eq!(headers["via"], "1.1 edge");
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways_with_bounded_memory() {
+    const SIZE: usize = 50 * 1024 * 1024;
+    let backend = Backend::start("b1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("weft.toml");
+    std::fs::write(
+        &cfg,
+        format!("{}{}", preamble(dir.path()), config(&backend, "auto")),
+    )
+    .unwrap();
+    let child = Child::spawn(&["run", "--config", cfg.to_str().unwrap()]).await;
+    let url = format!("http://{}", child.listener_addr("main"));
+    let rss_before = rss_kib(child.pid());
+    for client in [h1(), h2()] {
+        // Upload: the backend hashes what it receives.
+        let req = Request::post(format!("{url}/hash"))
+            .body(pattern_body(SIZE))
+            .unwrap();
+        let (status, _, body) = send(&client, req).await;
+        assert_eq!(status, 200);
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            body.starts_with(&format!("{} {SIZE}", pattern_sha256(SIZE))),
+            "{body}"
+        );
+        // Download, hashed as it arrives.
+        let resp = client
+            .request(
+                Request::get(format!("{url}/bytes/{SIZE}"))
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let mut body = resp.into_body();
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut len = 0;
+        while let Some(f) = body.frame().await {
+            if let Ok(d) = f.unwrap().into_data() {
+                len += d.len();
+                ctx.update(&d);
+            }
+        }
+        assert_eq!(len, SIZE);
+        assert_eq!(hex(ctx.finish().as_ref()), pattern_sha256(SIZE));
+    }
+    let peak = peak_rss_kib(child.pid());
+    // 100 MiB went through each way per client; the proxy must not have held it.
+    assert!(
+        peak < rss_before + 16 * 1024,
+        "peak RSS {peak} KiB (started at {rss_before} KiB)"
+    );
+}
+
+#[tokio::test]
+async fn chunked_upload_and_echo() {
+    let backend = Backend::start("b1").await;
+    let proxy = Proxy::start(&config(&backend, "auto")).await;
+    let chunks: Vec<Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> = (0
+        ..10)
+        .map(|i| Ok(http_body::Frame::data(Bytes::from(format!("chunk{i};")))))
+        .collect();
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks)).boxed();
+    let (status, _, echoed) =
+        send(&h1(), Request::post(proxy.url("/echo")).body(body).unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        echoed,
+        (0..10).map(|i| format!("chunk{i};")).collect::<String>()
+    );
+}
+
+#[tokio::test]
+async fn trailers_pass_through_http2_and_http1() {
+    let backend = Backend::start_with("b1", Proto::Http2, None).await;
+    let proxy = Proxy::start(&config(&backend, "http2")).await;
+    // Response trailers over HTTP/2 end to end.
+    let resp = h2()
+        .request(Request::get(proxy.url("/trailers")).body(empty()).unwrap())
+        .await
+        .unwrap();
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(collected.to_bytes(), "body");
+
+    // Request trailers from an HTTP/1.1 chunked upload reach an HTTP/2 upstream.
+    let mut t = http::HeaderMap::new();
+    t.insert("x-upload-trailer", "42".parse().unwrap());
+    let frames: Vec<Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> = vec![
+        Ok(http_body::Frame::data(Bytes::from_static(b"abc"))),
+        Ok(http_body::Frame::trailers(t)),
+    ];
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed();
+    // HTTP/1.1 sends only the trailer fields its `Trailer` header announces.
+    let req = Request::post(proxy.url("/hash"))
+        .header("trailer", "x-upload-trailer")
+        .body(body)
+        .unwrap();
+    let (status, _, out) = send(&h1(), req).await;
+    assert_eq!(status, 200);
+    assert!(
+        String::from_utf8_lossy(&out).contains("x-upload-trailer"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn keep_alive_and_pipelining() {
+    let backend = Backend::start("b1").await;
+    let proxy = Proxy::start(&config(&backend, "auto")).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr("main"))
+        .await
+        .unwrap();
+    // Three requests written at once on one connection.
+    let one = |p: &str| format!("GET /{p} HTTP/1.1\r\nhost: x\r\n\r\n");
+    s.write_all(format!("{}{}{}", one("a"), one("b"), one("c")).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while buf
+        .windows(b"HTTP/1.1 200".len())
+        .filter(|w| w == b"HTTP/1.1 200")
+        .count()
+        < 3
+    {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed early: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&buf);
+    assert_eq!(text.matches("hello from b1").count(), 3, "{text}");
+    // The upstream side reused its connection rather than opening one per request.
+    assert!(
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            <= 2
+    );
+}
+
+#[tokio::test]
+async fn unknown_route_is_404_and_dead_upstream_is_502() {
+    let backend = Backend::start("b1").await;
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = Proxy::start(&format!(
+        r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+[[listeners.routes]]
+path_prefix = "/live"
+cluster = "b"
+[[listeners.routes]]
+path_prefix = "/dead"
+cluster = "dead"
+
+[[clusters]]
+name = "b"
+endpoints = ["{}"]
+[[clusters]]
+name = "dead"
+endpoints = ["{dead}"]
+"#,
+        backend.addr
+    ))
+    .await;
+    assert_eq!(get(&h1(), &proxy.url("/live")).await.0, 200);
+    let (status, _, body) = get(&h1(), &proxy.url("/nowhere")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body:?}");
+    let (status, _, body) = get(&h1(), &proxy.url("/dead")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(body, "upstream connect error\n");
+    assert!(
+        proxy
+            .metric("weft_upstream_connect_errors_total{cluster=\"dead\"}")
+            .await
+            >= 1.0
+    );
+    assert_eq!(
+        proxy
+            .metric("weft_requests_total{listener=\"main\",cluster=\"dead\",status_class=\"5xx\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn http10_client_gets_http10_response() {
+    let backend = Backend::start("b1").await;
+    let proxy = Proxy::start(&config(&backend, "auto")).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr("main"))
+        .await
+        .unwrap();
+    s.write_all(b"GET /x HTTP/1.0\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+    assert!(out.ends_with("hello from b1"), "{out}");
+}

@@ -1,0 +1,615 @@
+//! Test fixtures: upstream servers, a proxy started from a config string, clients.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use weft::app::{App, ConfigSource};
+
+pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+pub fn empty() -> TestBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// How a test backend speaks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Proto {
+    /// HTTP/1.1 and HTTP/2 (prior knowledge) on one port.
+    Auto,
+    Http1,
+    /// HTTP/2 only (h2c).
+    Http2,
+}
+
+/// An upstream server on 127.0.0.1:0 that answers by path:
+/// `/info` (JSON about the request), `/echo` (the body back, streaming),
+/// `/status/N`, `/sleep/MS`, `/trailers`, `/hash` (sha256 and length of the body),
+/// `/bytes/N` (N bytes streamed in 64 KiB chunks).
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub hits: Arc<AtomicUsize>,
+    pub connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        Self::start_with(name, Proto::Auto, None).await
+    }
+
+    pub async fn start_with(
+        name: &str,
+        proto: Proto,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, name, proto, tls)
+    }
+
+    /// Serves on an already bound listener (to restart a backend on the same port).
+    pub fn serve(
+        listener: TcpListener,
+        name: &str,
+        proto: Proto,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Backend {
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (h, c, n) = (hits.clone(), connections.clone(), name.to_string());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+                let (h, n, tls) = (h.clone(), n.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        h.fetch_add(1, Ordering::Relaxed);
+                        let n = n.clone();
+                        async move { Ok::<_, Infallible>(answer(req, &n).await) }
+                    });
+                    match tls {
+                        Some(cfg) => {
+                            if let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await {
+                                serve_conn(TokioIo::new(s), svc, proto).await;
+                            }
+                        }
+                        None => serve_conn(TokioIo::new(tcp), svc, proto).await,
+                    }
+                });
+            }
+        });
+        Backend {
+            addr,
+            name: name.to_string(),
+            hits,
+            connections,
+            task,
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::Relaxed)
+    }
+}
+
+async fn serve_conn<I, S>(io: TokioIo<I>, svc: S, proto: Proto)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<TestBody>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    match proto {
+        Proto::Http1 => {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .with_upgrades()
+                .await;
+        }
+        Proto::Http2 => {
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, svc)
+                .await;
+        }
+        Proto::Auto => {
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(io, svc)
+                .await;
+        }
+    }
+}
+
+async fn answer(req: Request<Incoming>, name: &str) -> Response<TestBody> {
+    let path = req.uri().path().to_string();
+    let mut resp = match path.as_str() {
+        "/info" => {
+            let headers: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
+                    )
+                })
+                .collect();
+            let info = serde_json::json!({
+                "backend": name,
+                "method": req.method().as_str(),
+                "uri": req.uri().to_string(),
+                "version": format!("{:?}", req.version()),
+                "headers": headers,
+            });
+            Response::new(full(info.to_string()))
+        }
+        "/echo" => {
+            let body = req
+                .into_body()
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                .boxed();
+            Response::new(body)
+        }
+        "/hash" => {
+            let mut body = req.into_body();
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            let mut len = 0u64;
+            let mut trailers = None;
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else {
+                    return status(StatusCode::BAD_REQUEST);
+                };
+                match frame.into_data() {
+                    Ok(d) => {
+                        len += d.len() as u64;
+                        ctx.update(&d);
+                    }
+                    Err(f) => trailers = f.into_trailers().ok(),
+                }
+            }
+            let t = trailers.map(|t| format!("{t:?}")).unwrap_or_default();
+            Response::new(full(format!("{} {len} {t}", hex(ctx.finish().as_ref()))))
+        }
+        "/trailers" => {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            trailers.insert("x-checksum", "abc".parse().unwrap());
+            let frames = vec![
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from_static(
+                    b"body",
+                ))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+        }
+        p if p.starts_with("/status/") => status(
+            StatusCode::from_u16(p[8..].parse().unwrap_or(500))
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        ),
+        p if p.starts_with("/sleep/") => {
+            tokio::time::sleep(Duration::from_millis(p[7..].parse().unwrap_or(0))).await;
+            Response::new(full("slept"))
+        }
+        p if p.starts_with("/bytes/") => {
+            let n: usize = p[7..].parse().unwrap_or(0);
+            Response::new(pattern_body(n))
+        }
+        "/upgrade" => return upgrade_echo(req).await,
+        _ => Response::new(full(format!("hello from {name}"))),
+    };
+    resp.headers_mut()
+        .insert("x-backend", name.parse().unwrap());
+    resp
+}
+
+/// Answers an HTTP/1.1 `Upgrade: echo` with 101 and echoes the raw bytes back.
+async fn upgrade_echo(mut req: Request<Incoming>) -> Response<TestBody> {
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(up) = on.await {
+            let mut io = TokioIo::new(up);
+            let (mut r, mut w) = tokio::io::split(&mut io);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        }
+    });
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    r.headers_mut().insert("upgrade", "echo".parse().unwrap());
+    r.headers_mut()
+        .insert("connection", "upgrade".parse().unwrap());
+    r
+}
+
+fn status(s: StatusCode) -> Response<TestBody> {
+    let mut r = Response::new(full(s.as_str().to_string()));
+    *r.status_mut() = s;
+    r
+}
+
+/// `n` deterministic bytes in 64 KiB chunks, produced lazily.
+pub fn pattern_body(n: usize) -> TestBody {
+    const CHUNK: usize = 64 * 1024;
+    let chunks = futures_util::stream::unfold(0usize, move |sent| async move {
+        if sent >= n {
+            return None;
+        }
+        let len = CHUNK.min(n - sent);
+        let data: Vec<u8> = (sent..sent + len).map(|i| (i % 251) as u8).collect();
+        Some((
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from(data))),
+            sent + len,
+        ))
+    });
+    StreamBody::new(chunks).boxed()
+}
+
+pub fn pattern_sha256(n: usize) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let data: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+    ctx.update(&data);
+    hex(ctx.finish().as_ref())
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A proxy started in this process from a config written to a temporary folder.
+pub struct Proxy {
+    pub app: Arc<App>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+/// The config preamble every test proxy uses: admin on an ephemeral port, no file
+/// watching (tests reload explicitly), a private module cache.
+pub fn preamble(dir: &std::path::Path) -> String {
+    format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n[runtime]\nwatch_config = false\nshutdown_timeout = \"5s\"\nmodule_cache = \"{}\"\n",
+        dir.join("cache").display()
+    )
+}
+
+impl Proxy {
+    /// Starts a proxy; `config` follows the preamble (see `preamble`).
+    pub async fn start(config: &str) -> Proxy {
+        Self::try_start(config)
+            .await
+            .unwrap_or_else(|e| panic!("proxy did not start: {e:#}"))
+    }
+
+    pub async fn try_start(config: &str) -> anyhow::Result<Proxy> {
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join("weft.toml");
+        std::fs::write(&config_path, format!("{}{config}", preamble(dir.path())))?;
+        let app = App::start(ConfigSource::File(config_path.clone())).await?;
+        Ok(Proxy {
+            app,
+            dir,
+            config_path,
+        })
+    }
+
+    /// Replaces the config file (the preamble is added again).
+    pub fn write_config(&self, config: &str) {
+        std::fs::write(
+            &self.config_path,
+            format!("{}{config}", preamble(self.dir.path())),
+        )
+        .unwrap();
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.app
+            .listener_addr(listener)
+            .unwrap_or_else(|| panic!("no listener {listener}"))
+    }
+
+    /// `http://<listener "main">/<path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr("main"))
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.app.admin_addr().expect("admin endpoint")
+        )
+    }
+
+    pub async fn metrics(&self) -> String {
+        let (status, _, body) = send(
+            &h1(),
+            Request::get(self.admin_url("/metrics"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    /// The value of one metric sample, e.g. `weft_limit_hits_total{listener="main",limit="header_size"}`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+}
+
+pub type TestClient = Client<HttpConnector, TestBody>;
+
+/// An HTTP/1.1 client.
+pub fn h1() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An HTTP/2 prior-knowledge client.
+pub fn h2() -> TestClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// Sends a request and reads the whole response.
+pub async fn send(client: &TestClient, req: Request<TestBody>) -> (StatusCode, HeaderMap, Bytes) {
+    let resp = client
+        .request(req)
+        .await
+        .unwrap_or_else(|e| panic!("request failed: {e:?}"));
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    (status, headers, body)
+}
+
+pub async fn get(client: &TestClient, url: &str) -> (StatusCode, HeaderMap, Bytes) {
+    send(client, Request::get(url).body(empty()).unwrap()).await
+}
+
+/// Certificates for TLS tests: a CA and leaves signed by it.
+pub struct Pki {
+    pub ca: rcgen::Certificate,
+    pub ca_params: rcgen::CertificateParams,
+    pub ca_key: rcgen::KeyPair,
+    pub ca_pem: String,
+}
+
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: rustls_pki_types::CertificateDer<'static>,
+    pub key_der: rustls_pki_types::PrivateKeyDer<'static>,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "weft test CA");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        let ca_pem = ca.pem();
+        Pki {
+            ca,
+            ca_params: params,
+            ca_key,
+            ca_pem,
+        }
+    }
+
+    /// A leaf for DNS names and optional URI SANs (SPIFFE IDs).
+    pub fn leaf(&self, dns: &[&str], uris: &[&str]) -> Leaf {
+        let mut params =
+            rcgen::CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        for u in uris {
+            params.subject_alt_names.push(rcgen::SanType::URI(
+                rcgen::string::Ia5String::try_from(u.to_string()).unwrap(),
+            ));
+        }
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            dns.first().copied().unwrap_or("leaf"),
+        );
+        let key = rcgen::KeyPair::generate().unwrap();
+        let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+            key_der: rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        }
+    }
+
+    pub fn write(&self, dir: &std::path::Path, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
+        let c = dir.join(format!("{name}.crt"));
+        let k = dir.join(format!("{name}.key"));
+        std::fs::write(&c, &leaf.cert_pem).unwrap();
+        std::fs::write(&k, &leaf.key_pem).unwrap();
+        (c, k)
+    }
+
+    pub fn roots(&self) -> rustls::RootCertStore {
+        let mut r = rustls::RootCertStore::empty();
+        r.add(self.ca.der().clone()).unwrap();
+        r
+    }
+
+    /// A server config for a test backend.
+    pub fn server_config(&self, leaf: &Leaf, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+        let mut c = rustls::ServerConfig::builder_with_provider(weft::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der.clone()], leaf.key_der.clone_key())
+            .unwrap();
+        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(c)
+    }
+
+    pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut c = rustls::ClientConfig::builder_with_provider(weft::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(self.roots())
+            .with_no_client_auth();
+        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(c)
+    }
+}
+
+/// Polls `check` until it returns true or `within` passes.
+pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < end {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Path of the `weft` binary cargo built for this test run.
+pub fn weft_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weft"))
+}
+
+/// The resident set size of a process, in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A `weft` child process whose stderr (JSON logs) is watched for its bound addresses.
+pub struct Child {
+    pub child: tokio::process::Child,
+    pub lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Child {
+    /// Runs `weft --log-format json <args>` and waits until it logs `weft is ready`.
+    pub async fn spawn(args: &[&str]) -> Child {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(weft_bin())
+            .arg("--log-format")
+            .arg("json")
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn weft");
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut reader = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let l = lines.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = reader.next_line().await {
+                l.lock().unwrap().push(line);
+            }
+        });
+        let c = Child { child, lines };
+        let ready = eventually(Duration::from_secs(30), async || c.logged("weft is ready")).await;
+        assert!(
+            ready,
+            "weft did not become ready: {:?}",
+            c.lines.lock().unwrap()
+        );
+        c
+    }
+
+    pub fn logged(&self, needle: &str) -> bool {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
+    /// The address a listener logged it is bound to.
+    pub fn listener_addr(&self, name: &str) -> SocketAddr {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == "listening" && v["listener"] == name)
+            .and_then(|v| v["address"].as_str()?.parse().ok())
+            .unwrap_or_else(|| panic!("no listening line for {name}: {lines:?}"))
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == "admin endpoint listening")
+            .and_then(|v| v["address"].as_str()?.parse().ok())
+            .unwrap_or_else(|| panic!("no admin line: {lines:?}"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.pid() as i32, sig);
+        }
+    }
+}
