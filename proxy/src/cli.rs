@@ -199,7 +199,27 @@ pub fn proxy_config(args: &ProxyArgs) -> anyhow::Result<config::LoadedConfig> {
             ),
             None => None,
         };
-        let mut f: FilterConfig = toml::from_str(&format!("name = \"f{i}\"\nmodule = \"\""))
+        // Named after the file (hello_filter.wasm: "hello_filter"), numbered if repeated.
+        let stem = Path::new(path)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("filter");
+        let stem: String = stem
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let name = if filters.iter().any(|f: &FilterConfig| f.name == stem) {
+            format!("{stem}-{i}")
+        } else {
+            stem
+        };
+        let mut f: FilterConfig = toml::from_str(&format!("name = {name:?}\nmodule = \"\""))
             .context("filter defaults")?;
         f.module = std::path::absolute(path).unwrap_or_else(|_| PathBuf::from(path));
         f.config = config;

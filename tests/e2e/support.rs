@@ -613,3 +613,63 @@ impl Child {
         }
     }
 }
+
+/// The compiled component of a filter crate of this workspace (`hello_filter`,
+/// `probe_filter`), built once per test run if `.ci/build-filters` has not built it.
+pub fn filter_wasm(crate_file_name: &str) -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // The test binary lives in <target>/release/deps.
+            let exe = std::env::current_exe().expect("test binary path");
+            exe.ancestors().nth(3).expect("target dir").to_path_buf()
+        });
+    let path = target
+        .join("wasm32-wasip2/release")
+        .join(format!("{crate_file_name}.wasm"));
+    if !path.exists() {
+        BUILT.call_once(|| {
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+            let status = std::process::Command::new(root.join(".ci/build-filters"))
+                .env("CARGO_TARGET_DIR", &target)
+                .status()
+                .expect("run .ci/build-filters");
+            assert!(status.success(), "building the test filters failed");
+        });
+    }
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// Config text declaring a filter and a one-filter chain of the same name.
+pub fn filter_decl(name: &str, wasm: &std::path::Path, config_json: &str) -> String {
+    format!(
+        "[[filters]]\nname = \"{name}\"\nmodule = \"{}\"\nconfig = {}\n",
+        wasm.display(),
+        json_to_toml_inline(config_json)
+    )
+}
+
+/// `{"a": 1}` as an inline TOML table (enough for the flat configs tests use).
+pub fn json_to_toml_inline(json: &str) -> String {
+    fn conv(v: &serde_json::Value) -> String {
+        match v {
+            serde_json::Value::Object(m) => {
+                let parts: Vec<String> = m
+                    .iter()
+                    .map(|(k, v)| format!("{k} = {}", conv(v)))
+                    .collect();
+                format!("{{ {} }}", parts.join(", "))
+            }
+            serde_json::Value::Array(a) => {
+                format!("[{}]", a.iter().map(conv).collect::<Vec<_>>().join(", "))
+            }
+            serde_json::Value::String(s) => format!("{s:?}"),
+            serde_json::Value::Bool(b) => b.to_string(),
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Null => "{}".into(),
+        }
+    }
+    conv(&serde_json::from_str(json).expect("valid JSON"))
+}

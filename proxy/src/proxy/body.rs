@@ -136,3 +136,78 @@ impl http_body::Body for RequestBody {
         self.inner.size_hint()
     }
 }
+
+/// Keeps a copy of a request body, up to a bound, so the request can be sent again.
+pub struct Recorder {
+    inner: Body,
+    tape: Arc<std::sync::Mutex<Tape>>,
+}
+
+#[derive(Default)]
+pub struct Tape {
+    data: bytes::BytesMut,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl Tape {
+    pub fn new(limit: usize) -> Arc<std::sync::Mutex<Tape>> {
+        Arc::new(std::sync::Mutex::new(Tape {
+            limit,
+            ..Tape::default()
+        }))
+    }
+
+    /// The recorded body, if it fit under the bound.
+    pub fn replay(&self) -> Option<Bytes> {
+        (!self.overflowed).then(|| self.data.clone().freeze())
+    }
+}
+
+impl Recorder {
+    pub fn new(inner: Body, tape: Arc<std::sync::Mutex<Tape>>) -> Self {
+        Recorder { inner, tape }
+    }
+}
+
+impl http_body::Body for Recorder {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(Ok(f)) = &frame {
+            if let Some(d) = f.data_ref() {
+                let mut tape = this.tape.lock().unwrap_or_else(|p| p.into_inner());
+                if !tape.overflowed {
+                    if tape.data.len() + d.len() > tape.limit {
+                        tape.overflowed = true;
+                        tape.data = bytes::BytesMut::new();
+                    } else {
+                        tape.data.extend_from_slice(d);
+                    }
+                }
+            }
+            if f.is_trailers() {
+                // Trailers are not replayed; a body that had them cannot be sent again as it was.
+                this.tape
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .overflowed = true;
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

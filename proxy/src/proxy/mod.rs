@@ -10,18 +10,23 @@ pub mod tunnel;
 
 use std::sync::Arc;
 
-use http::header::HOST;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::chain::run::{
+    self, BodyPlan, ChainRun, CollectError, FilteredBody, RequestDecision, ResponseDecision,
+    MAX_RETRIES,
+};
 use crate::error::ProxyError;
 use crate::server::ConnInfo;
-use crate::snapshot::ListenerRuntime;
+use crate::snapshot::{ListenerRuntime, Snapshot};
 use crate::upstream::pool::Lease;
 use crate::upstream::{Cluster, Endpoint, Want};
-use body::{Body, RequestBody};
+use body::{Body, Recorder, RequestBody, Tape};
 use exchange::{BodyTimeouts, Exchange, ResponseBody};
 
 /// Serves one request; every failure becomes a response with the right status.
@@ -39,10 +44,16 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Res
         req.uri().clone(),
         req.version(),
     ));
-    match forward(req, &listener, &mut ex).await {
+    match forward(req, &snap, &listener, &mut ex).await {
         Ok((resp, timeouts)) => {
             ex.status = resp.status().as_u16();
-            let (parts, body) = resp.into_parts();
+            let (mut parts, body) = resp.into_parts();
+            // The client's protocol, not the upstream's, decides how the response is framed.
+            parts.version = if ex.version == Version::HTTP_10 {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            };
             Response::from_parts(parts, ResponseBody::new(body, ex, timeouts))
         }
         Err(e) => local::error(e, ex),
@@ -51,6 +62,7 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Res
 
 async fn forward(
     mut req: Request<Incoming>,
+    snap: &Arc<Snapshot>,
     lr: &ListenerRuntime,
     ex: &mut Exchange,
 ) -> Result<(Response<Body>, BodyTimeouts), ProxyError> {
@@ -61,44 +73,219 @@ async fn forward(
         .routes
         .find(authority_of(&req), req.uri().path())
         .ok_or(ProxyError::NoRoute)?;
-    let cluster = target.cluster.clone().ok_or(ProxyError::NoCluster)?;
-    ex.cluster = Some(cluster.clone());
+    // Answers given before the upstream is chosen count under the route's cluster.
+    ex.cluster = target.cluster.clone();
 
     let upgrade = headers::is_upgrade(req.version(), req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    let (parts, incoming) = req.into_parts();
+    let mut head = Request::from_parts(parts, ());
+    headers::strip_hop_by_hop(head.headers_mut(), upgrade);
     let https = ex.conn.tls.is_some();
+    let version = head.version();
     headers::add_forwarding(
-        &mut parts.headers,
+        head.headers_mut(),
         &lr.config.forwarding,
         ex.conn.remote,
         https,
-        parts.version,
+        version,
     );
+    let mut body = Body::Incoming(incoming);
 
-    let hash_key = cluster
-        .balancer
-        .hash_header
-        .as_ref()
-        .and_then(|h| parts.headers.get(h))
-        .map(HeaderValue::as_bytes);
-    let ep = cluster.pick(hash_key)?;
-    ex.set_endpoint(ep.clone());
+    // Request phases of the filter chain.
+    let run = target.chain.clone().map(|c| {
+        Arc::new(ChainRun::new(
+            c,
+            ex.conn.runtime.next_request_id(),
+            ex.conn.clone(),
+            snap.clone(),
+        ))
+    });
+    let mut decision = RequestDecision::default();
+    if let Some(run) = &run {
+        if run.wants_completion() {
+            let hook_run = run.clone();
+            ex.on_complete = Some(Box::new(move |ex: &Exchange| {
+                let info = run::completion(ex);
+                tokio::spawn(async move { hook_run.on_complete(info).await });
+            }));
+        }
+        decision = run.on_request_headers(&mut head).await?;
+        if let Some(resp) = decision.respond.take() {
+            return Ok((resp, BodyTimeouts::default()));
+        }
+        if !decision.body.is_empty() {
+            body = match request_body_phase(run, &mut head, body, &decision.body).await? {
+                Ok(b) => b,
+                Err(local) => return Ok((local, BodyTimeouts::default())),
+            };
+        }
+    }
 
+    let cluster = match &decision.route {
+        Some(up) => snap
+            .clusters
+            .get(&up.cluster)
+            .cloned()
+            .ok_or_else(|| ProxyError::UnknownCluster(up.cluster.clone()))?,
+        None => target.cluster.clone().ok_or(ProxyError::NoCluster)?,
+    };
+    ex.cluster = Some(cluster.clone());
+    let timeout = target.timeout.unwrap_or(cluster.config.request_timeout.0);
+    let deadline = (!timeout.is_zero()).then(|| ex.start + timeout);
     let want = if upgrade {
         Want::Upgrade
     } else {
         Want::Request {
-            downstream_h2: parts.version == Version::HTTP_2,
+            downstream_h2: version == Version::HTTP_2,
         }
     };
-    let timeout = target.timeout.unwrap_or(cluster.config.request_timeout.0);
-    let deadline = (!timeout.is_zero()).then(|| ex.start + timeout);
+
+    // A filter may ask to send the request again: keep what a replay needs.
+    let retry_run = run
+        .as_ref()
+        .filter(|r| r.chain.wants(crate::wasm::state::Phase::ResponseHeaders) && !upgrade);
+    let tape = retry_run.map(|r| {
+        Tape::new(
+            r.chain
+                .filters
+                .iter()
+                .map(|f| f.shared.limits.retry_buffer.as_usize())
+                .min()
+                .unwrap_or(0),
+        )
+    });
+    if let (Some(tape), false) = (&tape, http_body::Body::is_end_stream(&body)) {
+        body = Body::boxed(Recorder::new(body, tape.clone()));
+    }
+    if let Some(run) = &run {
+        run.keep_request_head(&head);
+    }
+
+    let mut attempt_body = Some(body);
+    loop {
+        let replay_head = retry_run.map(|_| head.clone());
+        let this_head = std::mem::take(&mut head);
+        let body = attempt_body.take().unwrap_or_default();
+        let (resp, lease) = send(
+            this_head,
+            body,
+            &cluster,
+            decision.route.as_ref().and_then(|u| u.hash_key.as_deref()),
+            want,
+            deadline,
+            timeout,
+            ex,
+        )
+        .await?;
+
+        if let Some(downstream) = on_upgrade {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                return Ok((
+                    tunnel::splice_upgrade(downstream, resp, ex),
+                    BodyTimeouts::default(),
+                ));
+            }
+            // The upstream declined to switch: an ordinary response.
+            let (parts, b) = resp.into_parts();
+            return Ok((
+                finish_response(Response::from_parts(parts, ()), Body::Incoming(b), lr),
+                body_timeouts(&cluster, deadline),
+            ));
+        }
+        let (parts, incoming) = resp.into_parts();
+        let mut rhead = Response::from_parts(parts, ());
+        headers::strip_hop_by_hop(rhead.headers_mut(), false);
+        let mut rbody = Body::Incoming(incoming);
+        if matches!(lease, Lease::H1 { .. }) {
+            ex.lease = Some(lease);
+        }
+        if let Some(run) = &run {
+            let replay = match (&tape, &replay_head) {
+                (Some(t), Some(_))
+                    if ex.retries < MAX_RETRIES
+                        && ex
+                            .tally
+                            .request_done
+                            .load(std::sync::atomic::Ordering::Relaxed) =>
+                {
+                    t.lock().unwrap_or_else(|p| p.into_inner()).replay()
+                }
+                _ => None,
+            };
+            match run
+                .on_response_headers(&mut rhead, replay.is_some())
+                .await?
+            {
+                ResponseDecision::Retry => {
+                    ex.retries += 1;
+                    // The unread response is dropped with its connection.
+                    ex.lease = None;
+                    tracing::debug!(cluster = %cluster.name, retry = ex.retries, "a filter asked to retry the request");
+                    head = replay_head.unwrap_or_default();
+                    attempt_body = Some(replay.map(Body::full).unwrap_or_default());
+                    continue;
+                }
+                ResponseDecision::Respond(local) => return Ok((local, BodyTimeouts::default())),
+                ResponseDecision::Continue(plan) if !plan.is_empty() => {
+                    rbody = response_body_phase(run, &mut rhead, rbody, plan).await?;
+                }
+                ResponseDecision::Continue(_) => {}
+            }
+        }
+        return Ok((
+            finish_response(rhead, rbody, lr),
+            body_timeouts(&cluster, deadline),
+        ));
+    }
+}
+
+fn body_timeouts(cluster: &Cluster, deadline: Option<Instant>) -> BodyTimeouts {
+    BodyTimeouts {
+        deadline,
+        idle: cluster.config.idle_timeout.non_zero(),
+    }
+}
+
+fn finish_response(mut head: Response<()>, body: Body, lr: &ListenerRuntime) -> Response<Body> {
+    let version = head.version();
+    headers::add_via(head.headers_mut(), &lr.config.forwarding, version);
+    let (parts, ()) = head.into_parts();
+    Response::from_parts(parts, body)
+}
+
+/// Picks an endpoint and sends the request under the deadline; records how it went.
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    head: Request<()>,
+    body: Body,
+    cluster: &Arc<Cluster>,
+    filter_hash_key: Option<&str>,
+    want: Want,
+    deadline: Option<Instant>,
+    timeout: std::time::Duration,
+    ex: &mut Exchange,
+) -> Result<(Response<Incoming>, Lease), ProxyError> {
+    let hash_key = filter_hash_key.map(str::as_bytes).or_else(|| {
+        cluster
+            .balancer
+            .hash_header
+            .as_ref()
+            .and_then(|h| head.headers().get(h))
+            .map(HeaderValue::as_bytes)
+    });
+    let ep = cluster.pick(hash_key)?;
+    ex.set_endpoint(ep.clone());
     let tally = ex.tally.clone();
     let exchange = async {
         let mut lease = cluster.checkout(&ep, want).await?;
-        let req = upstream_request(parts, body, &lease, &cluster, &ep, tally)?;
+        let (parts, ()) = head.into_parts();
+        let req = for_lease(
+            Request::from_parts(parts, RequestBody::new(body, tally)),
+            &lease,
+            cluster,
+            &ep,
+        )?;
         let sent = Instant::now();
         let resp = cluster.send(&ep, &mut lease, req).await?;
         Ok((resp, lease, sent.elapsed()))
@@ -109,8 +296,13 @@ async fn forward(
             .unwrap_or(Err(ProxyError::Timeout(timeout))),
         None => exchange.await,
     };
-    let (resp, lease, latency) = match outcome {
-        Ok(r) => r,
+    match outcome {
+        Ok((resp, lease, latency)) => {
+            ex.upstream_latency = Some(latency);
+            let failed = resp.status().is_server_error() && cluster.config.outlier.count_5xx;
+            cluster.record(&ep, if failed { Err(()) } else { Ok(latency) });
+            Ok((resp, lease))
+        }
         Err(e) => {
             if e.counts_against_endpoint() {
                 cluster.record(&ep, Err(()));
@@ -119,38 +311,85 @@ async fn forward(
                 cluster.stats.timeouts.inc();
             }
             tracing::warn!(cluster = %cluster.name, endpoint = %ep.addr, error = %e, "upstream request failed");
-            return Err(e);
+            Err(e)
         }
-    };
-    ex.upstream_latency = Some(latency);
-    let failed = resp.status().is_server_error() && cluster.config.outlier.count_5xx;
-    cluster.record(&ep, if failed { Err(()) } else { Ok(latency) });
+    }
+}
 
-    if let Some(downstream) = on_upgrade {
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return Ok((
-                tunnel::splice_upgrade(downstream, resp, ex),
-                BodyTimeouts::default(),
-            ));
+/// Runs the request-body phase: the whole body for filters that buffer, or a
+/// stream that passes each chunk through the filters.
+async fn request_body_phase(
+    run: &Arc<ChainRun>,
+    head: &mut Request<()>,
+    body: Body,
+    plan: &BodyPlan,
+) -> Result<Result<Body, Response<Body>>, ProxyError> {
+    if !plan.buffer {
+        head.headers_mut().remove(CONTENT_LENGTH);
+        return Ok(Ok(Body::boxed(FilteredBody::new(
+            body,
+            run.clone(),
+            plan.clone(),
+            true,
+        ))));
+    }
+    let (data, mut trailers) = match run::collect(body, plan.limit).await {
+        Ok(c) => c,
+        Err(CollectError::TooLarge) => return Err(ProxyError::BodyTooLarge(plan.limit)),
+        Err(CollectError::Body(e)) => return Err(ProxyError::DownstreamBody(e.to_string())),
+    };
+    let data = match run.on_body(true, plan, data, true).await? {
+        Ok(d) => d,
+        Err(local) => return Ok(Err(local)),
+    };
+    if let Some(t) = trailers.as_mut() {
+        run.on_trailers(true, plan, t).await?;
+    }
+    set_length(head.headers_mut(), &data);
+    Ok(Ok(run::body_with_trailers(data, trailers)))
+}
+
+/// The response-body phase, as for requests; a buffered response that is too large is a 502.
+async fn response_body_phase(
+    run: &Arc<ChainRun>,
+    head: &mut Response<()>,
+    body: Body,
+    plan: BodyPlan,
+) -> Result<Body, ProxyError> {
+    if !plan.buffer {
+        head.headers_mut().remove(CONTENT_LENGTH);
+        return Ok(Body::boxed(FilteredBody::new(
+            body,
+            run.clone(),
+            plan,
+            false,
+        )));
+    }
+    let (data, mut trailers) = match run::collect(body, plan.limit).await {
+        Ok(c) => c,
+        Err(CollectError::TooLarge) => return Err(ProxyError::ResponseTooLarge(plan.limit)),
+        Err(CollectError::Body(e)) => {
+            return Err(ProxyError::BadRequest(format!("upstream body: {e}")))
         }
-    }
-    let (mut parts, body) = resp.into_parts();
-    // The client's protocol, not the upstream's, decides how the response is framed.
-    parts.version = if ex.version == Version::HTTP_10 {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
     };
-    headers::strip_hop_by_hop(&mut parts.headers, false);
-    headers::add_via(&mut parts.headers, &lr.config.forwarding, parts.version);
-    if matches!(lease, Lease::H1 { .. }) {
-        ex.lease = Some(lease);
-    }
-    let timeouts = BodyTimeouts {
-        deadline,
-        idle: cluster.config.idle_timeout.non_zero(),
+    let data = match run.on_body(false, &plan, data, true).await? {
+        Ok(d) => d,
+        Err(local) => {
+            let (parts, b) = local.into_parts();
+            *head = Response::from_parts(parts, ());
+            return Ok(b);
+        }
     };
-    Ok((Response::from_parts(parts, Body::Incoming(body)), timeouts))
+    if let Some(t) = trailers.as_mut() {
+        run.on_trailers(false, &plan, t).await?;
+    }
+    set_length(head.headers_mut(), &data);
+    Ok(run::body_with_trailers(data, trailers))
+}
+
+fn set_length(headers: &mut http::HeaderMap, data: &Bytes) {
+    headers.remove(TRANSFER_ENCODING);
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
 }
 
 /// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header.
@@ -161,16 +400,15 @@ pub fn authority_of<B>(req: &Request<B>) -> Option<&str> {
         .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
 }
 
-/// Rewrites the request for the upstream connection: origin-form URI and a Host
+/// Rewrites a request for the connection it goes on: origin-form URI and a Host
 /// header for HTTP/1.1; absolute URI (`:scheme`, `:authority`) for HTTP/2.
-fn upstream_request(
-    mut parts: http::request::Parts,
-    body: Incoming,
+pub fn for_lease(
+    req: Request<RequestBody>,
     lease: &Lease,
     cluster: &Cluster,
     ep: &Endpoint,
-    tally: Arc<body::Tally>,
 ) -> Result<Request<RequestBody>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
     let authority = parts
         .uri
         .authority()
@@ -218,8 +456,5 @@ fn upstream_request(
         }
         parts.version = Version::HTTP_11;
     }
-    Ok(Request::from_parts(
-        parts,
-        RequestBody::new(Body::Incoming(body), tally),
-    ))
+    Ok(Request::from_parts(parts, body))
 }

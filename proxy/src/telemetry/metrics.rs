@@ -341,6 +341,11 @@ impl Metrics {
         if labels.iter().any(|l| l == "filter") {
             return Err("the label \"filter\" is set by the proxy".into());
         }
+        // The exposition adds `_total` to counters itself.
+        let name = match kind {
+            GuestKind::Counter => name.strip_suffix("_total").unwrap_or(name),
+            _ => name,
+        };
         let mut guest = self.guest.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = guest.get(name) {
             let same_kind = matches!(

@@ -1,0 +1,10 @@
+//! Implementations of the host interfaces of `weft:filter`, one file each.
+
+mod context;
+mod crypto;
+mod http;
+mod metrics;
+mod outbound;
+mod shared;
+
+impl super::bindings::weft::filter::types::Host for super::state::HostState {}

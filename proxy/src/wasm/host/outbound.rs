@@ -1,0 +1,132 @@
+//! `weft:filter/outbound`: HTTP calls from a filter to a cluster. `send` starts the
+//! call on its own task; `wait` suspends the filter (not the thread) until it ends.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request};
+use http_body_util::BodyExt;
+
+use crate::proxy::body::{Body, RequestBody};
+use crate::upstream::Want;
+use crate::wasm::bindings::weft::filter::outbound::{
+    CallError, CallId, Host, Request as CallRequest, Response as CallResponse,
+};
+use crate::wasm::state::HostState;
+
+type R<T> = wasmtime::Result<T>;
+
+impl Host for HostState {
+    fn send(&mut self, cluster: String, req: CallRequest) -> R<Result<CallId, CallError>> {
+        let limit = self.filter.limits.outbound_calls;
+        if self.call.calls_made >= limit {
+            return Ok(Err(CallError::Limit(format!(
+                "at most {limit} calls per request"
+            ))));
+        }
+        let Some(snapshot) = self.call.snapshot.clone() else {
+            return Ok(Err(CallError::Upstream("no request in progress".into())));
+        };
+        let Some(cluster) = snapshot.clusters.get(&cluster).cloned() else {
+            return Ok(Err(CallError::UnknownCluster(cluster)));
+        };
+        let request = match build(&req, &cluster) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(CallError::InvalidRequest(e))),
+        };
+        let timeout = req
+            .timeout_ms
+            .map(|ms| Duration::from_millis(ms.into()))
+            .unwrap_or(cluster.config.request_timeout.0);
+        let max_body = self.filter.limits.body_bytes.as_usize();
+        let task = tokio::spawn(async move {
+            let call = async {
+                let ep = cluster
+                    .pick(None)
+                    .map_err(|e| CallError::Upstream(e.to_string()))?;
+                let mut lease = cluster
+                    .checkout(
+                        &ep,
+                        Want::Request {
+                            downstream_h2: false,
+                        },
+                    )
+                    .await
+                    .map_err(|e| CallError::Upstream(e.to_string()))?;
+                let request = crate::proxy::for_lease(request, &lease, &cluster, &ep)
+                    .map_err(|e| CallError::InvalidRequest(e.to_string()))?;
+                let started = tokio::time::Instant::now();
+                let resp = cluster.send(&ep, &mut lease, request).await.map_err(|e| {
+                    cluster.record(&ep, Err(()));
+                    CallError::Upstream(e.to_string())
+                })?;
+                cluster.record(&ep, Ok(started.elapsed()));
+                let (parts, body) = resp.into_parts();
+                let body = http_body_util::Limited::new(body, max_body)
+                    .collect()
+                    .await
+                    .map_err(|e| CallError::Limit(format!("response body: {e}")))?
+                    .to_bytes();
+                if let crate::upstream::pool::Lease::H1 { sender, .. } = lease {
+                    ep.pool
+                        .put(sender, cluster.config.pool.max_idle_per_endpoint);
+                }
+                Ok(CallResponse {
+                    status: parts.status.as_u16(),
+                    headers: parts
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+                        .collect(),
+                    body: body.to_vec(),
+                })
+            };
+            if timeout.is_zero() {
+                call.await
+            } else {
+                tokio::time::timeout(timeout, call)
+                    .await
+                    .unwrap_or(Err(CallError::Timeout))
+            }
+        });
+        let id = self.call.next_call;
+        self.call.next_call += 1;
+        self.call.calls_made += 1;
+        self.call.outbound.insert(id, task);
+        Ok(Ok(id))
+    }
+
+    async fn wait(&mut self, id: CallId) -> R<Result<CallResponse, CallError>> {
+        let Some(task) = self.call.outbound.remove(&id) else {
+            return Ok(Err(CallError::UnknownCall));
+        };
+        Ok(task
+            .await
+            .unwrap_or_else(|e| Err(CallError::Upstream(format!("the call was lost: {e}")))))
+    }
+}
+
+fn build(
+    req: &CallRequest,
+    cluster: &crate::upstream::Cluster,
+) -> Result<Request<RequestBody>, String> {
+    let method = Method::from_bytes(req.method.as_bytes())
+        .map_err(|_| format!("bad method {:?}", req.method))?;
+    let path: http::uri::PathAndQuery = req
+        .path
+        .parse()
+        .map_err(|_| format!("bad path {:?}", req.path))?;
+    let mut builder = Request::builder().method(method).uri(path);
+    for (k, v) in &req.headers {
+        let name =
+            HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("bad header name {k:?}"))?;
+        let value =
+            HeaderValue::from_bytes(v).map_err(|_| format!("bad value for header {k:?}"))?;
+        builder = builder.header(name, value);
+    }
+    let _ = cluster;
+    let body = Body::full(Bytes::from(req.body.clone()));
+    builder
+        .body(RequestBody::new(body, Default::default()))
+        .map_err(|e| e.to_string())
+}

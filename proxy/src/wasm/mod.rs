@@ -1,0 +1,441 @@
+//! The Wasm host: one wasmtime `Engine` and `Linker` for the process, components
+//! compiled once (and cached on disk by content hash), `instantiate_pre` once per
+//! filter, and instances from the pooling allocator, each with its own store,
+//! memory cap and CPU budget.
+//!
+//! Instance policy: an instance serves one request at a time and is reused for up
+//! to `instance_reuse` requests, then replaced; an instance that trapped is never
+//! reused. Between requests the host clears everything it holds for the request,
+//! and the SDK drops its per-request state when a new request id arrives, so a
+//! request sees nothing of the previous one unless the filter keeps it on purpose
+//! (the shared-state API, or statics). `instance_reuse = 1` gives every request a
+//! fresh instance, at the cost measured in docs/benchmarks.md.
+
+pub mod bindings;
+mod host;
+pub mod shared;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use prometheus_client::metrics::histogram::Histogram;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
+    UpdateDeadline,
+};
+use wasmtime_wasi::WasiCtxBuilder;
+
+use crate::config::{FailurePolicy, FilterConfig, FilterLimits, RuntimeConfig};
+use crate::telemetry::metrics::{FilterFailureLabels, FilterPhaseLabels, GuestFamily, Metrics};
+use bindings::{Filter, FilterPre};
+use shared::SharedStore;
+use state::{Call, HostState, Phase};
+
+/// How often the epoch advances: the granularity of CPU budgets and of yielding.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// The largest memory a filter may be given (the pool reserves address space for it).
+pub const MAX_FILTER_MEMORY: u64 = 512 * 1024 * 1024;
+
+/// The engine and linker every filter shares.
+pub struct Host {
+    pub engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    compiled: Mutex<std::collections::HashMap<String, Component>>,
+}
+
+impl Host {
+    pub fn new(runtime: &RuntimeConfig) -> anyhow::Result<Arc<Host>> {
+        let mut cfg = wasmtime::Config::new();
+        cfg.wasm_component_model(true);
+        cfg.epoch_interruption(true);
+        cfg.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // Fiber stacks for filter calls; Rust filters need little.
+        cfg.async_stack_size(1 << 20);
+        cfg.max_wasm_stack(512 << 10);
+        let instances = runtime.filter_instances.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(instances)
+            .total_core_instances(instances.saturating_mul(4))
+            .max_core_instances_per_component(16)
+            .total_memories(instances)
+            .total_tables(instances.saturating_mul(2))
+            .total_stacks(instances)
+            .max_memory_size(MAX_FILTER_MEMORY as usize)
+            // Keep a little of each recycled slot mapped so the next instance
+            // starts without page faults, but give the rest back.
+            .linear_memory_keep_resident(64 << 10)
+            .async_stack_keep_resident(16 << 10);
+        cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&cfg).map_err(|e| wt("configuring wasmtime", e))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| wt("linking WASI", e))?;
+        Filter::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| wt("linking the weft:filter host", e))?;
+        let host = Arc::new(Host {
+            engine,
+            linker,
+            cache_dir: runtime.module_cache.clone(),
+            compiled: Default::default(),
+        });
+        spawn_epoch_ticker(Arc::downgrade(&host));
+        Ok(host)
+    }
+
+    /// Compiles a component, or finds it compiled: in memory for reloads, on disk
+    /// (by content hash) across restarts.
+    pub fn compile(&self, path: &Path) -> anyhow::Result<Component> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let key = content_key(&self.engine, &bytes);
+        if let Some(c) = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(c.clone());
+        }
+        let cached = self
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{key}.cwasm")));
+        let from_disk = cached.as_ref().filter(|p| p.exists()).and_then(|p| {
+            // SAFETY: the cache folder is written only by this proxy, with artifacts of
+            // this same engine configuration (the key includes its compatibility hash).
+            unsafe { Component::deserialize_file(&self.engine, p) }.ok()
+        });
+        let component = match from_disk {
+            Some(c) => c,
+            None => {
+                let c = Component::new(&self.engine, &bytes)
+                    .map_err(|e| anyhow!("{} is not a valid component: {e:#}", path.display()))?;
+                if let Some(p) = &cached {
+                    if let Err(e) = write_cache(p, &c) {
+                        tracing::warn!(path = %p.display(), error = %e, "cannot cache the compiled filter");
+                    }
+                }
+                c
+            }
+        };
+        let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        // Bound the in-memory cache: a proxy reloaded with ever new modules would grow.
+        if compiled.len() >= 256 {
+            compiled.clear();
+        }
+        compiled.insert(key, component.clone());
+        Ok(component)
+    }
+
+    /// Checks that a component implements the world and prepares fast instantiation.
+    pub fn prepare(&self, component: &Component) -> anyhow::Result<FilterPre<HostState>> {
+        let pre = self.linker.instantiate_pre(component).map_err(|e| {
+            anyhow!("it does not fit the weft:filter@0.1.0 world this proxy serves: {e:#}")
+        })?;
+        FilterPre::new(pre)
+            .map_err(|e| anyhow!("it does not export weft:filter/handler@0.1.0: {e:#}"))
+    }
+}
+
+fn content_key(engine: &Engine, bytes: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}-{:016x}", h.finish())
+}
+
+fn write_cache(path: &Path, component: &Component) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(
+        &tmp,
+        component.serialize().map_err(|e| wt("serializing", e))?,
+    )?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Advances the epoch every tick while the host lives.
+fn spawn_epoch_ticker(host: Weak<Host>) {
+    let engine = match host.upgrade() {
+        Some(h) => h.engine.weak(),
+        None => return,
+    };
+    let _ = std::thread::Builder::new()
+        .name("weft-epoch".into())
+        .spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
+            match engine.upgrade() {
+                Some(e) => e.increment_epoch(),
+                None => return,
+            }
+        });
+}
+
+/// What every instance of one configured filter shares.
+pub struct FilterShared {
+    pub name: Arc<str>,
+    pub config_json: Vec<u8>,
+    pub limits: FilterLimits,
+    pub failure: FailurePolicy,
+    /// Phases the filter does not implement (learned from `skip-phase`).
+    skip: AtomicU8,
+    durations: [Histogram; 7],
+    pub metrics: Arc<Metrics>,
+    pub shared: Arc<SharedStore>,
+    /// Metrics the filter declared, by id.
+    pub guest_metrics: Mutex<Vec<(String, GuestFamily)>>,
+}
+
+impl FilterShared {
+    pub fn implements(&self, phase: Phase) -> bool {
+        self.skip.load(Ordering::Relaxed) & phase.bit() == 0
+    }
+
+    pub fn note_skipped(&self, phase: Phase) {
+        self.skip.fetch_or(phase.bit(), Ordering::Relaxed);
+    }
+
+    pub fn observe(&self, phase: Phase, took: Duration) {
+        self.durations[phase as usize].observe(took.as_secs_f64());
+    }
+
+    pub fn failed(&self, reason: &'static str) {
+        self.metrics
+            .filter_failures
+            .get_or_create(&FilterFailureLabels {
+                filter: self.name.to_string(),
+                reason,
+            })
+            .inc();
+    }
+}
+
+/// A filter of a chain: compiled, linked, configured, with its idle instances.
+pub struct LoadedFilter {
+    pub shared: Arc<FilterShared>,
+    host: Arc<Host>,
+    pre: FilterPre<HostState>,
+    grants: crate::config::FilterGrants,
+    idle: Mutex<Vec<FilterInstance>>,
+    /// Idle instances kept for reuse; more are dropped when returned.
+    max_idle: usize,
+    /// The module file, for logs.
+    pub module: PathBuf,
+}
+
+pub struct FilterInstance {
+    pub store: Store<HostState>,
+    pub bindings: Filter,
+    uses: u32,
+}
+
+impl LoadedFilter {
+    /// Compiles (or finds), links and configures a filter; the instance that ran
+    /// `configure` is kept for the first request.
+    pub async fn load(
+        host: &Arc<Host>,
+        cfg: &FilterConfig,
+        module: PathBuf,
+        metrics: Arc<Metrics>,
+        shared: Arc<SharedStore>,
+    ) -> anyhow::Result<LoadedFilter> {
+        let component = host.compile(&module)?;
+        let pre = host.prepare(&component)?;
+        let config_json = match &cfg.config {
+            Some(v) => serde_json::to_vec(v).context("the config cannot be written as JSON")?,
+            None => b"null".to_vec(),
+        };
+        let durations = Phase::ALL.map(|p| {
+            metrics
+                .filter_duration
+                .get_or_create(&FilterPhaseLabels {
+                    filter: cfg.name.clone(),
+                    phase: p.name(),
+                })
+                .clone()
+        });
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let filter = LoadedFilter {
+            shared: Arc::new(FilterShared {
+                name: cfg.name.as_str().into(),
+                config_json,
+                limits: cfg.limits.clone(),
+                failure: cfg.failure,
+                skip: AtomicU8::new(0),
+                durations,
+                metrics,
+                shared,
+                guest_metrics: Mutex::new(Vec::new()),
+            }),
+            host: host.clone(),
+            pre,
+            grants: cfg.grants.clone(),
+            idle: Mutex::new(Vec::new()),
+            max_idle: 16 * workers,
+            module,
+        };
+        let first = filter.instantiate().await?;
+        filter.release(first);
+        Ok(filter)
+    }
+
+    /// An instance ready for a request: an idle one, or a new one.
+    pub async fn instance(&self, request_id: u64) -> anyhow::Result<FilterInstance> {
+        let reused = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut inst = match reused {
+            Some(i) => i,
+            None => self.instantiate().await?,
+        };
+        inst.uses += 1;
+        inst.store
+            .data_mut()
+            .call
+            .reset(request_id, self.shared.limits.header_bytes.as_usize());
+        Ok(inst)
+    }
+
+    /// Takes an instance back after its request; worn-out ones are dropped.
+    pub fn release(&self, mut inst: FilterInstance) {
+        if inst.uses >= self.shared.limits.instance_reuse {
+            return;
+        }
+        inst.store.data_mut().call.reset(0, 0);
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(inst);
+        }
+    }
+
+    async fn instantiate(&self) -> anyhow::Result<FilterInstance> {
+        let limits = &self.shared.limits;
+        let mut wasi = WasiCtxBuilder::new();
+        for (k, v) in &self.grants.env {
+            wasi.env(k, v);
+        }
+        for dir in &self.grants.read_dirs {
+            let guest = dir.to_string_lossy();
+            wasi.preopened_dir(dir, guest.as_ref(), wasmtime_wasi::FsPerms::ReadOnly)
+                .map_err(|e| wt(&format!("cannot grant {}", dir.display()), e))?;
+        }
+        if self.grants.stderr {
+            wasi.inherit_stderr();
+        }
+        let state = HostState {
+            filter: self.shared.clone(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory.as_usize().min(MAX_FILTER_MEMORY as usize))
+                .instances(32)
+                .tables(32)
+                .memories(4)
+                .trap_on_grow_failure(true)
+                .build(),
+            wasi: wasi.build(),
+            table: Default::default(),
+            call: Call::default(),
+            ticks: 0,
+            tick_budget: budget_ticks(limits.cpu_time.0),
+            out_of_time: false,
+        };
+        let mut store = Store::new(&self.host.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|mut ctx| {
+            let s = ctx.data_mut();
+            s.ticks += 1;
+            if s.ticks >= s.tick_budget {
+                s.out_of_time = true;
+                return Err(wasmtime::Error::msg("the filter ran out of CPU time"));
+            }
+            // Let other requests on this thread run, then continue. tokio's own
+            // yield also lets the runtime poll its sockets before coming back.
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        });
+        store.set_epoch_deadline(1);
+        let bindings = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| anyhow!("instantiation failed: {e:#}"))?;
+        let mut inst = FilterInstance {
+            store,
+            bindings,
+            uses: 0,
+        };
+        inst.begin_call();
+        let configured = inst
+            .bindings
+            .weft_filter_handler()
+            .call_configure(&mut inst.store, &self.shared.config_json)
+            .await;
+        match configured {
+            Ok(Ok(())) => Ok(inst),
+            Ok(Err(msg)) => Err(anyhow!("the filter refused its config: {msg}")),
+            Err(trap) => Err(anyhow!(
+                "configure trapped: {}",
+                describe_trap(&trap, inst.store.data())
+            )),
+        }
+    }
+}
+
+fn budget_ticks(cpu: Duration) -> u64 {
+    (cpu.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1
+}
+
+impl FilterInstance {
+    /// Resets the CPU budget before a call into the guest.
+    pub fn begin_call(&mut self) {
+        let s = self.store.data_mut();
+        s.ticks = 0;
+        s.out_of_time = false;
+        self.store.set_epoch_deadline(1);
+    }
+}
+
+/// Why a call into a filter failed, for logs and the `reason` label.
+pub fn failure_reason(trap: &wasmtime::Error, state: &HostState) -> &'static str {
+    if state.out_of_time {
+        "cpu_time"
+    } else if is_memory_trap(trap) {
+        "memory"
+    } else {
+        "trap"
+    }
+}
+
+fn is_memory_trap(trap: &wasmtime::Error) -> bool {
+    let text = format!("{trap:#}");
+    text.contains("grow") && (text.contains("memory") || text.contains("limit"))
+}
+
+pub fn describe_trap(trap: &wasmtime::Error, state: &HostState) -> String {
+    match failure_reason(trap, state) {
+        "cpu_time" => format!(
+            "CPU time limit of {:?} exceeded",
+            state.filter.limits.cpu_time.0
+        ),
+        "memory" => format!("memory limit of {} exceeded", state.filter.limits.memory),
+        _ => format!("{}", trap.root_cause()),
+    }
+}
+
+/// wasmtime's error type is its own; the rest of the proxy speaks anyhow.
+fn wt(what: &str, e: wasmtime::Error) -> anyhow::Error {
+    anyhow!("{what}: {e:#}")
+}

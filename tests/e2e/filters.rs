@@ -1,0 +1,723 @@
+//! Wasm filters through the real proxy: every phase and verdict, bodies, shared
+//! state, outbound calls, failures and their policies, hot swaps.
+
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+
+use crate::support::*;
+
+/// A listener whose chain is the given probe filters, in front of `backend`. `extra`
+/// follows the last filter's declaration: fields of that filter, then anything else.
+fn config(backend: &Backend, filters: &[(&str, &str)], extra: &str) -> String {
+    let probe = filter_wasm("probe_filter");
+    let mut text = format!(
+        "[[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\ncluster = \"b\"\nchain = \"c\"\n\n[[clusters]]\nname = \"b\"\nendpoints = [\"{}\"]\n",
+        backend.addr
+    );
+    for (name, json) in filters {
+        text.push_str(&filter_decl(name, &probe, json));
+    }
+    // Right after the last filter, so `extra` may set its fields or add clusters.
+    text.push_str(extra);
+    let names: Vec<String> = filters.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+    text.push_str(&format!(
+        "[[chains]]\nname = \"c\"\nfilters = [{}]\n",
+        names.join(", ")
+    ));
+    text
+}
+
+#[tokio::test]
+async fn hello_filter_checks_the_key_and_tags_responses() {
+    let backend = Backend::start("b1").await;
+    let hello = filter_wasm("hello_filter");
+    let proxy = Proxy::start(&format!(
+        "[[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\ncluster = \"b\"\nchain = \"c\"\n\n[[clusters]]\nname = \"b\"\nendpoints = [\"{}\"]\n{}[[chains]]\nname = \"c\"\nfilters = [\"hello\"]\n",
+        backend.addr,
+        filter_decl("hello", &hello, r#"{"key": "s3cret"}"#)
+    ))
+    .await;
+    let (status, headers, _) = get(&h1(), &proxy.url("/")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers.get("x-filtered-by").is_none());
+    let req = Request::get(proxy.url("/"))
+        .header("x-api-key", "s3cret")
+        .body(empty())
+        .unwrap();
+    let (status, headers, body) = send(&h2(), req).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-filtered-by"], "hello-filter");
+    assert_eq!(body, "hello from b1");
+    assert_eq!(
+        backend.hits(),
+        1,
+        "the denied request never reached the upstream"
+    );
+    let m = proxy.metrics().await;
+    assert!(
+        m.contains(r#"weft_filter_hello_requests_total{filter="hello",outcome="denied"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"weft_filter_hello_requests_total{filter="hello",outcome="allowed"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            r#"weft_filter_duration_seconds_count{filter="hello",phase="request_headers"} 2"#
+        ),
+        "{m}"
+    );
+}
+
+/// Sends `n` GETs to `url` and returns their statuses.
+async fn statuses(client: &TestClient, url: &str, n: usize) -> Vec<StatusCode> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(get(client, url).await.0);
+    }
+    out
+}
+
+async fn info(proxy: &Proxy, path: &str) -> (StatusCode, http::HeaderMap, serde_json::Value) {
+    let (status, headers, body) = get(&h1(), &proxy.url(path)).await;
+    let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    (status, headers, v)
+}
+
+#[tokio::test]
+async fn request_verdicts_continue_respond_and_route() {
+    let b1 = Backend::start("b1").await;
+    let b2 = Backend::start("b2").await;
+    let other = format!(
+        "[[clusters]]\nname = \"other\"\nendpoints = [\"{}\"]\n",
+        b2.addr
+    );
+    // continue, with a header set on the way
+    let proxy = Proxy::start(&config(
+        &b1,
+        &[("p", r#"{"set_request_header": ["x-added", "yes"]}"#)],
+        &other,
+    ))
+    .await;
+    let (status, _, v) = info(&proxy, "/info").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["headers"]["x-added"], "yes");
+    // respond: the upstream never sees it
+    let proxy = Proxy::start(&config(&b1, &[("p", r#"{"respond": 418}"#)], &other)).await;
+    let (status, headers, body) = get(&h1(), &proxy.url("/x")).await;
+    assert_eq!(
+        (status, &headers["x-probe"], &body[..]),
+        (
+            StatusCode::IM_A_TEAPOT,
+            &"local".parse::<http::HeaderValue>().unwrap(),
+            &b"answered by probe\n"[..]
+        )
+    );
+    // route to another cluster
+    let hits = b1.hits();
+    let proxy = Proxy::start(&config(&b1, &[("p", r#"{"route": "other"}"#)], &other)).await;
+    let (status, headers, _) = get(&h1(), &proxy.url("/x")).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-backend"], "b2");
+    assert_eq!(b1.hits(), hits);
+    // route to a cluster that does not exist: 503
+    let proxy = Proxy::start(&config(&b1, &[("p", r#"{"route": "nowhere"}"#)], &other)).await;
+    assert_eq!(
+        get(&h1(), &proxy.url("/x")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test]
+async fn chain_order_is_forward_for_requests_and_reverse_for_responses() {
+    let b1 = Backend::start("b1").await;
+    let proxy = Proxy::start(&config(
+        &b1,
+        &[
+            ("first", r#"{"tag": "first"}"#),
+            ("second", r#"{"tag": "second"}"#),
+        ],
+        "",
+    ))
+    .await;
+    let (status, headers, _) = get(&h1(), &proxy.url("/")).await;
+    assert_eq!(status, 200);
+    let tags: Vec<_> = headers
+        .get_all("x-probe")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(tags, ["second", "first"]);
+}
+
+#[tokio::test]
+async fn response_verdicts_replace_and_retry() {
+    let b1 = Backend::start("b1").await;
+    let proxy = Proxy::start(&config(&b1, &[("p", r#"{"replace_status": 299}"#)], "")).await;
+    let (status, _, body) = get(&h1(), &proxy.url("/")).await;
+    assert_eq!(
+        (status.as_u16(), &body[..]),
+        (299, &b"replaced by probe\n"[..])
+    );
+
+    // Retry: the first endpoint always answers 503, the second is healthy; the
+    // POST body is replayed to the second.
+    let failing = status_server(503).await;
+    let cluster = format!(
+        "[[clusters]]\nname = \"flaky\"\nendpoints = [\"{}\", \"{}\"]\n[clusters.outlier]\nconsecutive_failures = 0\n",
+        failing.0, b1.addr
+    );
+    let cfg = config(
+        &b1,
+        &[("p", r#"{"retry_on": 503, "route": "flaky"}"#)],
+        &cluster,
+    );
+    let proxy = Proxy::start(&cfg).await;
+    for _ in 0..4 {
+        let req = Request::post(proxy.url("/echo"))
+            .body(full("replay me"))
+            .unwrap();
+        let (status, headers, body) = send(&h1(), req).await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["x-backend"], "b1");
+        assert_eq!(body, "replay me");
+    }
+    assert!(
+        failing.1.load(std::sync::atomic::Ordering::Relaxed) >= 2,
+        "the failing endpoint was tried"
+    );
+}
+
+/// A server that answers every request with `status`; returns its address and a hit counter.
+async fn status_server(
+    status: u16,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let h = h.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                    h.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    async move {
+                        let mut r = http::Response::new(full("nope"));
+                        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, hits, task)
+}
+
+#[tokio::test]
+async fn bodies_stream_or_buffer_through_filters() {
+    let b1 = Backend::start("b1").await;
+    for mode in ["stream", "buffer"] {
+        let cfg = format!(r#"{{"request_body": "{mode}"}}"#);
+        let proxy = Proxy::start(&config(&b1, &[("p", &cfg)], "")).await;
+        let chunks: Vec<
+            Result<http_body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+        > = (0..5)
+            .map(|i| {
+                Ok(http_body::Frame::data(bytes::Bytes::from(format!(
+                    "part{i}-"
+                ))))
+            })
+            .collect();
+        let body = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(
+            futures_util::stream::iter(chunks),
+        ));
+        let (status, _, echoed) =
+            send(&h1(), Request::post(proxy.url("/echo")).body(body).unwrap()).await;
+        assert_eq!(status, 200, "{mode}");
+        assert_eq!(echoed, "PART0-PART1-PART2-PART3-PART4-", "{mode}");
+
+        let cfg = format!(r#"{{"response_body": "{mode}"}}"#);
+        let proxy = Proxy::start(&config(&b1, &[("p", &cfg)], "")).await;
+        let (status, _, body) = get(&h2(), &proxy.url("/")).await;
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::OK, &b"HELLO FROM B1"[..]),
+            "{mode}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_buffered_body_over_the_limit_is_413() {
+    let b1 = Backend::start("b1").await;
+    let cfg = config(
+        &b1,
+        &[("p", r#"{"request_body": "buffer"}"#)],
+        "[filters.limits]\nbody_bytes = \"1KiB\"\n",
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let (status, _, _) = send(
+        &h1(),
+        Request::post(proxy.url("/echo"))
+            .body(full(vec![b'x'; 4096]))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, _, body) = send(
+        &h1(),
+        Request::post(proxy.url("/echo"))
+            .body(full("small"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"SMALL"[..]));
+}
+
+#[tokio::test]
+async fn response_trailers_phase_runs() {
+    let b1 = Backend::start_with("b1", Proto::Http2, None).await;
+    let cfg = config(
+        &b1,
+        &[("p", r#"{"response_body": "stream", "trailer": true}"#)],
+        "",
+    )
+    .replace("endpoints = [", "protocol = \"http2\"\nendpoints = [");
+    let proxy = Proxy::start(&cfg).await;
+    let resp = h2()
+        .request(Request::get(proxy.url("/trailers")).body(empty()).unwrap())
+        .await
+        .unwrap();
+    let collected = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers["x-probe-trailer"], "seen");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(collected.to_bytes(), "BODY");
+}
+
+#[tokio::test]
+async fn completion_hook_sees_the_final_status() {
+    let b1 = Backend::start("b1").await;
+    let probe = filter_wasm("probe_filter");
+    let text = format!(
+        "[[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\ncluster = \"b\"\nchain = \"rec\"\n\
+         [[listeners.routes]]\npath_prefix = \"/status/\"\nchain = \"rec\"\n\n\
+         [[clusters]]\nname = \"b\"\nendpoints = [\"{}\"]\n{}[[chains]]\nname = \"rec\"\nfilters = [\"rec\"]\n",
+        b1.addr,
+        filter_decl("rec", &probe, r#"{"record_completion": true}"#)
+    );
+    let proxy = Proxy::start(&text).await;
+    assert_eq!(
+        get(&h1(), &proxy.url("/status/404")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    // Completion runs after the response; the shared store is read back by a reload
+    // into a reporting config of the same filter name (shared state survives swaps).
+    let report = text.replace(
+        r#"config = { record_completion = true }"#,
+        r#"config = { report_last_status = true }"#,
+    );
+    let mut last = String::new();
+    let ok = eventually(Duration::from_secs(5), async || {
+        proxy.write_config(&report);
+        proxy.app.reload().await.unwrap();
+        let (_, _, body) = get(&h1(), &proxy.url("/x")).await;
+        last = String::from_utf8_lossy(&body).into_owned();
+        let done = last == "404";
+        if !done {
+            proxy.write_config(&text);
+            proxy.app.reload().await.unwrap();
+        }
+        done
+    })
+    .await;
+    assert!(ok, "last status seen by the completion hook: {last:?}");
+}
+
+#[tokio::test]
+async fn outbound_calls_reach_another_cluster() {
+    let b1 = Backend::start("b1").await;
+    let b2 = Backend::start("b2").await;
+    let other = format!(
+        "[[clusters]]\nname = \"other\"\nendpoints = [\"{}\"]\n",
+        b2.addr
+    );
+    let proxy = Proxy::start(&config(&b1, &[("p", r#"{"call": "other"}"#)], &other)).await;
+    let (status, _, v) = info(&proxy, "/info").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["headers"]["x-probe-call"], "200 200");
+    assert_eq!(b2.hits(), 2);
+    let proxy = Proxy::start(&config(&b1, &[("p", r#"{"call": "missing"}"#)], "")).await;
+    let (_, _, v) = info(&proxy, "/info").await;
+    assert!(
+        v["headers"]["x-probe-call"]
+            .as_str()
+            .unwrap()
+            .contains("missing"),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_counters_are_atomic_across_concurrent_requests() {
+    let b1 = Backend::start("b1").await;
+    let proxy = Proxy::start(&config(&b1, &[("p", r#"{"count": true}"#)], "")).await;
+    let url = proxy.url("/info");
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let c = h1();
+                let mut seen = Vec::new();
+                for _ in 0..25 {
+                    let (_, _, body) = get(&c, &url).await;
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    seen.push(
+                        v["headers"]["x-probe-hits"]
+                            .as_str()
+                            .unwrap()
+                            .parse::<i64>()
+                            .unwrap(),
+                    );
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=200).collect::<Vec<i64>>());
+}
+
+#[tokio::test]
+async fn per_request_state_does_not_leak_between_requests() {
+    let b1 = Backend::start("b1").await;
+    let proxy = Proxy::start(&config(&b1, &[("p", r#"{"remember_path": true}"#)], "")).await;
+    for i in 0..20 {
+        let path = format!("/item/{i}");
+        let (_, headers, _) = get(&h1(), &proxy.url(&path)).await;
+        assert_eq!(headers["x-probe-path"], path.as_str());
+    }
+    // A filter that keeps no state for a request never reports an old one.
+    let proxy = Proxy::start(&config(
+        &b1,
+        &[("p", r#"{"remember_path": true}"#)],
+        "[filters.limits]\ninstance_reuse = 1\n",
+    ))
+    .await;
+    let (_, headers, _) = get(&h1(), &proxy.url("/fresh")).await;
+    assert_eq!(headers["x-probe-path"], "/fresh");
+}
+
+#[tokio::test]
+async fn a_trap_fails_only_its_request_by_policy() {
+    let b1 = Backend::start("b1").await;
+    let closed = Proxy::start(&config(
+        &b1,
+        &[("p", r#"{"trap_in": "request_headers"}"#)],
+        "",
+    ))
+    .await;
+    assert_eq!(
+        statuses(&h1(), &closed.url("/"), 3).await,
+        [StatusCode::INTERNAL_SERVER_ERROR; 3]
+    );
+    assert_eq!(
+        closed
+            .metric(r#"weft_filter_failures_total{filter="p",reason="trap"}"#)
+            .await,
+        3.0
+    );
+    let open = Proxy::start(&config(
+        &b1,
+        &[("p", r#"{"trap_in": "request_headers"}"#)],
+        "failure = \"open\"\n",
+    ))
+    .await;
+    let (status, _, body) = get(&h1(), &open.url("/")).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello from b1"[..]));
+    // A trap in the response phase, fail-closed.
+    let late = Proxy::start(&config(
+        &b1,
+        &[("p", r#"{"trap_in": "response_headers"}"#)],
+        "",
+    ))
+    .await;
+    assert_eq!(
+        get(&h1(), &late.url("/")).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+}
+
+#[tokio::test]
+async fn a_filter_that_spins_is_stopped_while_others_are_served() {
+    let b1 = Backend::start("b1").await;
+    let probe = filter_wasm("probe_filter");
+    // One listener, two routes: /spin runs the spinning filter, the rest a harmless one.
+    let text = format!(
+        "[[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\ncluster = \"b\"\nchain = \"calm\"\n\
+         [[listeners.routes]]\npath_prefix = \"/spin\"\nchain = \"spin\"\n\n\
+         [[clusters]]\nname = \"b\"\nendpoints = [\"{}\"]\n\
+         {}[filters.limits]\ncpu_time = \"3s\"\n{}\
+         [[chains]]\nname = \"spin\"\nfilters = [\"spin\"]\n[[chains]]\nname = \"calm\"\nfilters = [\"calm\"]\n",
+        b1.addr,
+        filter_decl("spin", &probe, r#"{"spin": true}"#),
+        filter_decl("calm", &probe, r#"{"tag": "calm"}"#),
+    );
+    let proxy = Proxy::start(&text).await;
+    let url = proxy.url("/spin");
+    // This test runs on one thread: the calm requests complete while the spinning
+    // filter still runs only if it yields to them.
+    let spinning = tokio::spawn(async move { get(&h1(), &url).await.0 });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..5 {
+        let (status, headers, _) = get(&h1(), &proxy.url("/")).await;
+        assert_eq!(
+            (status, &headers["x-probe"]),
+            (
+                StatusCode::OK,
+                &"calm".parse::<http::HeaderValue>().unwrap()
+            )
+        );
+    }
+    assert!(
+        !spinning.is_finished(),
+        "the calm requests should not have waited for the spinning filter's end"
+    );
+    assert_eq!(spinning.await.unwrap(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        proxy
+            .metric(r#"weft_filter_failures_total{filter="spin",reason="cpu_time"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_filter_that_hoards_memory_is_stopped_by_its_cap() {
+    let b1 = Backend::start("b1").await;
+    let proxy = Proxy::start(&config(
+        &b1,
+        &[("p", r#"{"grow": true}"#)],
+        "[filters.limits]\nmemory = \"8MiB\"\n",
+    ))
+    .await;
+    assert_eq!(
+        get(&h1(), &proxy.url("/")).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        proxy
+            .metric(r#"weft_filter_failures_total{filter="p",reason="memory"}"#)
+            .await,
+        1.0
+    );
+    // The proxy is fine: the next filter instance starts clean and fails the same way.
+    assert_eq!(
+        get(&h1(), &proxy.url("/")).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_header_write_is_refused() {
+    let b1 = Backend::start("b1").await;
+    let proxy = Proxy::start(&config(
+        &b1,
+        &[("p", r#"{"write_header_bytes": 100000}"#)],
+        "[filters.limits]\nheader_bytes = \"8KiB\"\n",
+    ))
+    .await;
+    let (status, _, v) = info(&proxy, "/info").await;
+    assert_eq!(status, 200);
+    assert!(v["headers"].get("x-probe-big").is_none(), "{v}");
+    assert!(
+        v["headers"]["x-probe-write"]
+            .as_str()
+            .unwrap()
+            .starts_with("refused"),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swaps_under_load_fail_no_request() {
+    let b1 = Backend::start("b1").await;
+    let v1 = config(&b1, &[("p", r#"{"tag": "v1"}"#)], "");
+    let v2 = config(&b1, &[("p", r#"{"tag": "v2"}"#)], "");
+    let proxy = std::sync::Arc::new(Proxy::start(&v1).await);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let (url, stop) = (proxy.url("/"), stop.clone());
+            tokio::spawn(async move {
+                let c = if i % 2 == 0 { h1() } else { h2() };
+                let (mut ok, mut failed, mut tags) = (0, 0, std::collections::BTreeSet::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match c.request(Request::get(&url).body(empty()).unwrap()).await {
+                        Ok(r) if r.status() == 200 => {
+                            ok += 1;
+                            tags.insert(r.headers()["x-probe"].to_str().unwrap().to_string());
+                        }
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed, tags)
+            })
+        })
+        .collect();
+    for i in 0..100 {
+        proxy.write_config(if i % 2 == 0 { &v2 } else { &v1 });
+        proxy.app.reload().await.expect("reload");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut tags = std::collections::BTreeSet::new();
+    for c in clients {
+        let (ok, failed, t) = c.await.unwrap();
+        assert_eq!(failed, 0);
+        assert!(ok > 0);
+        tags.extend(t);
+    }
+    assert_eq!(tags.into_iter().collect::<Vec<_>>(), ["v1", "v2"]);
+}
+
+#[tokio::test]
+async fn a_broken_module_is_refused_while_the_old_chain_serves() {
+    let b1 = Backend::start("b1").await;
+    let proxy = Proxy::start(&config(&b1, &[("p", r#"{"tag": "old"}"#)], "")).await;
+    let broken = proxy.dir.path().join("broken.wasm");
+    std::fs::write(&broken, b"\0asm not really").unwrap();
+    let probe = filter_wasm("probe_filter");
+    proxy.write_config(
+        &config(&b1, &[("p", r#"{"tag": "new"}"#)], "")
+            .replace(&probe.display().to_string(), &broken.display().to_string()),
+    );
+    let err = proxy
+        .app
+        .reload()
+        .await
+        .expect_err("a broken module is refused");
+    assert!(
+        err.contains("filters[0]") && err.contains("broken.wasm"),
+        "{err}"
+    );
+    // A config the filter rejects is refused too, with the filter's own words.
+    proxy.write_config(&config(
+        &b1,
+        &[("p", r#"{"request_body": "sideways"}"#)],
+        "",
+    ));
+    let err = proxy
+        .app
+        .reload()
+        .await
+        .expect_err("a rejected config is refused");
+    assert!(
+        err.contains("refused its config") && err.contains("sideways"),
+        "{err}"
+    );
+    let (status, headers, _) = get(&h1(), &proxy.url("/")).await;
+    assert_eq!(
+        (status, &headers["x-probe"]),
+        (StatusCode::OK, &"old".parse::<http::HeaderValue>().unwrap())
+    );
+}
+
+#[tokio::test]
+async fn weft_proxy_takes_filters_on_the_command_line() {
+    let b1 = Backend::start("b1").await;
+    let hello = filter_wasm("hello_filter");
+    let child = Child::spawn(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &format!("http://{}", b1.addr),
+        "--filter",
+        &format!("{}={{\"key\":\"k1\"}}", hello.display()),
+    ])
+    .await;
+    let url = format!("http://{}/", child.listener_addr("proxy"));
+    assert_eq!(get(&h1(), &url).await.0, StatusCode::UNAUTHORIZED);
+    let (status, headers, _) = send(
+        &h1(),
+        Request::get(&url)
+            .header("x-api-key", "k1")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, &headers["x-filtered-by"]),
+        (
+            StatusCode::OK,
+            &"hello-filter".parse::<http::HeaderValue>().unwrap()
+        )
+    );
+}
+
+#[tokio::test]
+async fn weft_check_loads_modules_and_their_config() {
+    let b1 = Backend::start("b1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "{}{}",
+            preamble(dir.path()),
+            config(&b1, &[("p", r#"{"tag": "x"}"#)], "")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(weft_bin())
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "{}{}",
+            preamble(dir.path()),
+            config(&b1, &[("p", r#"{"nonsense": 1}"#)], "")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(weft_bin())
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("filters[0]") && err.contains("nonsense"),
+        "{err}"
+    );
+}
