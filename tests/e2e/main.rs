@@ -3,5 +3,6 @@
 
 mod support;
 
+mod examples;
 mod filters;
 mod http;

@@ -33,7 +33,9 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Where the admin endpoints listen; loopback by default. `None` turns them off.
+    /// Where the admin endpoints listen; loopback by default. `None` turns them off
+    /// (only in a config built in code, as `weft proxy` without `--admin` does: a TOML
+    /// file cannot write `None`).
     #[serde(default = "default_admin_address")]
     pub address: Option<SocketAddr>,
 }
@@ -62,7 +64,8 @@ pub struct RuntimeConfig {
     /// Reload when the config file changes on disk.
     #[serde(default = "yes")]
     pub watch_config: bool,
-    /// Where compiled filter modules are cached; `None` keeps them in memory only.
+    /// Where compiled filter modules are cached; `None` (the default when `HOME` is
+    /// not set) keeps them in memory only.
     #[serde(default = "default_cache_dir")]
     pub module_cache: Option<PathBuf>,
     /// Filter instances that may exist at once, across all filters (the pooling
@@ -195,7 +198,8 @@ pub struct ListenerLimits {
     /// Bytes of request head (request line and headers); beyond it 431.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: Bytes,
-    /// Number of request headers; beyond it 431.
+    /// Number of HTTP/1.1 request headers; beyond it 431. (HTTP/2 header lists are
+    /// bounded by `max_header_bytes`.)
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
     /// Time allowed to receive a request's headers (slowloris protection); beyond it the connection closes.
@@ -260,7 +264,7 @@ pub enum ForwardMode {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardingConfig {
-    /// `X-Forwarded-For`, plus `X-Forwarded-Proto` and `X-Forwarded-Host` when not `off`.
+    /// `X-Forwarded-For`, plus `X-Forwarded-Proto` (set to this hop's scheme) when not `off`.
     #[serde(default = "append")]
     pub x_forwarded_for: ForwardMode,
     /// RFC 7239 `Forwarded`.
@@ -362,11 +366,13 @@ pub struct ClusterConfig {
     pub balance: BalanceConfig,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
-    /// From sending the request to the last byte of the response; `"0s"` for none
-    /// (long-lived streams). Routes may override it.
+    /// From the proxy receiving the request (connecting included) to the last byte of
+    /// the response; `"0s"` for none (long-lived streams). Routes may override it.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: Dur,
-    /// A request or response body that moves no byte for this long is aborted; `"0s"` for none.
+    /// A response body, or an upgraded or `CONNECT` tunnel, that moves no byte for this
+    /// long is aborted; `"0s"` for none. (Request bodies are bounded only by the
+    /// request timeout.)
     #[serde(default = "default_stream_idle_timeout")]
     pub idle_timeout: Dur,
     /// How often DNS names among the endpoints are resolved again.
