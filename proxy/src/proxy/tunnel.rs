@@ -70,8 +70,13 @@ pub async fn connect(
     ex.cluster = Some(cluster.clone());
     let ep = cluster.pick(None)?;
     ex.set_endpoint(ep.clone());
+    let start = Instant::now();
     let (io, _) = match cluster.connector.connect(ep.addr, &ep.host, true).await {
-        Ok(c) => c,
+        Ok(c) => {
+            // A success ends a streak of failures, as requests' successes do.
+            cluster.record(&ep, Ok(start.elapsed()));
+            c
+        }
         Err(e) => {
             cluster.stats.connect_errors.inc();
             cluster.record(&ep, Err(()));
