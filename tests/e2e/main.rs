@@ -3,6 +3,7 @@
 
 mod support;
 
+mod grpc;
 mod http;
 mod tls;
 mod websocket;
