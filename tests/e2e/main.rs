@@ -6,4 +6,5 @@ mod support;
 mod grpc;
 mod http;
 mod tls;
+mod tunnel;
 mod websocket;
