@@ -201,8 +201,11 @@ fn build_listener(
     http.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(lim.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(lim.max_header_bytes.0).unwrap_or(u32::MAX))
-        .enable_connect_protocol();
+        .max_header_list_size(u32::try_from(lim.max_header_bytes.0).unwrap_or(u32::MAX));
+    // No extended CONNECT (RFC 8441, WebSocket over HTTP/2): the proxy would take it
+    // for a plain CONNECT and splice WebSocket frames onto a bare TCP connection to
+    // an upstream waiting for an HTTP/1.1 handshake. Not offering it, clients open
+    // WebSockets over HTTP/1.1, whose upgrades are forwarded.
 
     let stats = clusters
         .keys()

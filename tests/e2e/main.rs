@@ -5,4 +5,8 @@ mod support;
 
 mod examples;
 mod filters;
+mod grpc;
 mod http;
+mod tls;
+mod tunnel;
+mod websocket;

@@ -22,7 +22,8 @@ pub(super) fn check(config: &Config) -> Vec<Problem> {
     let mut addresses = HashSet::new();
     for (i, l) in config.listeners.iter().enumerate() {
         let at = format!("listeners[{i}]");
-        if !addresses.insert(l.address) {
+        // Port 0 asks the kernel for a free port: each such listener gets its own.
+        if l.address.port() != 0 && !addresses.insert(l.address) {
             v.problem(
                 format!("{at}.address"),
                 format!("{} is used by another listener", l.address),
@@ -341,6 +342,30 @@ mod tests {
             "{BASE}[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\ncluster = \"a\"\n"
         );
         assert_eq!(problems(&text), "");
+    }
+
+    #[test]
+    fn listeners_may_share_port_zero_but_not_a_fixed_port() {
+        let listener = |name: &str, addr: &str| {
+            format!("[[listeners]]\nname = \"{name}\"\naddress = \"{addr}\"\ncluster = \"a\"\n")
+        };
+        let text = format!(
+            "{BASE}{}{}",
+            listener("l1", "127.0.0.1:0"),
+            listener("l2", "127.0.0.1:0")
+        );
+        assert_eq!(problems(&text), "");
+        let text = format!(
+            "{BASE}{}{}",
+            listener("l1", "127.0.0.1:8080"),
+            listener("l2", "127.0.0.1:8080")
+        );
+        assert!(
+            problems(&text)
+                .contains("listeners[1].address: 127.0.0.1:8080 is used by another listener"),
+            "{}",
+            problems(&text)
+        );
     }
 
     #[test]

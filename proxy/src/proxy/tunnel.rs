@@ -17,12 +17,15 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use super::body::Body;
 use super::exchange::{BodyTimeouts, Exchange};
 use crate::error::ProxyError;
+use crate::runtime::Runtime;
 use crate::server::drain::Drain;
 use crate::snapshot::ListenerRuntime;
+use crate::telemetry::metrics::Limit;
 
 /// Joins the client's and the upstream's upgraded connections once both are ready,
 /// and returns the 101 response for the client.
@@ -67,8 +70,13 @@ pub async fn connect(
     ex.cluster = Some(cluster.clone());
     let ep = cluster.pick(None)?;
     ex.set_endpoint(ep.clone());
+    let start = Instant::now();
     let (io, _) = match cluster.connector.connect(ep.addr, &ep.host, true).await {
-        Ok(c) => c,
+        Ok(c) => {
+            // A success ends a streak of failures, as requests' successes do.
+            cluster.record(&ep, Ok(start.elapsed()));
+            c
+        }
         Err(e) => {
             cluster.stats.connect_errors.inc();
             cluster.record(&ep, Err(()));
@@ -91,19 +99,43 @@ pub async fn connect(
     Ok((Response::new(Body::Empty), BodyTimeouts::default()))
 }
 
-/// A TCP listener's connection: bytes to an endpoint of the listener's cluster.
-/// The drain token is held so shutdown waits for the tunnel, up to its deadline;
-/// bytes cannot be cut short gracefully, so the tunnel does not watch the signal.
+/// A TCP listener's connection: bytes to an endpoint of the listener's cluster,
+/// after the TLS handshake when the listener has `tls` (the upstream gets the
+/// plain bytes). The drain token is held so shutdown waits for the tunnel, up to
+/// its deadline; bytes cannot be cut short gracefully, so the tunnel does not
+/// watch the signal.
 pub async fn serve_tcp(
     tcp: TcpStream,
     remote: SocketAddr,
     lr: Arc<ListenerRuntime>,
+    rt: Arc<Runtime>,
     _drain: Drain,
 ) {
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = &lr.tls else {
+        return relay(tcp, remote, &lr).await;
+    };
+    let limit = lr.config.limits.tls_handshake_timeout.0;
+    match tokio::time::timeout(limit, TlsAcceptor::from(tls.clone()).accept(tcp)).await {
+        Ok(Ok(stream)) => relay(stream, remote, &lr).await,
+        Ok(Err(e)) => {
+            tracing::debug!(listener = %lr.name, %remote, error = %e, "TLS handshake failed");
+            rt.metrics.limit_hit(&lr.name, Limit::tls_handshake);
+        }
+        Err(_) => {
+            tracing::debug!(listener = %lr.name, %remote, "TLS handshake timed out");
+            rt.metrics.limit_hit(&lr.name, Limit::tls_handshake);
+        }
+    }
+}
+
+async fn relay<S>(downstream: S, remote: SocketAddr, lr: &ListenerRuntime)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let Some(cluster) = lr.routes.fallback.as_ref().and_then(|t| t.cluster.clone()) else {
         return;
     };
-    let _ = tcp.set_nodelay(true);
     let ep = match cluster.pick(None) {
         Ok(ep) => ep,
         Err(e) => {
@@ -123,7 +155,7 @@ pub async fn serve_tcp(
     };
     cluster.record(&ep, Ok(start.elapsed()));
     let idle = lr.config.limits.idle_timeout.non_zero();
-    let result = pipe(tcp, upstream, idle).await;
+    let result = pipe(downstream, upstream, idle).await;
     let (sent, received) = result.as_ref().copied().unwrap_or((0, 0));
     tracing::info!(
         target: "weft::access",

@@ -1,6 +1,7 @@
 //! Downstream: listeners accept connections, enforce connection-level limits, do the
 //! TLS handshake and hand the connection to hyper, whose requests go to
-//! `proxy::handle`. TCP listeners hand the bytes to `proxy::tunnel` instead.
+//! `proxy::handle`. TCP listeners hand the connection to `proxy::tunnel` instead
+//! (which does their TLS handshake too).
 
 pub mod drain;
 
@@ -113,7 +114,7 @@ pub async fn accept_loop(
             match lr.config.protocol {
                 ListenerProtocol::Http => serve_http(tcp, remote, local, lr, rt, name, drain).await,
                 ListenerProtocol::Tcp => {
-                    crate::proxy::tunnel::serve_tcp(tcp, remote, lr, drain).await
+                    crate::proxy::tunnel::serve_tcp(tcp, remote, lr, rt, drain).await
                 }
             }
             open.dec();

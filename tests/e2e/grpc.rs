@@ -1,0 +1,248 @@
+//! gRPC through the proxy between real grpcio peers (tests/e2e/peers/): unary and
+//! interleaved bidirectional streaming calls, statuses and metadata carried in
+//! trailers, with the upstream cluster set to HTTP/2 by config or by
+//! `weft proxy --to h2c://...`, and under TLS on both sides.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use weft::app::{App, ConfigSource};
+use weft::cli::{proxy_config, ProxyArgs};
+
+use crate::support::*;
+
+/// The Python interpreter of the venv `.ci/setup` makes, with grpcio.
+fn python() -> PathBuf {
+    let venv = std::env::var_os("WEFT_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/weft-venv")
+        });
+    let python = venv.join("bin/python");
+    assert!(
+        python.exists(),
+        "no Python venv at {} (run .ci/setup, or set WEFT_VENV)",
+        venv.display()
+    );
+    python
+}
+
+fn peer(script: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/e2e/peers")
+        .join(script)
+}
+
+/// grpc_server.py, running until dropped.
+struct GrpcServer {
+    addr: SocketAddr,
+    _child: Child,
+}
+
+impl GrpcServer {
+    /// In clear text, or under TLS with `tls` (certificate chain and key files).
+    async fn start(tls: Option<(&Path, &Path)>) -> GrpcServer {
+        let mut cmd = Command::new(python());
+        cmd.arg(peer("grpc_server.py"));
+        if let Some((cert, key)) = tls {
+            cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        let mut child = cmd
+            // The server runs until its stdin closes, that is until this handle drops.
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start grpc_server.py");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let port = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("grpc_server.py did not print its port")
+            .unwrap()
+            .expect("grpc_server.py exited");
+        let port: u16 = port.trim().parse().expect("a port number");
+        GrpcServer {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            _child: child,
+        }
+    }
+}
+
+/// Where grpc_client.py calls: an address, in clear text or under TLS trusting a
+/// CA file and asking for a name.
+struct Target {
+    addr: SocketAddr,
+    tls: Option<(PathBuf, String)>,
+}
+
+impl Target {
+    fn clear(addr: SocketAddr) -> Target {
+        Target { addr, tls: None }
+    }
+}
+
+/// Runs grpc_client.py against `target` and returns what it printed.
+async fn call(target: &Target, mode: &str, messages: &[&str]) -> Value {
+    let mut cmd = Command::new(python());
+    cmd.arg(peer("grpc_client.py"));
+    if let Some((ca, name)) = &target.tls {
+        cmd.arg("--ca").arg(ca).arg("--name").arg(name);
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        cmd.arg(target.addr.to_string())
+            .arg(mode)
+            .args(messages)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("grpc_client.py timed out")
+    .expect("run grpc_client.py");
+    assert!(
+        out.status.success(),
+        "grpc_client.py {mode} {messages:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "grpc_client.py printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The calls every proxy setup must carry the same way a direct connection does.
+async fn check_calls(target: &Target) {
+    let v = call(target, "unary", &["hi"]).await;
+    assert_eq!(v["code"], "OK", "{v}");
+    assert_eq!(v["reply"], "echo:hi");
+    // Custom trailing metadata travels in the HTTP/2 trailers with grpc-status.
+    assert_eq!(v["trailing"]["x-echo-trailer"], "t-hi", "{v}");
+    assert_eq!(v["initial"]["x-seen-forwarded-for"], "127.0.0.1", "{v}");
+
+    // A status with no message: the upstream answers with trailers only (one
+    // HEADERS frame ending the stream), and so must the proxy. The `date` the
+    // proxy adds to every response then shows up as trailing metadata.
+    let mut v = call(target, "unary", &["abort:NOT_FOUND:no such thing: ü/%"]).await;
+    v["trailing"].as_object_mut().unwrap().remove("date");
+    assert_eq!(
+        v,
+        json!({"code": "NOT_FOUND", "details": "no such thing: ü/%", "trailing": {}})
+    );
+
+    // Each message is sent only once the previous answer is back.
+    let msgs = ["one", "two", "three", "four", "five"];
+    let v = call(target, "bidi", &msgs).await;
+    assert_eq!(
+        v,
+        json!({"code": "OK", "replies": msgs.map(|m| format!("echo:{m}"))}),
+    );
+
+    // A status after streamed messages: real trailers, after data.
+    let v = call(
+        target,
+        "bidi",
+        &["a", "b", "abort:RESOURCE_EXHAUSTED:too many"],
+    )
+    .await;
+    assert_eq!(
+        v,
+        json!({"code": "RESOURCE_EXHAUSTED", "details": "too many", "replies": ["echo:a", "echo:b"]}),
+    );
+}
+
+#[tokio::test]
+async fn grpc_through_a_cluster_with_protocol_http2() {
+    let server = GrpcServer::start(None).await;
+    let proxy = Proxy::start(&format!(
+        r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+cluster = "grpc"
+
+[[clusters]]
+name = "grpc"
+endpoints = ["{}"]
+protocol = "http2"
+"#,
+        server.addr
+    ))
+    .await;
+    check_calls(&Target::clear(proxy.addr("main"))).await;
+    // The status the client saw is what the proxy counted: HTTP 200 every time.
+    assert_eq!(
+        proxy
+            .metric("weft_requests_total{listener=\"main\",cluster=\"grpc\",status_class=\"2xx\"}")
+            .await,
+        4.0
+    );
+}
+
+#[tokio::test]
+async fn grpc_through_weft_proxy_to_h2c() {
+    let server = GrpcServer::start(None).await;
+    // What `weft proxy --listen 127.0.0.1:0 --to h2c://ADDR` runs, in process.
+    let args = ProxyArgs {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        to: vec![format!("h2c://{}", server.addr)],
+        admin: None,
+        filters: Vec::new(),
+        workers: 0,
+    };
+    let loaded = proxy_config(&args).unwrap();
+    assert_eq!(
+        loaded.config.clusters[0].protocol,
+        weft::config::UpstreamProtocol::Http2
+    );
+    let app = App::start(ConfigSource::Fixed(Box::new(loaded)))
+        .await
+        .unwrap();
+    check_calls(&Target::clear(app.listener_addr("proxy").unwrap())).await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn grpc_over_tls_on_both_sides() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let (edge_cert, edge_key) = pki.write(dir.path(), "edge", &pki.leaf(&["grpc.test"], &[]));
+    let (up_cert, up_key) = pki.write(dir.path(), "up", &pki.leaf(&["backend.test"], &[]));
+    let server = GrpcServer::start(Some((&up_cert, &up_key))).await;
+    let proxy = Proxy::start(&format!(
+        r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+cluster = "grpc"
+[listeners.tls]
+certificates = [{{ cert = "{}", key = "{}" }}]
+
+[[clusters]]
+name = "grpc"
+endpoints = ["{}"]
+protocol = "http2"
+[clusters.tls]
+ca = "{}"
+server_name = "backend.test"
+"#,
+        edge_cert.display(),
+        edge_key.display(),
+        server.addr,
+        ca.display()
+    ))
+    .await;
+    check_calls(&Target {
+        addr: proxy.addr("main"),
+        tls: Some((ca.clone(), "grpc.test".into())),
+    })
+    .await;
+}

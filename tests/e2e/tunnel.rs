@@ -1,0 +1,584 @@
+//! Byte tunnels: `CONNECT host:port` on an HTTP listener, routed by authority to a
+//! cluster, and listeners with `protocol = "tcp"`; both close when idle too long.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, StatusCode};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+/// A TCP server on 127.0.0.1:0 that writes back what it reads, counting the
+/// connections it accepted and those that have ended.
+struct TcpEcho {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    ended: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TcpEcho {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TcpEcho {
+    async fn start() -> TcpEcho {
+        Self::serve(TcpListener::bind("127.0.0.1:0").await.unwrap())
+    }
+
+    /// Serves on a bound listener (to bring an echo back on the same port).
+    fn serve(listener: TcpListener) -> TcpEcho {
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let ended = Arc::new(AtomicUsize::new(0));
+        let (a, e) = (accepted.clone(), ended.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let e = e.clone();
+                tokio::spawn(async move {
+                    let (mut r, mut w) = tcp.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                    e.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        TcpEcho {
+            addr,
+            accepted,
+            ended,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    fn ended(&self) -> usize {
+        self.ended.load(Ordering::SeqCst)
+    }
+}
+
+/// Writes `data` and reads the same number of bytes back, concurrently (so data
+/// larger than the socket buffers cannot deadlock).
+async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, data: &[u8]) -> Vec<u8> {
+    let (mut r, mut w) = tokio::io::split(s);
+    let write = async {
+        w.write_all(data).await.unwrap();
+        w.flush().await.unwrap();
+    };
+    let read = async {
+        let mut back = vec![0u8; data.len()];
+        r.read_exact(&mut back).await.unwrap();
+        back
+    };
+    let ((), back) =
+        tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(write, read) })
+            .await
+            .expect("echo timed out");
+    back
+}
+
+/// Reads until the peer closes (end of stream or reset); panics after `within`.
+async fn closed_within<S: AsyncRead + Unpin>(s: &mut S, within: Duration) -> Vec<u8> {
+    let mut rest = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(within, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return rest,
+            Ok(Ok(n)) => rest.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("still open after {within:?}"),
+        }
+    }
+}
+
+/// Reads an HTTP/1.1 response head (through the blank line) from a raw stream.
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte))
+            .await
+            .expect("response head timed out")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before the head ended: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+fn connect_config(echo: &TcpEcho, dead: SocketAddr, idle: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+[[listeners.routes]]
+host = "echo.test"
+cluster = "echo"
+[[listeners.routes]]
+host = "dead.test"
+cluster = "dead"
+
+[[clusters]]
+name = "echo"
+endpoints = ["{}"]
+idle_timeout = "{idle}"
+[[clusters]]
+name = "dead"
+endpoints = ["{dead}"]
+"#,
+        echo.addr
+    )
+}
+
+/// An address nothing listens on.
+async fn dead_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn connect_tunnels_raw_bytes_to_the_routed_cluster() {
+    let echo = TcpEcho::start().await;
+    let proxy = Proxy::start(&connect_config(&echo, dead_addr().await, "60s")).await;
+
+    let mut s = TcpStream::connect(proxy.addr("main")).await.unwrap();
+    s.write_all(b"CONNECT echo.test:443 HTTP/1.1\r\nhost: echo.test:443\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(echo.accepted(), 1);
+
+    // Not HTTP: bytes, including some that would confuse a parser.
+    let odd = b"GET / HTTP/1.1\r\n\r\n\x00\xff binary \r\n";
+    assert_eq!(round_trip(&mut s, odd).await, odd);
+    let big = pattern(1 << 20);
+    assert_eq!(round_trip(&mut s, &big).await, big);
+
+    // Half-close: the upstream sees the end, closes, and the client sees that.
+    s.shutdown().await.unwrap();
+    let rest = closed_within(&mut s, Duration::from_secs(5)).await;
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(eventually(Duration::from_secs(5), async || echo.ended() == 1).await);
+    assert_eq!(echo.accepted(), 1);
+}
+
+#[tokio::test]
+async fn connect_with_hyper_clients_over_http1_and_http2() {
+    let echo = TcpEcho::start().await;
+    let proxy = Proxy::start(&connect_config(&echo, dead_addr().await, "60s")).await;
+    let connect = || {
+        Request::builder()
+            .method(Method::CONNECT)
+            .uri("echo.test:8443")
+            .body(empty())
+            .unwrap()
+    };
+
+    // HTTP/1.1
+    let tcp = TcpStream::connect(proxy.addr("main")).await.unwrap();
+    let (mut sender, conn) = http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let resp = sender.send_request(connect()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut up = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    assert_eq!(
+        round_trip(&mut up, b"over http/1.1").await,
+        b"over http/1.1"
+    );
+
+    // HTTP/2 (prior knowledge): the tunnel is one stream of the connection.
+    let tcp = TcpStream::connect(proxy.addr("main")).await.unwrap();
+    let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(connect()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut up = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    let big = pattern(256 * 1024);
+    assert_eq!(round_trip(&mut up, &big).await, big);
+    // A second tunnel on the same HTTP/2 connection.
+    let resp = sender.send_request(connect()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut second = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    assert_eq!(round_trip(&mut second, b"second").await, b"second");
+    assert_eq!(round_trip(&mut up, b"first again").await, b"first again");
+    assert_eq!(echo.accepted(), 3);
+}
+
+#[tokio::test]
+async fn connect_to_an_unrouted_or_dead_target_fails_with_a_status() {
+    let echo = TcpEcho::start().await;
+    let proxy = Proxy::start(&connect_config(&echo, dead_addr().await, "60s")).await;
+    for (target, want) in [
+        ("nowhere.test:443", StatusCode::NOT_FOUND),
+        ("dead.test:443", StatusCode::BAD_GATEWAY),
+    ] {
+        let mut s = TcpStream::connect(proxy.addr("main")).await.unwrap();
+        s.write_all(format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {}", want.as_u16())),
+            "{target}: {head}"
+        );
+    }
+    assert_eq!(echo.accepted(), 0);
+}
+
+#[tokio::test]
+async fn connect_tunnel_closes_when_idle() {
+    let echo = TcpEcho::start().await;
+    let proxy = Proxy::start(&connect_config(&echo, dead_addr().await, "300ms")).await;
+    let mut s = TcpStream::connect(proxy.addr("main")).await.unwrap();
+    s.write_all(b"CONNECT echo.test:443 HTTP/1.1\r\nhost: echo.test:443\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(round_trip(&mut s, b"ping").await, b"ping");
+    let idle_from = Instant::now();
+    closed_within(&mut s, Duration::from_secs(5)).await;
+    let idled = idle_from.elapsed();
+    assert!(
+        idled >= Duration::from_millis(250),
+        "closed after {idled:?}"
+    );
+    assert!(eventually(Duration::from_secs(5), async || echo.ended() == 1).await);
+}
+
+fn tcp_config(echo: SocketAddr, idle: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "tcp"
+address = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "echo"
+[listeners.limits]
+idle_timeout = "{idle}"
+
+[[clusters]]
+name = "echo"
+endpoints = ["{echo}"]
+"#
+    )
+}
+
+#[tokio::test]
+async fn tcp_listener_forwards_bytes_and_closes_when_idle() {
+    let echo = TcpEcho::start().await;
+    let proxy = Proxy::start(&tcp_config(echo.addr, "500ms")).await;
+    let mut s = TcpStream::connect(proxy.addr("tcp")).await.unwrap();
+    // The first bytes are an HTTP request: a TCP listener must not parse them.
+    let req = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+    assert_eq!(round_trip(&mut s, req).await, req);
+    let big = pattern(1 << 20);
+    assert_eq!(round_trip(&mut s, &big).await, big);
+
+    // Traffic every 100ms keeps the tunnel open for twice the idle timeout.
+    let busy_from = Instant::now();
+    for i in 0..10u8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(round_trip(&mut s, &[i]).await, [i], "closed while busy");
+    }
+    assert!(busy_from.elapsed() >= Duration::from_millis(1000));
+
+    // Then silence: the proxy closes both sides.
+    let idle_from = Instant::now();
+    let rest = closed_within(&mut s, Duration::from_secs(5)).await;
+    let idled = idle_from.elapsed();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        idled >= Duration::from_millis(450),
+        "closed after {idled:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || echo.ended() == 1).await,
+        "the upstream side stayed open"
+    );
+    assert_eq!(echo.accepted(), 1);
+}
+
+#[tokio::test]
+async fn tcp_listener_balances_connections_and_closes_on_a_dead_upstream() {
+    let (e1, e2) = (TcpEcho::start().await, TcpEcho::start().await);
+    let proxy = Proxy::start(&format!(
+        r#"
+[[listeners]]
+name = "tcp"
+address = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "echo"
+[[listeners]]
+name = "dead"
+address = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "dead"
+
+[[clusters]]
+name = "echo"
+endpoints = ["{}", "{}"]
+[[clusters]]
+name = "dead"
+endpoints = ["{}"]
+"#,
+        e1.addr,
+        e2.addr,
+        dead_addr().await
+    ))
+    .await;
+    for i in 0..4u8 {
+        let mut s = TcpStream::connect(proxy.addr("tcp")).await.unwrap();
+        assert_eq!(round_trip(&mut s, &[i; 3]).await, [i; 3]);
+    }
+    assert_eq!((e1.accepted(), e2.accepted()), (2, 2));
+
+    let mut s = TcpStream::connect(proxy.addr("dead")).await.unwrap();
+    closed_within(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        proxy
+            .metric("weft_upstream_connect_errors_total{cluster=\"dead\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn tcp_listener_with_tls_terminates_it() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = pki.leaf(&["tcp.test"], &[]);
+    let (cert, key) = pki.write(dir.path(), "tcp", &leaf);
+    let echo = TcpEcho::start().await;
+    let proxy = Proxy::start(&format!(
+        r#"
+[[listeners]]
+name = "tcp"
+address = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "echo"
+[listeners.tls]
+certificates = [{{ cert = "{}", key = "{}" }}]
+
+[[clusters]]
+name = "echo"
+endpoints = ["{}"]
+"#,
+        cert.display(),
+        key.display(),
+        echo.addr
+    ))
+    .await;
+    let tcp = TcpStream::connect(proxy.addr("tcp")).await.unwrap();
+    let mut tls = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(pki.client_config(&[])).connect(
+            rustls::pki_types::ServerName::try_from("tcp.test").unwrap(),
+            tcp,
+        ),
+    )
+    .await
+    .expect("TLS handshake timed out")
+    .expect("the listener's certificate, not the upstream's bytes");
+    assert_eq!(
+        tls.get_ref().1.peer_certificates().unwrap()[0],
+        leaf.der,
+        "wrong certificate"
+    );
+    // The upstream gets the plain bytes.
+    assert_eq!(
+        round_trip(&mut tls, b"in the clear upstream").await,
+        b"in the clear upstream"
+    );
+    let big = pattern(256 * 1024);
+    assert_eq!(round_trip(&mut tls, &big).await, big);
+    assert_eq!(echo.accepted(), 1);
+
+    // A client that does not speak TLS never reaches the upstream.
+    let mut plain = TcpStream::connect(proxy.addr("tcp")).await.unwrap();
+    plain.write_all(b"hello?\r\n").await.unwrap();
+    closed_within(&mut plain, Duration::from_secs(5)).await;
+    assert_eq!(echo.accepted(), 1);
+    assert_eq!(
+        proxy
+            .metric("weft_limit_hits_total{listener=\"tcp\",limit=\"tls_handshake\"}")
+            .await,
+        1.0
+    );
+}
+
+/// Sends `CONNECT target` on a fresh connection and returns the status line.
+async fn connect_status(proxy: &Proxy, target: &str) -> String {
+    let mut s = TcpStream::connect(proxy.addr("main")).await.unwrap();
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_head(&mut s).await.lines().next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn connect_tunnels_count_as_successes_for_outlier_detection() {
+    // One endpoint that may be ejected, after two failures in a row.
+    let echo = TcpEcho::start().await;
+    let addr = echo.addr;
+    let proxy = Proxy::start(&format!(
+        r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+cluster = "echo"
+
+[[clusters]]
+name = "echo"
+endpoints = ["{addr}"]
+[clusters.outlier]
+consecutive_failures = 2
+max_ejected_percent = 100
+"#
+    ))
+    .await;
+    assert!(connect_status(&proxy, "echo.test:1")
+        .await
+        .contains(" 200 "));
+    drop(echo);
+    assert!(connect_status(&proxy, "echo.test:1")
+        .await
+        .contains(" 502 "));
+    let echo = TcpEcho::serve(TcpListener::bind(addr).await.unwrap());
+    assert!(connect_status(&proxy, "echo.test:1")
+        .await
+        .contains(" 200 "));
+    drop(echo);
+    assert!(connect_status(&proxy, "echo.test:1")
+        .await
+        .contains(" 502 "));
+    let echo = TcpEcho::serve(TcpListener::bind(addr).await.unwrap());
+    // Failure, success, failure: never two failures in a row, so no ejection.
+    let status = connect_status(&proxy, "echo.test:1").await;
+    assert!(status.contains(" 200 "), "{status}");
+    assert_eq!(echo.accepted(), 1);
+    assert_eq!(
+        proxy
+            .metric("weft_endpoint_ejections_total{cluster=\"echo\"}")
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn connect_tunnels_outlive_the_listener_idle_timeout() {
+    // Tunnels idle out by the cluster's idle timeout (60s here), not by the
+    // listener's, which is for HTTP connections between requests.
+    let echo = TcpEcho::start().await;
+    let cfg = connect_config(&echo, dead_addr().await, "60s").replace(
+        "name = \"main\"\naddress = \"127.0.0.1:0\"\n",
+        "name = \"main\"\naddress = \"127.0.0.1:0\"\nlimits = { idle_timeout = \"200ms\" }\n",
+    );
+    assert!(cfg.contains("200ms"), "{cfg}");
+    let proxy = Proxy::start(&cfg).await;
+    let connect = || {
+        Request::builder()
+            .method(Method::CONNECT)
+            .uri("echo.test:443")
+            .body(empty())
+            .unwrap()
+    };
+    let mut h1_tunnel = TcpStream::connect(proxy.addr("main")).await.unwrap();
+    h1_tunnel
+        .write_all(b"CONNECT echo.test:443 HTTP/1.1\r\nhost: echo.test:443\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut h1_tunnel).await.starts_with("HTTP/1.1 200"));
+    let tcp = TcpStream::connect(proxy.addr("main")).await.unwrap();
+    let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(connect()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut h2_tunnel = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+
+    // Silence for three times the listener's idle timeout.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        round_trip(&mut h1_tunnel, b"h1 still open").await,
+        b"h1 still open"
+    );
+    assert_eq!(
+        round_trip(&mut h2_tunnel, b"h2 still open").await,
+        b"h2 still open"
+    );
+}
+
+#[tokio::test]
+async fn connect_to_a_tls_cluster_wraps_the_tunnel_in_tls() {
+    // An upstream that echoes under TLS, with a certificate the cluster must verify.
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(pki.server_config(&pki.leaf(&["echo.test"], &[]), &[]));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut buf = [0u8; 1024];
+        // One message echoed, in upper case: proof it went through this server.
+        let n = tls.read(&mut buf).await.unwrap();
+        tls.write_all(&buf[..n].to_ascii_uppercase()).await.unwrap();
+        tls.shutdown().await.unwrap();
+    });
+    let proxy = Proxy::start(&format!(
+        r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+cluster = "secure"
+
+[[clusters]]
+name = "secure"
+endpoints = ["{upstream}"]
+[clusters.tls]
+ca = "{}"
+server_name = "echo.test"
+"#,
+        ca.display()
+    ))
+    .await;
+    let mut s = TcpStream::connect(proxy.addr("main")).await.unwrap();
+    s.write_all(b"CONNECT echo.test:443 HTTP/1.1\r\nhost: echo.test:443\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 200"));
+    s.write_all(b"plain text in").await.unwrap();
+    let back = closed_within(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(back, b"PLAIN TEXT IN");
+    server.await.unwrap();
+}
