@@ -4,4 +4,5 @@
 mod support;
 
 mod balance;
+mod health;
 mod http;
