@@ -6,3 +6,4 @@ mod support;
 mod balance;
 mod health;
 mod http;
+mod timeouts;
