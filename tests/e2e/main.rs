@@ -6,4 +6,5 @@ mod support;
 mod balance;
 mod health;
 mod http;
+mod limits;
 mod timeouts;
