@@ -233,3 +233,40 @@ async fn refused_connection_is_502() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_client_breaking_its_request_body_does_not_eject_the_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start("b1").await;
+    // Two failures eject, and nothing stops the only endpoint from going.
+    let proxy = Proxy::start(&one_cluster(
+        backend.addr,
+        r#"request_timeout = "300ms"
+outlier = { consecutive_failures = 2, base_ejection = "1m", max_ejection = "1m", max_ejected_percent = 100 }"#,
+    ))
+    .await;
+    // Announces 100 bytes of body and sends 5; then waits, or stops sending.
+    for half_close in [false, false, true, true] {
+        let mut s = TcpStream::connect(proxy.addr("main")).await.unwrap();
+        s.write_all(b"POST /hash HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nhello")
+            .await
+            .unwrap();
+        if half_close {
+            s.shutdown().await.unwrap();
+        }
+        let mut head = [0u8; 12];
+        let answered = tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut head)).await;
+        if !half_close {
+            answered.expect("no answer to a stalled upload").unwrap();
+            assert_eq!(&head, b"HTTP/1.1 504");
+        }
+    }
+    // The upstream did nothing wrong: it still takes traffic.
+    assert_eq!(
+        proxy
+            .metric("weft_endpoint_ejections_total{cluster=\"c\"}")
+            .await,
+        0.0
+    );
+    assert_eq!(get(&h1(), &proxy.url("/")).await.0, 200);
+}
