@@ -442,15 +442,11 @@ async fn garbage_never_breaks_the_proxy() {
     let backend = Backend::start("b1").await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("weft.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "{}{}",
-            preamble(dir.path()),
-            config(backend.addr, "header_read_timeout = \"500ms\"")
-        ),
-    )
-    .unwrap();
+    // Short timeouts, so that inputs the proxy waits on (a body that never comes,
+    // a connection left open, a CONNECT tunnel to the cluster) end soon.
+    let limits = "header_read_timeout = \"500ms\"\nidle_timeout = \"500ms\"";
+    let text = config(backend.addr, limits) + "request_timeout = \"1s\"\nidle_timeout = \"1s\"\n";
+    std::fs::write(&cfg, format!("{}{text}", preamble(dir.path()))).unwrap();
     // The binary, so that a panic anywhere shows on its stderr.
     let mut child = Child::spawn(&["run", "--config", cfg.to_str().unwrap()]).await;
     let addr = child.listener_addr("main");
