@@ -194,7 +194,9 @@ fn build_listener(
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(lim.header_read_timeout.non_zero())
+        // `server::serve` times request heads itself (hyper's timer would also run
+        // while a keep-alive connection waits between requests).
+        .header_read_timeout(None)
         .max_buf_size(lim.max_header_bytes.as_usize().max(8192))
         .max_headers(lim.max_headers)
         .keep_alive(true);

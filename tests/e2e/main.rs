@@ -3,10 +3,14 @@
 
 mod support;
 
+mod balance;
 mod examples;
 mod filters;
 mod grpc;
+mod health;
 mod http;
+mod limits;
+mod timeouts;
 mod tls;
 mod tunnel;
 mod websocket;

@@ -673,3 +673,186 @@ pub fn json_to_toml_inline(json: &str) -> String {
     }
     conv(&serde_json::from_str(json).expect("valid JSON"))
 }
+
+/// What a `Steered` backend does now; tests change it while traffic flows.
+pub struct Steering {
+    /// Status of every answer except `/health` and `/stall/N`.
+    pub status: std::sync::atomic::AtomicU16,
+    /// Status of `/health` (what active health checks ask).
+    pub health: std::sync::atomic::AtomicU16,
+    /// Milliseconds to wait before answering (not `/health`).
+    pub delay_ms: std::sync::atomic::AtomicU64,
+    /// Requests answered, not counting `/health`.
+    pub hits: AtomicUsize,
+    pub health_hits: AtomicUsize,
+    /// Requests being answered now, and the most there ever were at once.
+    pub in_flight: AtomicUsize,
+    pub max_in_flight: AtomicUsize,
+}
+
+/// A backend on 127.0.0.1:0 whose answers a test steers at run time (see
+/// `Steering`), and which can be killed: `kill` closes the listener and every
+/// connection it accepted, so the port refuses connections from then on.
+///
+/// Every request (any path) gets `status` after `delay_ms`, with the body
+/// `hello from <name>` and an `x-backend` header, except `/health` (the
+/// `health` status, at once) and `/stall/N` (200, then N chunks, then a body
+/// that never goes on).
+pub struct Steered {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub steer: Arc<Steering>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Steered {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+impl Steered {
+    pub async fn start(name: &str) -> Steered {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let steer = Arc::new(Steering {
+            status: 200.into(),
+            health: 200.into(),
+            delay_ms: 0.into(),
+            hits: 0.into(),
+            health_hits: 0.into(),
+            in_flight: 0.into(),
+            max_in_flight: 0.into(),
+        });
+        let (s, n) = (steer.clone(), name.to_string());
+        let task = tokio::spawn(async move {
+            // Dropping the set (when this task is aborted) aborts every connection.
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                while conns.try_join_next().is_some() {}
+                let (s, n) = (s.clone(), n.clone());
+                conns.spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let (s, n) = (s.clone(), n.clone());
+                        async move { Ok::<_, Infallible>(steered_answer(req, &s, &n).await) }
+                    });
+                    serve_conn(TokioIo::new(tcp), svc, Proto::Auto).await;
+                });
+            }
+        });
+        Steered {
+            addr,
+            name: name.to_string(),
+            steer,
+            task: Some(task),
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.steer.hits.load(Ordering::Relaxed)
+    }
+
+    pub fn health_hits(&self) -> usize {
+        self.steer.health_hits.load(Ordering::Relaxed)
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.steer.max_in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.steer.status.store(status, Ordering::Relaxed);
+    }
+
+    pub fn set_health(&self, status: u16) {
+        self.steer.health.store(status, Ordering::Relaxed);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.steer
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Closes the listener and every open connection; returns once they are closed.
+    pub async fn kill(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+async fn steered_answer(req: Request<Incoming>, s: &Steering, name: &str) -> Response<TestBody> {
+    let path = req.uri().path();
+    if path == "/health" {
+        s.health_hits.fetch_add(1, Ordering::Relaxed);
+        return status(StatusCode::from_u16(s.health.load(Ordering::Relaxed)).unwrap());
+    }
+    s.hits.fetch_add(1, Ordering::Relaxed);
+    let now = s.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+    s.max_in_flight.fetch_max(now, Ordering::Relaxed);
+    let mut resp = if let Some(n) = path.strip_prefix("/stall/") {
+        let chunks = n.parse::<usize>().unwrap_or(0);
+        let sent = futures_util::stream::iter((0..chunks).map(|i| {
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from(format!(
+                "chunk{i};"
+            ))))
+        }));
+        let stalled = futures_util::stream::pending();
+        Response::new(StreamBody::new(futures_util::StreamExt::chain(sent, stalled)).boxed())
+    } else {
+        let delay = s.delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let mut r = Response::new(full(format!("hello from {name}")));
+        *r.status_mut() = StatusCode::from_u16(s.status.load(Ordering::Relaxed)).unwrap();
+        r
+    };
+    s.in_flight.fetch_sub(1, Ordering::Relaxed);
+    resp.headers_mut()
+        .insert("x-backend", name.parse().unwrap());
+    resp
+}
+
+/// The `x-backend` header of an answer, or "" when there is none.
+pub fn backend_of(headers: &HeaderMap) -> String {
+    headers
+        .get("x-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The admin `/clusters` view: the state of each endpoint of `cluster`, by address.
+pub async fn endpoint_states(
+    proxy: &Proxy,
+    cluster: &str,
+) -> std::collections::HashMap<SocketAddr, String> {
+    let (status, _, body) = get(&h1(), &proxy.admin_url("/clusters")).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let c = v["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == cluster)
+        .unwrap_or_else(|| panic!("no cluster {cluster} in {v}"));
+    c["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["address"].as_str().unwrap().parse().unwrap(),
+                e["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}

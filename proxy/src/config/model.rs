@@ -195,7 +195,7 @@ pub struct ListenerLimits {
     /// Concurrent HTTP/2 streams per connection.
     #[serde(default = "default_max_streams")]
     pub max_concurrent_streams: u32,
-    /// Bytes of request head (request line and headers); beyond it 431.
+    /// Bytes of request head (request line and headers); beyond it 431. At least 8KiB.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: Bytes,
     /// Number of HTTP/1.1 request headers; beyond it 431. (HTTP/2 header lists are

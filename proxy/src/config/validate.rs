@@ -129,10 +129,12 @@ pub(super) fn check(config: &Config) -> Vec<Problem> {
                 "must be at least 1",
             );
         }
-        if lim.max_header_bytes.0 < 1024 {
+        // HTTP/1.1 heads are limited by hyper's read buffer, which cannot be
+        // smaller than 8KiB; a lower setting would silently not be enforced.
+        if lim.max_header_bytes.0 < 8 * 1024 {
             v.problem(
                 format!("{at}.limits.max_header_bytes"),
-                "must be at least 1KiB",
+                "must be at least 8KiB",
             );
         }
         if lim.max_headers == 0 {
@@ -398,6 +400,20 @@ mod tests {
             e.contains("clusters[2].endpoints[1]: \"h:99999\" has an invalid port"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn header_limit_below_what_http1_can_enforce_is_refused() {
+        let listener = |limit: &str| {
+            format!("{BASE}[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\ncluster = \"a\"\nlimits = {{ max_header_bytes = \"{limit}\" }}\n")
+        };
+        assert!(
+            problems(&listener("4KiB"))
+                .contains("listeners[0].limits.max_header_bytes: must be at least 8KiB"),
+            "{}",
+            problems(&listener("4KiB"))
+        );
+        assert_eq!(problems(&listener("8KiB")), "");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! filter asked for the whole body.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -84,12 +84,35 @@ impl http_body::Body for Body {
 pub struct Tally {
     pub request_bytes: AtomicU64,
     pub request_done: AtomicBool,
+    /// Where the request body stands with the client: `FLOWING`, `AWAITING_CLIENT`
+    /// (the last poll found no data from it) or `BROKEN` (its body failed).
+    client: AtomicU8,
+}
+
+const FLOWING: u8 = 0;
+const AWAITING_CLIENT: u8 = 1;
+const BROKEN: u8 = 2;
+
+impl Tally {
+    /// Whether a failed exchange may be the client's doing rather than the
+    /// endpoint's: it broke its request body off, or the exchange `timed_out`
+    /// while the proxy was waiting for the client's body. Such failures must not
+    /// count against the endpoint (a slow upload would eject a healthy one).
+    pub fn client_at_fault(&self, timed_out: bool) -> bool {
+        match self.client.load(Ordering::Relaxed) {
+            BROKEN => true,
+            AWAITING_CLIENT => timed_out,
+            _ => false,
+        }
+    }
 }
 
 /// The request body on its way upstream, counted.
 pub struct RequestBody {
     inner: Body,
     tally: Arc<Tally>,
+    /// What `tally.client` was last set to (it is written only on change).
+    client: u8,
 }
 
 impl RequestBody {
@@ -97,7 +120,19 @@ impl RequestBody {
         if inner.is_end_stream() {
             tally.request_done.store(true, Ordering::Relaxed);
         }
-        RequestBody { inner, tally }
+        RequestBody {
+            inner,
+            tally,
+            client: FLOWING,
+        }
+    }
+
+    fn client(&mut self, state: u8) {
+        // A broken body stays broken.
+        if self.client != state && self.client != BROKEN {
+            self.client = state;
+            self.tally.client.store(state, Ordering::Relaxed);
+        }
     }
 }
 
@@ -110,7 +145,15 @@ impl http_body::Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) else {
+            this.client(AWAITING_CLIENT);
+            return Poll::Pending;
+        };
+        this.client(if matches!(frame, Some(Err(_))) {
+            BROKEN
+        } else {
+            FLOWING
+        });
         match &frame {
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
@@ -209,5 +252,47 @@ impl http_body::Body for Recorder {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use futures_util::stream::{self, StreamExt};
+    use http_body_util::StreamBody;
+
+    use super::*;
+
+    fn poll(body: &mut RequestBody) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(body).poll_frame(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn request_body_tells_when_the_client_holds_it_up() {
+        let tally = Arc::new(Tally::default());
+        let one = stream::iter([Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"a")))]);
+        let mut body = RequestBody::new(
+            Body::boxed(StreamBody::new(one.chain(stream::pending()))),
+            tally.clone(),
+        );
+        assert!(matches!(poll(&mut body), Poll::Ready(Some(Ok(_)))));
+        assert!(!tally.client_at_fault(true), "the client is keeping up");
+        assert!(poll(&mut body).is_pending());
+        assert!(
+            tally.client_at_fault(true),
+            "a timeout waiting for the client"
+        );
+        assert!(!tally.client_at_fault(false), "only a timeout is excused");
+
+        let tally = Arc::new(Tally::default());
+        let broken = stream::iter([Err::<Frame<Bytes>, BoxError>("reset".into())]);
+        let mut body = RequestBody::new(Body::boxed(StreamBody::new(broken)), tally.clone());
+        assert!(matches!(poll(&mut body), Poll::Ready(Some(Err(_)))));
+        assert!(poll(&mut body).is_ready());
+        assert!(
+            tally.client_at_fault(false),
+            "a broken body stays the client's"
+        );
     }
 }

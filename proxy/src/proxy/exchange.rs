@@ -160,7 +160,9 @@ impl ResponseBody {
             exchange: Some(exchange),
             timeouts,
             timer: None,
-            last_frame: None,
+            // The idle time runs from the response head: a body that never sends a
+            // frame is idle too (without this, each poll would restart the wait).
+            last_frame: timeouts.idle.map(|_| Instant::now()),
         };
         if http_body::Body::is_end_stream(&body.inner) {
             body.finish();

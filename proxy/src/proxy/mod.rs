@@ -304,10 +304,13 @@ async fn send(
             Ok((resp, lease))
         }
         Err(e) => {
-            if e.counts_against_endpoint() {
+            // Not when the client held up its own body: a slow or broken upload
+            // must not eject a healthy endpoint.
+            let timed_out = matches!(e, ProxyError::Timeout(_));
+            if e.counts_against_endpoint() && !ex.tally.client_at_fault(timed_out) {
                 cluster.record(&ep, Err(()));
             }
-            if matches!(e, ProxyError::Timeout(_)) {
+            if timed_out {
                 cluster.stats.timeouts.inc();
             }
             tracing::warn!(cluster = %cluster.name, endpoint = %ep.addr, error = %e, "upstream request failed");

@@ -7,13 +7,15 @@ pub mod drain;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -49,12 +51,28 @@ pub struct ConnState {
     /// Runtime milliseconds when the last request ended; 0 before any request.
     idle_since_ms: AtomicU64,
     requests: AtomicU64,
+    /// Runtime milliseconds when the bytes of a new request head began to arrive on
+    /// an idle HTTP/1 connection; 0 when none is arriving.
+    head_since_ms: AtomicU64,
+    /// The connection speaks HTTP/2: bytes between requests are frames, not heads.
+    h2: AtomicBool,
 }
 
 impl ConnState {
     pub fn begin(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.head_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Bytes came in: on an idle HTTP/1 connection they start the next request head.
+    fn received(&self, now_ms: impl FnOnce() -> u64) {
+        if self.head_since_ms.load(Ordering::Relaxed) == 0
+            && self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.h2.load(Ordering::Relaxed)
+        {
+            self.head_since_ms.store(now_ms().max(1), Ordering::Relaxed);
+        }
     }
 
     pub fn end(&self, now_ms: u64) {
@@ -193,19 +211,31 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc_info = info.clone();
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let info = svc_info.clone();
+        if req.version() == http::Version::HTTP_2 {
+            info.state.h2.store(true, Ordering::Relaxed);
+        }
         async move { Ok::<_, Infallible>(crate::proxy::handle(req, info).await) }
+    });
+    let io = TokioIo::new(Watched {
+        io: io.into_inner(),
+        info: info.clone(),
     });
     let mut conn = pin!(lr.http.serve_connection_with_upgrades(io, svc));
     let limits = &lr.config.limits;
-    // Until the first request, a silent client gets only the header-read time.
-    let first_request = limits.header_read_timeout.non_zero();
+    // The header read time runs from the connection's start until its first request,
+    // and from the first byte of each later request head; between requests (and on
+    // HTTP/2) the idle timeout applies. Hyper's own header timer is off: it would run
+    // through the idle time between requests too.
+    let header_time = limits.header_read_timeout.non_zero();
     let idle = limits.idle_timeout.non_zero();
     let rt = &info.runtime;
     let started_ms = rt.now_ms();
     let mut closing = false;
-    let check_every = [first_request, idle].into_iter().flatten().min();
+    // Set when a header timeout asked the connection to close: it is cut then.
+    let mut cutting = false;
+    let check_every = [header_time, idle].into_iter().flatten().min();
     let mut timer = pin!(tokio::time::sleep(
         check_every.unwrap_or(Duration::from_secs(3600))
     ));
@@ -217,13 +247,19 @@ where
                 }
                 return;
             }
-            () = timer.as_mut(), if check_every.is_some() && !closing => {
+            () = timer.as_mut(), if check_every.is_some() && (!closing || cutting) => {
+                if cutting {
+                    return;
+                }
                 let now = rt.now_ms();
                 let st = &info.state;
                 let busy = st.in_flight.load(Ordering::Relaxed) > 0;
                 let never_used = st.requests.load(Ordering::Relaxed) == 0;
+                let head_since = st.head_since_ms.load(Ordering::Relaxed);
                 let (since, limit, which) = if never_used {
-                    (started_ms, first_request, Limit::header_read_timeout)
+                    (started_ms, header_time, Limit::header_read_timeout)
+                } else if head_since != 0 {
+                    (head_since, header_time, Limit::header_read_timeout)
                 } else {
                     (st.idle_since_ms.load(Ordering::Relaxed), idle, Limit::idle_timeout)
                 };
@@ -233,12 +269,23 @@ where
                         tracing::debug!(listener = %info.listener, remote = %info.remote, limit = ?which, "closing connection");
                         conn.as_mut().graceful_shutdown();
                         closing = true;
+                        if which == Limit::header_read_timeout {
+                            // HTTP/1 goes on reading a head that never ends, shutdown
+                            // or not (HTTP/2 has sent GOAWAY): cut it after a moment.
+                            cutting = true;
+                            let grace = limit.min(Duration::from_secs(1));
+                            timer.as_mut().reset(tokio::time::Instant::now() + grace);
+                        }
                     }
                     _ => {
-                        let wait = match limit {
+                        let mut wait = match limit {
                             Some(limit) if !busy => limit.saturating_sub(Duration::from_millis(now.saturating_sub(since))),
                             _ => check_every.unwrap_or(Duration::from_secs(1)),
                         };
+                        if which == Limit::idle_timeout {
+                            // Look for a request head starting at least every header time.
+                            wait = wait.min(header_time.unwrap_or(wait));
+                        }
                         timer.as_mut().reset(tokio::time::Instant::now() + wait.max(Duration::from_millis(10)));
                     }
                 }
@@ -248,6 +295,54 @@ where
                 closing = true;
             }
         }
+    }
+}
+
+/// A client's byte stream that tells the connection's state when bytes arrive.
+struct Watched<I> {
+    io: I,
+    info: Arc<ConnInfo>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let info = &self.info;
+            info.state.received(|| info.runtime.now_ms());
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -261,4 +356,31 @@ fn note_connection_error(info: &ConnInfo, e: &(dyn std::error::Error + 'static))
         }
     }
     tracing::debug!(listener = %info.listener, remote = %info.remote, error = %e, "downstream connection ended with an error");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_head_starts_only_on_an_idle_http1_connection() {
+        let st = ConnState::default();
+        st.begin();
+        st.received(|| 5);
+        assert_eq!(st.head_since_ms.load(Ordering::Relaxed), 0, "in flight");
+        st.end(6);
+        st.received(|| 7);
+        st.received(|| 9);
+        assert_eq!(
+            st.head_since_ms.load(Ordering::Relaxed),
+            7,
+            "first byte counts"
+        );
+        st.begin();
+        assert_eq!(st.head_since_ms.load(Ordering::Relaxed), 0, "head done");
+        st.end(10);
+        st.h2.store(true, Ordering::Relaxed);
+        st.received(|| 11);
+        assert_eq!(st.head_since_ms.load(Ordering::Relaxed), 0, "HTTP/2 frames");
+    }
 }

@@ -213,3 +213,127 @@ pub fn describe(ep: &Endpoint, now_ms: u64) -> &'static str {
         "healthy"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::ClusterConfig;
+    use crate::telemetry::metrics::Metrics;
+
+    /// A cluster of `n` endpoints (never connected to) with this `outlier` table.
+    async fn cluster(n: u16, outlier: &str) -> Arc<Cluster> {
+        let endpoints: Vec<String> = (0..n)
+            .map(|i| format!("\"127.0.0.1:{}\"", 1000 + i))
+            .collect();
+        let text = format!(
+            "name = \"c\"\nendpoints = [{}]\noutlier = {{ {outlier} }}",
+            endpoints.join(", ")
+        );
+        let config: ClusterConfig = toml::from_str(&text).unwrap();
+        Cluster::build(&config, Metrics::new().cluster_stats("c"), |p| {
+            p.to_path_buf()
+        })
+        .await
+        .unwrap()
+    }
+
+    fn ejected(c: &Cluster, i: usize) -> bool {
+        c.endpoints().list[i].health.is_ejected(c.now_ms())
+    }
+
+    /// Fails endpoint `i` `times` times.
+    fn fail(c: &Cluster, i: usize, times: u32) {
+        let ep = c.endpoints().list[i].clone();
+        for _ in 0..times {
+            failure(c, &ep);
+        }
+    }
+
+    /// How long endpoint `i` stays ejected, in whole milliseconds of paused time.
+    async fn ejection_ms(c: &Cluster, i: usize) -> u64 {
+        let start = c.now_ms();
+        while ejected(c, i) {
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        c.now_ms() - start
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_back_off_doubles_up_to_its_cap() {
+        let c = cluster(
+            2,
+            r#"consecutive_failures = 2, base_ejection = "1s", max_ejection = "5s""#,
+        )
+        .await;
+        fail(&c, 0, 1);
+        assert!(!ejected(&c, 0), "one failure is not enough");
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            fail(&c, 0, 2);
+            assert!(ejected(&c, 0));
+            assert!(!c.endpoints().list[0].health.is_available(c.now_ms()));
+            seen.push(ejection_ms(&c, 0).await);
+            assert!(c.endpoints().list[0].health.is_available(c.now_ms()));
+        }
+        assert_eq!(seen, [1000, 2000, 4000, 5000, 5000]);
+        assert_eq!(c.stats.ejections.get(), 5);
+        assert!(!ejected(&c, 1), "the other endpoint is untouched");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_breaks_the_streak() {
+        let c = cluster(2, r#"consecutive_failures = 3"#).await;
+        let ep = c.endpoints().list[0].clone();
+        fail(&c, 0, 2);
+        c.record(&ep, Ok(Duration::from_millis(1)));
+        fail(&c, 0, 2);
+        assert!(!ejected(&c, 0));
+        fail(&c, 0, 1);
+        assert!(ejected(&c, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn back_off_starts_over_after_behaving_for_max_ejection() {
+        let c = cluster(
+            2,
+            r#"consecutive_failures = 1, base_ejection = "1s", max_ejection = "4s""#,
+        )
+        .await;
+        let ep = c.endpoints().list[0].clone();
+        fail(&c, 0, 1);
+        assert_eq!(ejection_ms(&c, 0).await, 1000);
+        fail(&c, 0, 1);
+        assert_eq!(ejection_ms(&c, 0).await, 2000);
+        // Good for longer than max_ejection after the ejection ended: forgiven.
+        tokio::time::advance(Duration::from_millis(4001)).await;
+        c.record(&ep, Ok(Duration::from_millis(1)));
+        fail(&c, 0, 1);
+        assert_eq!(ejection_ms(&c, 0).await, 1000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_ejected_percent_is_respected() {
+        let c = cluster(
+            4,
+            r#"consecutive_failures = 1, base_ejection = "10s", max_ejection = "10s", max_ejected_percent = 50"#,
+        )
+        .await;
+        for i in 0..4 {
+            fail(&c, i, 3);
+        }
+        let out: Vec<bool> = (0..4).map(|i| ejected(&c, i)).collect();
+        assert_eq!(out, [true, true, false, false]);
+        assert_eq!(c.stats.ejections.get(), 2);
+        // When one comes back, another may go.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        fail(&c, 2, 1);
+        assert!(ejected(&c, 2));
+
+        let none = cluster(1, r#"consecutive_failures = 1, max_ejected_percent = 0"#).await;
+        fail(&none, 0, 5);
+        assert!(!ejected(&none, 0));
+        assert_eq!(none.stats.ejections.get(), 0);
+    }
+}
