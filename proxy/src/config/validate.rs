@@ -22,7 +22,8 @@ pub(super) fn check(config: &Config) -> Vec<Problem> {
     let mut addresses = HashSet::new();
     for (i, l) in config.listeners.iter().enumerate() {
         let at = format!("listeners[{i}]");
-        if !addresses.insert(l.address) {
+        // Port 0 asks the kernel for a free port: such listeners never collide.
+        if l.address.port() != 0 && !addresses.insert(l.address) {
             v.problem(
                 format!("{at}.address"),
                 format!("{} is used by another listener", l.address),
@@ -373,6 +374,26 @@ mod tests {
             e.contains("clusters[2].endpoints[1]: \"h:99999\" has an invalid port"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn listeners_may_share_port_zero_but_no_other_port() {
+        let listener = |name: &str, address: &str| {
+            format!("[[listeners]]\nname = \"{name}\"\naddress = \"{address}\"\ncluster = \"a\"\n")
+        };
+        let text = format!(
+            "{BASE}{}{}",
+            listener("l1", "127.0.0.1:0"),
+            listener("l2", "127.0.0.1:0")
+        );
+        assert_eq!(problems(&text), "");
+        let text = format!(
+            "{BASE}{}{}",
+            listener("l1", "127.0.0.1:8080"),
+            listener("l2", "127.0.0.1:8080")
+        );
+        assert!(problems(&text)
+            .contains("listeners[1].address: 127.0.0.1:8080 is used by another listener"));
     }
 
     #[test]
