@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
+use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -46,16 +46,7 @@ async fn route(req: Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
         (&Method::GET, "/ready") if app.is_ready() => text(StatusCode::OK, "ready\n"),
         (&Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        (&Method::GET, "/metrics") => {
-            let mut r = Response::new(Full::new(Bytes::from(app.runtime.metrics.encode())));
-            r.headers_mut().insert(
-                CONTENT_TYPE,
-                http::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            r
-        }
+        (&Method::GET, "/metrics") => metrics(&req, app),
         (&Method::GET, "/config") => json(&effective_config(app)),
         (&Method::GET, "/clusters") => json(&clusters(app)),
         (&Method::POST, "/reload") => match app.reload().await {
@@ -73,6 +64,32 @@ async fn route(req: Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
             "not found: try /ready /live /metrics /config /clusters /reload\n",
         ),
     }
+}
+
+/// OpenMetrics for scrapers that ask for it (Prometheus does), the Prometheus text
+/// format for everyone else (curl, `promtool check metrics`).
+fn metrics(req: &Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
+    let openmetrics = req
+        .headers()
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (body, content_type) = if openmetrics {
+        (
+            app.runtime.metrics.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        (
+            app.runtime.metrics.encode_prometheus(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r
 }
 
 /// The config in force, with defaults filled in and filter configs' secrets redacted.
