@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_TYPE};
+use http::header::{ACCEPT, ALLOW, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -56,8 +56,13 @@ async fn route(req: Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
             ),
             Err(e) => text(StatusCode::BAD_REQUEST, &format!("reload refused: {e}\n")),
         },
-        (_, "/live" | "/ready" | "/metrics" | "/config" | "/clusters" | "/reload") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        (_, path @ ("/live" | "/ready" | "/metrics" | "/config" | "/clusters" | "/reload")) => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            // A 405 must say what is allowed (RFC 9110, 15.5.6).
+            let allow = if path == "/reload" { "POST" } else { "GET" };
+            r.headers_mut()
+                .insert(ALLOW, http::HeaderValue::from_static(allow));
+            r
         }
         _ => text(
             StatusCode::NOT_FOUND,
