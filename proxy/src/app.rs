@@ -54,6 +54,8 @@ pub struct App {
     drain: Mutex<Option<DrainController>>,
     draining: watch::Receiver<bool>,
     ready: AtomicBool,
+    /// Turns true when shutdown has finished; the admin endpoint serves until then.
+    stopped: watch::Sender<bool>,
     admin: Mutex<Option<SocketAddr>>,
 }
 
@@ -79,6 +81,7 @@ impl App {
             draining: drain.signal(),
             drain: Mutex::new(Some(drain)),
             ready: AtomicBool::new(false),
+            stopped: watch::channel(false).0,
             admin: Mutex::new(None),
         });
         let snap = app.runtime.snapshot();
@@ -88,10 +91,17 @@ impl App {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding the admin endpoint to {addr}"))?;
-            *app.admin.lock().unwrap_or_else(|p| p.into_inner()) = listener.local_addr().ok();
-            if let Some(token) = app.drain_token() {
-                tokio::spawn(crate::admin::serve(listener, app.clone(), token));
+            let local = listener.local_addr().ok();
+            *app.admin.lock().unwrap_or_else(|p| p.into_inner()) = local;
+            // Logged before "weft is ready", so whoever waits for that line finds this one.
+            if let Some(addr) = local {
+                tracing::info!(address = %addr, "admin endpoint listening");
             }
+            tokio::spawn(crate::admin::serve(
+                listener,
+                app.clone(),
+                app.stopped.subscribe(),
+            ));
         }
         if watch_config {
             crate::config::watch::spawn(app.clone());
@@ -281,6 +291,7 @@ impl App {
             "shutting down: draining connections"
         );
         let clean = drain.drain(deadline).await;
+        self.stopped.send_replace(true);
         if clean {
             tracing::info!("all connections drained");
         } else {

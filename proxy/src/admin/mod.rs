@@ -2,6 +2,7 @@
 //! `GET /ready`, `GET /live`, `GET /metrics`, `GET /config`, `GET /clusters`, `POST /reload`.
 
 use std::convert::Infallible;
+use std::pin::pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,33 +13,42 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::app::App;
-use crate::server::drain::Drain;
 
-pub async fn serve(listener: TcpListener, app: Arc<App>, mut drain: Drain) {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(address = %addr, "admin endpoint listening");
-    }
+/// Serves until `stopped` turns true. That is when shutdown has finished, not when it
+/// begins: during the drain `/ready` answers 503 and `/live` and `/metrics` still work.
+pub async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receiver<bool>) {
     loop {
         let (tcp, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(_) => continue,
             },
-            _ = drain.signaled() => return,
+            () = until_stopped(&mut stopped) => return,
         };
         let app = app.clone();
+        let mut stopped = stopped.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(route(req, &app).await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut conn = pin!(builder.serve_connection(TokioIo::new(tcp), svc));
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                () = until_stopped(&mut stopped) => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
         });
     }
+}
+
+async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
+    // An error means the app is gone, which is also stopped.
+    let _ = stopped.wait_for(|s| *s).await;
 }
 
 async fn route(req: Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
