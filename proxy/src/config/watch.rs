@@ -47,10 +47,11 @@ pub fn spawn(app: Arc<App>) {
             return;
         }
     };
+    // Watch before returning, so that a change made once the proxy is ready is seen.
+    let mut files = watched_files(&app);
+    let mut dirs = BTreeSet::new();
+    sync_dirs(&mut watcher, &files, &mut dirs);
     tokio::spawn(async move {
-        let mut files = watched_files(&app);
-        let mut dirs = BTreeSet::new();
-        sync_dirs(&mut watcher, &files, &mut dirs);
         while let Some(first) = rx.recv().await {
             if !files.contains(&absolute(&first)) {
                 continue;
