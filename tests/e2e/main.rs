@@ -4,3 +4,10 @@
 mod support;
 
 mod http;
+
+mod ops_support;
+
+mod admin;
+mod cli;
+mod lifecycle;
+mod reload;
