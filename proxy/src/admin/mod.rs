@@ -107,22 +107,34 @@ fn metrics(req: &Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
     r
 }
 
-/// The config in force, with defaults filled in and filter configs' secrets redacted.
+/// The config in force, with defaults filled in and secrets redacted.
 fn effective_config(app: &App) -> serde_json::Value {
     let snap = app.runtime.snapshot();
-    let mut value = serde_json::to_value(&snap.config.config).unwrap_or_default();
+    serde_json::json!({
+        "source": snap.config.source.display().to_string(),
+        "generation": snap.generation,
+        "config": redacted(&snap.config.config),
+    })
+}
+
+/// A config as JSON without its secrets: in filter configs, values under keys that
+/// look like secrets; in filter grants, every environment variable's value (the
+/// usual way a secret reaches a program), keeping the names.
+fn redacted(config: &crate::config::Config) -> serde_json::Value {
+    let mut value = serde_json::to_value(config).unwrap_or_default();
     if let Some(filters) = value.get_mut("filters").and_then(|f| f.as_array_mut()) {
         for f in filters {
             if let Some(c) = f.get_mut("config") {
                 redact(c);
             }
+            if let Some(env) = f.pointer_mut("/grants/env").and_then(|e| e.as_object_mut()) {
+                for v in env.values_mut() {
+                    *v = serde_json::Value::String("<redacted>".into());
+                }
+            }
         }
     }
-    serde_json::json!({
-        "source": snap.config.source.display().to_string(),
-        "generation": snap.generation,
-        "config": value,
-    })
+    value
 }
 
 /// Replaces values under keys that look like secrets.
@@ -205,6 +217,35 @@ fn json(v: &serde_json::Value) -> Response<Full<Bytes>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn effective_config_hides_filter_secrets() {
+        let text = r#"
+[[filters]]
+name = "auth"
+module = "auth.wasm"
+config = { issuer = "https://id.example", api_key = "s3cret", nested = { password = "p" } }
+[filters.grants]
+env = { UPSTREAM_URL = "https://api.example", SERVICE_TOKEN = "t0ken" }
+"#;
+        let loaded = crate::config::parse(std::path::Path::new("w.toml"), text).unwrap();
+        let v = super::redacted(&loaded.config);
+        let f = &v["filters"][0];
+        assert_eq!(f["name"], "auth");
+        assert_eq!(f["config"]["issuer"], "https://id.example");
+        assert_eq!(f["config"]["api_key"], "<redacted>");
+        assert_eq!(f["config"]["nested"]["password"], "<redacted>");
+        assert_eq!(
+            f["grants"]["env"],
+            serde_json::json!({"UPSTREAM_URL": "<redacted>", "SERVICE_TOKEN": "<redacted>"})
+        );
+        assert_eq!(f["limits"]["instance_reuse"], 10_000, "defaults are shown");
+        let shown = v.to_string();
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("t0ken"),
+            "{shown}"
+        );
+    }
+
     #[test]
     fn redacts_secret_looking_keys() {
         let mut v = serde_json::json!({"key": "s3cret", "nested": {"api_token": "t", "name": "n"}, "list": [{"password": "p"}]});
