@@ -69,8 +69,9 @@ impl App {
             .context("starting the filter engine")?;
         let snapshot = Snapshot::build(loaded, None, &metrics, &chains).await?;
         let admin_address = snapshot.config.config.admin.address;
-        let watch_config =
-            snapshot.config.config.runtime.watch_config && matches!(source, ConfigSource::File(_));
+        // Watched whatever the setting: `watch_config` may be turned on by a reload,
+        // and the watcher reloads only while it is on.
+        let watch_config = matches!(source, ConfigSource::File(_));
         let runtime = Arc::new(Runtime::new(snapshot, metrics, chains));
         let drain = DrainController::new();
         let app = Arc::new(App {

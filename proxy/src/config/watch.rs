@@ -28,6 +28,14 @@ fn absolute(p: &std::path::Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// Whether the config in force asks for reloads on change.
+fn enabled(app: &App) -> bool {
+    app.runtime.snapshot().config.config.runtime.watch_config
+}
+
+/// Watches the config's files for as long as the process runs; a change reloads
+/// while the config in force says `watch_config = true` (a reload may turn it on
+/// or off).
 pub fn spawn(app: Arc<App>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -43,7 +51,9 @@ pub fn spawn(app: Arc<App>) {
     let mut watcher = match watcher {
         Ok(w) => w,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /reload");
+            if enabled(&app) {
+                tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /reload");
+            }
             return;
         }
     };
@@ -53,7 +63,7 @@ pub fn spawn(app: Arc<App>) {
     sync_dirs(&mut watcher, &files, &mut dirs);
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
-            if !files.contains(&absolute(&first)) {
+            if !files.contains(&absolute(&first)) || !enabled(&app) {
                 continue;
             }
             // Let a burst of events (write, rename, chmod) settle into one reload.
