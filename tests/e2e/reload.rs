@@ -294,6 +294,39 @@ async fn changed_file_is_reloaded_when_watched() {
     assert_eq!(reloads(Outcome::refused), 0);
 }
 
+#[tokio::test]
+async fn a_reload_can_turn_file_watching_on() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    // Started with watch_config = false (the preamble).
+    let proxy = Proxy::start(&two_clusters("a", a.addr, b.addr)).await;
+    let watched = |target: &str| {
+        std::fs::write(
+            &proxy.config_path,
+            format!(
+                "{}{}",
+                preamble_with(proxy.dir.path(), true, "5s"),
+                two_clusters(target, a.addr, b.addr)
+            ),
+        )
+        .unwrap()
+    };
+    watched("b");
+    assert_eq!(reload(&proxy).await.0, StatusCode::OK);
+    let client = h1();
+    let url = proxy.url("/");
+    assert_eq!(backend_of(&client, &url).await.as_deref(), Ok("b"));
+    watched("a");
+    let moved = eventually(Duration::from_secs(10), async || {
+        backend_of(&client, &url).await.as_deref() == Ok("a")
+    })
+    .await;
+    assert!(
+        moved,
+        "watch_config = true, applied by a reload, was ignored"
+    );
+}
+
 fn listeners(backend: std::net::SocketAddr, extra: &[(&str, String)]) -> String {
     let mut text = format!(
         "[[clusters]]\nname = \"a\"\nendpoints = [\"{backend}\"]\n\n[[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\ncluster = \"a\"\n"
