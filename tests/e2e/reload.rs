@@ -1,6 +1,7 @@
 //! Config reload: under load, with requests in flight, refused configs, SIGHUP, file
 //! watching, listeners added and removed, and cluster state kept across reloads.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,11 +16,26 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_loses_no_request() {
+    // The route moves between two clusters that both stay.
+    under_load(two_clusters).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_replacing_the_cluster_loses_no_request() {
+    // The one cluster is rebuilt with the other endpoint: every reload drops a
+    // cluster (and its pool) that requests in flight may still be using.
+    under_load(|target, a, b| one_cluster(if target == "a" { a } else { b })).await;
+}
+
+/// Reloads 50 times, moving traffic between backends "a" and "b" with
+/// `config(target, a, b)`, while HTTP/1.1 and HTTP/2 clients send requests
+/// without a pause; none may fail, and each reload must move new requests.
+async fn under_load(config: impl Fn(&str, SocketAddr, SocketAddr) -> String) {
     const RELOADS: usize = 50;
     const WORKERS: usize = 8;
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
-    let proxy = Proxy::start(&two_clusters("a", a.addr, b.addr)).await;
+    let proxy = Proxy::start(&config("a", a.addr, b.addr)).await;
     let url = proxy.url("/");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -56,7 +72,7 @@ async fn reload_under_load_loses_no_request() {
     let (check_h1, check_h2) = (h1(), h2());
     for i in 0..RELOADS {
         let target = if i % 2 == 0 { "b" } else { "a" };
-        proxy.write_config(&two_clusters(target, a.addr, b.addr));
+        proxy.write_config(&config(target, a.addr, b.addr));
         let before = answered.load(Ordering::Relaxed);
         let (status, body) = reload(&proxy).await;
         assert_eq!(status, StatusCode::OK, "reload {i}: {body}");
@@ -100,7 +116,7 @@ async fn reload_under_load_loses_no_request() {
     );
 }
 
-fn one_cluster(endpoint: std::net::SocketAddr) -> String {
+fn one_cluster(endpoint: SocketAddr) -> String {
     format!(
         r#"
 [[listeners]]
@@ -327,7 +343,7 @@ async fn a_reload_can_turn_file_watching_on() {
     );
 }
 
-fn listeners(backend: std::net::SocketAddr, extra: &[(&str, String)]) -> String {
+fn listeners(backend: SocketAddr, extra: &[(&str, String)]) -> String {
     let mut text = format!(
         "[[clusters]]\nname = \"a\"\nendpoints = [\"{backend}\"]\n\n[[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\ncluster = \"a\"\n"
     );
