@@ -302,16 +302,12 @@ impl App {
     }
 
     /// Serves until SIGTERM or SIGINT (reloading on SIGHUP), then shuts down.
-    pub async fn run_until_signal(self: &Arc<Self>) -> anyhow::Result<()> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
+    pub async fn run_until_signal(self: &Arc<Self>, mut signals: Signals) -> anyhow::Result<()> {
         loop {
             tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = hup.recv() => {
+                _ = signals.term.recv() => break,
+                _ = signals.int.recv() => break,
+                _ = signals.hup.recv() => {
                     tracing::info!("SIGHUP: reloading the config");
                     let _ = self.reload().await;
                 }
@@ -319,6 +315,27 @@ impl App {
         }
         self.shutdown().await;
         Ok(())
+    }
+}
+
+/// The signals a running proxy answers. Register them before `App::start`: a
+/// signal sent as soon as the proxy says it is ready must find them, or SIGTERM
+/// and SIGHUP kill the process (their default action) instead of draining or
+/// reloading.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn register() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
 }
 
