@@ -9,17 +9,10 @@ use http::{Request, StatusCode};
 use crate::ops_support::*;
 use crate::support::*;
 
-fn config(backend: &Backend) -> String {
-    format!(
-        "\n[[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\ncluster = \"b\"\n\n[[clusters]]\nname = \"b\"\nendpoints = [\"{}\"]\n",
-        backend.addr
-    )
-}
-
 #[tokio::test]
 async fn live_ready_unknown_path_and_wrong_method() {
     let backend = Backend::start("b1").await;
-    let proxy = Proxy::start(&config(&backend)).await;
+    let proxy = Proxy::start(&one_cluster(backend.addr)).await;
     let c = h1();
     let (status, _, body) = get(&c, &proxy.admin_url("/live")).await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"live\n"[..]));
@@ -57,7 +50,7 @@ async fn live_ready_unknown_path_and_wrong_method() {
 #[tokio::test]
 async fn ready_turns_503_while_draining() {
     let backend = Backend::start("b1").await;
-    let proxy = Proxy::start(&config(&backend)).await;
+    let proxy = Proxy::start(&one_cluster(backend.addr)).await;
     let slow_url = proxy.url("/sleep/1500");
     let slow = tokio::spawn(async move { get(&h1(), &slow_url).await.0 });
     assert!(eventually(Duration::from_secs(5), async || backend.hits() == 1).await);
@@ -89,7 +82,7 @@ async fn ready_turns_503_while_draining() {
 #[tokio::test]
 async fn metrics_pass_promtool_and_count_requests() {
     let backend = Backend::start("b1").await;
-    let proxy = Proxy::start(&config(&backend)).await;
+    let proxy = Proxy::start(&one_cluster(backend.addr)).await;
     for (path, n) in [("/", 3), ("/status/404", 2), ("/status/503", 1)] {
         for c in [h1(), h2()].iter().cycle().take(n) {
             get(c, &proxy.url(path)).await;
@@ -106,17 +99,17 @@ async fn metrics_pass_promtool_and_count_requests() {
     let text = String::from_utf8(body.to_vec()).unwrap();
     let (ok, said) = promtool_check(&text).await;
     assert!(ok, "promtool check metrics: {said}\n{text}");
-    let main_b = "listener=\"main\",cluster=\"b\"";
+    let main_up = "listener=\"main\",cluster=\"up\"";
     for expected in [
         "# TYPE weft_requests_total counter".to_string(),
-        format!("weft_requests_total{{{main_b},status_class=\"2xx\"}} 3"),
-        format!("weft_requests_total{{{main_b},status_class=\"4xx\"}} 2"),
-        format!("weft_requests_total{{{main_b},status_class=\"5xx\"}} 1"),
+        format!("weft_requests_total{{{main_up},status_class=\"2xx\"}} 3"),
+        format!("weft_requests_total{{{main_up},status_class=\"4xx\"}} 2"),
+        format!("weft_requests_total{{{main_up},status_class=\"5xx\"}} 1"),
         "# TYPE weft_request_duration_seconds histogram".to_string(),
-        format!("weft_request_duration_seconds_count{{{main_b}}} 6"),
-        format!("weft_request_duration_seconds_bucket{{le=\"+Inf\",{main_b}}} 6"),
+        format!("weft_request_duration_seconds_count{{{main_up}}} 6"),
+        format!("weft_request_duration_seconds_bucket{{le=\"+Inf\",{main_up}}} 6"),
         "weft_downstream_connections_total{listener=\"main\"}".to_string(),
-        "weft_endpoints_healthy{cluster=\"b\"} 1".to_string(),
+        "weft_endpoints_healthy{cluster=\"up\"} 1".to_string(),
     ] {
         assert!(text.contains(&expected), "no {expected:?} in\n{text}");
     }
@@ -140,7 +133,7 @@ async fn metrics_pass_promtool_and_count_requests() {
     assert!(om.contains("# TYPE weft_requests counter"), "{om}");
     assert!(
         om.contains(&format!(
-            "weft_requests_total{{{main_b},status_class=\"2xx\"}} 3"
+            "weft_requests_total{{{main_up},status_class=\"2xx\"}} 3"
         )),
         "{om}"
     );
@@ -153,8 +146,8 @@ async fn config_shows_defaults_and_no_key_material() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = pki.write(dir.path(), "proxy", &pki.leaf(&["localhost"], &[]));
     let proxy = Proxy::start(&format!(
-        "{}[[listeners]]\nname = \"tls\"\naddress = \"127.0.0.1:0\"\ncluster = \"b\"\n[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
-        config(&backend),
+        "{}[[listeners]]\nname = \"tls\"\naddress = \"127.0.0.1:0\"\ncluster = \"up\"\n[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
+        one_cluster(backend.addr),
         cert.display(),
         key.display()
     ))
@@ -176,7 +169,7 @@ async fn config_shows_defaults_and_no_key_material() {
     assert_eq!(c["runtime"]["watch_config"], false);
     // Defaults, filled in, as docs/config.md gives them.
     let cluster = &c["clusters"][0];
-    assert_eq!(cluster["name"], "b");
+    assert_eq!(cluster["name"], "up");
     assert_eq!(cluster["protocol"], "auto");
     assert_eq!(cluster["connect_timeout"], "2s");
     assert_eq!(cluster["request_timeout"], "15s");
@@ -200,7 +193,7 @@ async fn config_shows_defaults_and_no_key_material() {
     assert_eq!(c["filters"], serde_json::json!([]));
 
     // A reload shows at once.
-    proxy.write_config(&config(&backend));
+    proxy.write_config(&one_cluster(backend.addr));
     assert_eq!(reload(&proxy).await.0, StatusCode::OK);
     let (_, _, body) = get(&h1(), &proxy.admin_url("/config")).await;
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();

@@ -8,20 +8,13 @@ use http::StatusCode;
 use crate::ops_support::*;
 use crate::support::*;
 
-fn config(backend: &Backend) -> String {
-    format!(
-        "\n[[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\ncluster = \"b\"\n\n[[clusters]]\nname = \"b\"\nendpoints = [\"{}\"]\n",
-        backend.addr
-    )
-}
-
 async fn drains_then_exits_on(signal: i32) {
     let backend = Backend::start("b1").await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_file(
         dir.path(),
         "weft.toml",
-        &format!("{}{}", preamble(dir.path()), config(&backend)),
+        &format!("{}{}", preamble(dir.path()), one_cluster(backend.addr)),
     );
     let mut child = Child::spawn(&["run", "--config", cfg.to_str().unwrap()]).await;
     let addr = child.listener_addr("main");
@@ -98,7 +91,7 @@ async fn shutdown_deadline_cuts_off_slow_requests() {
         &format!(
             "{}{}",
             preamble_with(dir.path(), false, "300ms"),
-            config(&backend)
+            one_cluster(backend.addr)
         ),
     );
     let mut child = Child::spawn(&["run", "--config", cfg.to_str().unwrap()]).await;

@@ -45,6 +45,22 @@ endpoints = ["{b}"]
     )
 }
 
+/// One listener "main" whose requests go to cluster "up", with one endpoint.
+pub fn one_cluster(endpoint: SocketAddr) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+cluster = "up"
+
+[[clusters]]
+name = "up"
+endpoints = ["{endpoint}"]
+"#
+    )
+}
+
 /// `POST` to an admin URL; the status and the body as text.
 pub async fn admin_post(url: &str) -> (StatusCode, String) {
     let (status, _, body) = send(&h1(), Request::post(url).body(empty()).unwrap()).await;

@@ -116,21 +116,6 @@ async fn under_load(config: impl Fn(&str, SocketAddr, SocketAddr) -> String) {
     );
 }
 
-fn one_cluster(endpoint: SocketAddr) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "main"
-address = "127.0.0.1:0"
-cluster = "up"
-
-[[clusters]]
-name = "up"
-endpoints = ["{endpoint}"]
-"#
-    )
-}
-
 #[tokio::test]
 async fn in_flight_requests_finish_on_the_old_config() {
     let a = Backend::start("a").await;
