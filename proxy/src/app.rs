@@ -71,7 +71,7 @@ impl App {
         let admin_address = snapshot.config.config.admin.address;
         // Watched whatever the setting: `watch_config` may be turned on by a reload,
         // and the watcher reloads only while it is on.
-        let watch_config = matches!(source, ConfigSource::File(_));
+        let watch_file = matches!(source, ConfigSource::File(_));
         let runtime = Arc::new(Runtime::new(snapshot, metrics, chains));
         let drain = DrainController::new();
         let app = Arc::new(App {
@@ -104,7 +104,7 @@ impl App {
                 app.stopped.subscribe(),
             ));
         }
-        if watch_config {
+        if watch_file {
             crate::config::watch::spawn(app.clone());
         }
         app.ready.store(true, Ordering::Release);
