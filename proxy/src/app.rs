@@ -54,6 +54,8 @@ pub struct App {
     drain: Mutex<Option<DrainController>>,
     draining: watch::Receiver<bool>,
     ready: AtomicBool,
+    /// Turns true when shutdown has finished; the admin endpoint serves until then.
+    stopped: watch::Sender<bool>,
     admin: Mutex<Option<SocketAddr>>,
 }
 
@@ -67,8 +69,9 @@ impl App {
             .context("starting the filter engine")?;
         let snapshot = Snapshot::build(loaded, None, &metrics, &chains).await?;
         let admin_address = snapshot.config.config.admin.address;
-        let watch_config =
-            snapshot.config.config.runtime.watch_config && matches!(source, ConfigSource::File(_));
+        // Watched whatever the setting: `watch_config` may be turned on by a reload,
+        // and the watcher reloads only while it is on.
+        let watch_file = matches!(source, ConfigSource::File(_));
         let runtime = Arc::new(Runtime::new(snapshot, metrics, chains));
         let drain = DrainController::new();
         let app = Arc::new(App {
@@ -79,6 +82,7 @@ impl App {
             draining: drain.signal(),
             drain: Mutex::new(Some(drain)),
             ready: AtomicBool::new(false),
+            stopped: watch::channel(false).0,
             admin: Mutex::new(None),
         });
         let snap = app.runtime.snapshot();
@@ -88,12 +92,19 @@ impl App {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding the admin endpoint to {addr}"))?;
-            *app.admin.lock().unwrap_or_else(|p| p.into_inner()) = listener.local_addr().ok();
-            if let Some(token) = app.drain_token() {
-                tokio::spawn(crate::admin::serve(listener, app.clone(), token));
+            let local = listener.local_addr().ok();
+            *app.admin.lock().unwrap_or_else(|p| p.into_inner()) = local;
+            // Logged before "weft is ready", so whoever waits for that line finds this one.
+            if let Some(addr) = local {
+                tracing::info!(address = %addr, "admin endpoint listening");
             }
+            tokio::spawn(crate::admin::serve(
+                listener,
+                app.clone(),
+                app.stopped.subscribe(),
+            ));
         }
-        if watch_config {
+        if watch_file {
             crate::config::watch::spawn(app.clone());
         }
         app.ready.store(true, Ordering::Release);
@@ -281,6 +292,7 @@ impl App {
             "shutting down: draining connections"
         );
         let clean = drain.drain(deadline).await;
+        self.stopped.send_replace(true);
         if clean {
             tracing::info!("all connections drained");
         } else {
@@ -290,16 +302,12 @@ impl App {
     }
 
     /// Serves until SIGTERM or SIGINT (reloading on SIGHUP), then shuts down.
-    pub async fn run_until_signal(self: &Arc<Self>) -> anyhow::Result<()> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
+    pub async fn run_until_signal(self: &Arc<Self>, mut signals: Signals) -> anyhow::Result<()> {
         loop {
             tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = hup.recv() => {
+                _ = signals.term.recv() => break,
+                _ = signals.int.recv() => break,
+                _ = signals.hup.recv() => {
                     tracing::info!("SIGHUP: reloading the config");
                     let _ = self.reload().await;
                 }
@@ -307,6 +315,27 @@ impl App {
         }
         self.shutdown().await;
         Ok(())
+    }
+}
+
+/// The signals a running proxy answers. Register them before `App::start`: a
+/// signal sent as soon as the proxy says it is ready must find them, or SIGTERM
+/// and SIGHUP kill the process (their default action) instead of draining or
+/// reloading.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn register() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
 }
 

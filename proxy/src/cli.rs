@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
-use crate::app::{App, ConfigSource};
+use crate::app::{App, ConfigSource, Signals};
 use crate::config::{
     self, ChainConfig, ClientTlsConfig, ClusterConfig, Config, EndpointConfig, FilterConfig,
     ListenerConfig, UpstreamProtocol,
@@ -104,8 +104,9 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn serve(source: ConfigSource, workers: usize) -> anyhow::Result<()> {
     runtime(workers)?.block_on(async {
+        let signals = Signals::register().context("listening for signals")?;
         let app = App::start(source).await?;
-        app.run_until_signal().await
+        app.run_until_signal(signals).await
     })
 }
 

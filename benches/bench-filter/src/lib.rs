@@ -24,7 +24,9 @@ impl Filter for Bench {
 
     async fn on_response_headers(&self, ctx: &mut Context) -> Action {
         let saw = ctx.extensions().get::<Saw>().is_some_and(|s| s.0);
-        let _ = ctx.response().set_header("x-wasm-filter", if saw { "seen" } else { "1" });
+        let _ = ctx
+            .response()
+            .set_header("x-wasm-filter", if saw { "seen" } else { "1" });
         Action::Continue
     }
 }
@@ -40,9 +42,13 @@ mod tests {
     #[test]
     fn tags_the_response_with_what_it_saw() -> Result<(), Box<dyn std::error::Error>> {
         let mut t = TestHost::<Bench>::new(())?;
-        let action = t.request(Request::get("/").header("x-bench-in", "1").body(())?).on_request_headers();
+        let action = t
+            .request(Request::get("/").header("x-bench-in", "1").body(())?)
+            .on_request_headers();
         assert_eq!(action, Action::Continue);
-        let action = t.response(Response::builder().status(200).body(())?).on_response_headers();
+        let action = t
+            .response(Response::builder().status(200).body(())?)
+            .on_response_headers();
         assert_eq!(action, Action::Continue);
         let resp = t.current_response().ok_or("no response")?;
         assert_eq!(resp.headers()["x-wasm-filter"], "seen");

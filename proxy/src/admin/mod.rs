@@ -2,43 +2,53 @@
 //! `GET /ready`, `GET /live`, `GET /metrics`, `GET /config`, `GET /clusters`, `POST /reload`.
 
 use std::convert::Infallible;
+use std::pin::pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
+use http::header::{ACCEPT, ALLOW, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::app::App;
-use crate::server::drain::Drain;
 
-pub async fn serve(listener: TcpListener, app: Arc<App>, mut drain: Drain) {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(address = %addr, "admin endpoint listening");
-    }
+/// Serves until `stopped` turns true. That is when shutdown has finished, not when it
+/// begins: during the drain `/ready` answers 503 and `/live` and `/metrics` still work.
+pub async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receiver<bool>) {
     loop {
         let (tcp, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(_) => continue,
             },
-            _ = drain.signaled() => return,
+            () = until_stopped(&mut stopped) => return,
         };
         let app = app.clone();
+        let mut stopped = stopped.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(route(req, &app).await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut conn = pin!(builder.serve_connection(TokioIo::new(tcp), svc));
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                () = until_stopped(&mut stopped) => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
         });
     }
+}
+
+async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
+    // An error means the app is gone, which is also stopped.
+    let _ = stopped.wait_for(|s| *s).await;
 }
 
 async fn route(req: Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
@@ -46,16 +56,7 @@ async fn route(req: Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
         (&Method::GET, "/ready") if app.is_ready() => text(StatusCode::OK, "ready\n"),
         (&Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        (&Method::GET, "/metrics") => {
-            let mut r = Response::new(Full::new(Bytes::from(app.runtime.metrics.encode())));
-            r.headers_mut().insert(
-                CONTENT_TYPE,
-                http::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            r
-        }
+        (&Method::GET, "/metrics") => metrics(&req, app),
         (&Method::GET, "/config") => json(&effective_config(app)),
         (&Method::GET, "/clusters") => json(&clusters(app)),
         (&Method::POST, "/reload") => match app.reload().await {
@@ -65,8 +66,13 @@ async fn route(req: Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
             ),
             Err(e) => text(StatusCode::BAD_REQUEST, &format!("reload refused: {e}\n")),
         },
-        (_, "/live" | "/ready" | "/metrics" | "/config" | "/clusters" | "/reload") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        (_, path @ ("/live" | "/ready" | "/metrics" | "/config" | "/clusters" | "/reload")) => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            // A 405 must say what is allowed (RFC 9110, 15.5.6).
+            let allow = if path == "/reload" { "POST" } else { "GET" };
+            r.headers_mut()
+                .insert(ALLOW, http::HeaderValue::from_static(allow));
+            r
         }
         _ => text(
             StatusCode::NOT_FOUND,
@@ -75,22 +81,60 @@ async fn route(req: Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
     }
 }
 
-/// The config in force, with defaults filled in and filter configs' secrets redacted.
+/// OpenMetrics for scrapers that ask for it (Prometheus does), the Prometheus text
+/// format for everyone else (curl, `promtool check metrics`).
+fn metrics(req: &Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
+    let openmetrics = req
+        .headers()
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (body, content_type) = if openmetrics {
+        (
+            app.runtime.metrics.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        (
+            app.runtime.metrics.encode_prometheus(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r
+}
+
+/// The config in force, with defaults filled in and secrets redacted.
 fn effective_config(app: &App) -> serde_json::Value {
     let snap = app.runtime.snapshot();
-    let mut value = serde_json::to_value(&snap.config.config).unwrap_or_default();
+    serde_json::json!({
+        "source": snap.config.source.display().to_string(),
+        "generation": snap.generation,
+        "config": redacted(&snap.config.config),
+    })
+}
+
+/// A config as JSON without its secrets: in filter configs, values under keys that
+/// look like secrets; in filter grants, every environment variable's value (the
+/// usual way a secret reaches a program), keeping the names.
+fn redacted(config: &crate::config::Config) -> serde_json::Value {
+    let mut value = serde_json::to_value(config).unwrap_or_default();
     if let Some(filters) = value.get_mut("filters").and_then(|f| f.as_array_mut()) {
         for f in filters {
             if let Some(c) = f.get_mut("config") {
                 redact(c);
             }
+            if let Some(env) = f.pointer_mut("/grants/env").and_then(|e| e.as_object_mut()) {
+                for v in env.values_mut() {
+                    *v = serde_json::Value::String("<redacted>".into());
+                }
+            }
         }
     }
-    serde_json::json!({
-        "source": snap.config.source.display().to_string(),
-        "generation": snap.generation,
-        "config": value,
-    })
+    value
 }
 
 /// Replaces values under keys that look like secrets.
@@ -173,6 +217,35 @@ fn json(v: &serde_json::Value) -> Response<Full<Bytes>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn effective_config_hides_filter_secrets() {
+        let text = r#"
+[[filters]]
+name = "auth"
+module = "auth.wasm"
+config = { issuer = "https://id.example", api_key = "s3cret", nested = { password = "p" } }
+[filters.grants]
+env = { UPSTREAM_URL = "https://api.example", SERVICE_TOKEN = "t0ken" }
+"#;
+        let loaded = crate::config::parse(std::path::Path::new("w.toml"), text).unwrap();
+        let v = super::redacted(&loaded.config);
+        let f = &v["filters"][0];
+        assert_eq!(f["name"], "auth");
+        assert_eq!(f["config"]["issuer"], "https://id.example");
+        assert_eq!(f["config"]["api_key"], "<redacted>");
+        assert_eq!(f["config"]["nested"]["password"], "<redacted>");
+        assert_eq!(
+            f["grants"]["env"],
+            serde_json::json!({"UPSTREAM_URL": "<redacted>", "SERVICE_TOKEN": "<redacted>"})
+        );
+        assert_eq!(f["limits"]["instance_reuse"], 10_000, "defaults are shown");
+        let shown = v.to_string();
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("t0ken"),
+            "{shown}"
+        );
+    }
+
     #[test]
     fn redacts_secret_looking_keys() {
         let mut v = serde_json::json!({"key": "s3cret", "nested": {"api_token": "t", "name": "n"}, "list": [{"password": "p"}]});

@@ -317,7 +317,7 @@ pub enum BalancePolicy {
     ConsistentHash,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BalanceConfig {
     #[serde(default)]
@@ -332,6 +332,18 @@ pub struct BalanceConfig {
 
 fn default_ewma_decay() -> Dur {
     Dur::secs(10)
+}
+
+// Written out, not derived: a derived `Default` would give `ewma_decay` zero when
+// the `[balance]` table is absent, instead of the documented default.
+impl Default for BalanceConfig {
+    fn default() -> Self {
+        BalanceConfig {
+            policy: BalancePolicy::default(),
+            hash_header: None,
+            ewma_decay: default_ewma_decay(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -642,4 +654,34 @@ pub struct ChainConfig {
     pub name: String,
     /// Filter names, run in this order for requests and in reverse for responses.
     pub filters: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table left out of the file (`#[serde(default)]`, which uses `Default`) must
+    /// mean the same as an empty one (which uses the per-field serde defaults).
+    fn absent_equals_empty<T>()
+    where
+        T: Default + PartialEq + std::fmt::Debug + serde::de::DeserializeOwned,
+    {
+        let empty: T = toml::from_str("").expect("an empty table parses");
+        assert_eq!(T::default(), empty, "{}", std::any::type_name::<T>());
+    }
+
+    #[test]
+    fn defaults_of_absent_tables_match_the_documented_ones() {
+        absent_equals_empty::<AdminConfig>();
+        absent_equals_empty::<RuntimeConfig>();
+        absent_equals_empty::<ListenerLimits>();
+        absent_equals_empty::<ForwardingConfig>();
+        absent_equals_empty::<BalanceConfig>();
+        absent_equals_empty::<PoolConfig>();
+        absent_equals_empty::<OutlierConfig>();
+        absent_equals_empty::<FilterLimits>();
+        absent_equals_empty::<FilterGrants>();
+        absent_equals_empty::<Config>();
+        assert_eq!(BalanceConfig::default().ewma_decay, Dur::secs(10));
+    }
 }

@@ -28,6 +28,14 @@ fn absolute(p: &std::path::Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// Whether the config in force asks for reloads on change.
+fn enabled(app: &App) -> bool {
+    app.runtime.snapshot().config.config.runtime.watch_config
+}
+
+/// Watches the config's files for as long as the process runs; a change reloads
+/// while the config in force says `watch_config = true` (a reload may turn it on
+/// or off).
 pub fn spawn(app: Arc<App>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -43,16 +51,19 @@ pub fn spawn(app: Arc<App>) {
     let mut watcher = match watcher {
         Ok(w) => w,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /reload");
+            if enabled(&app) {
+                tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /reload");
+            }
             return;
         }
     };
+    // Watch before returning, so that a change made once the proxy is ready is seen.
+    let mut files = watched_files(&app);
+    let mut dirs = BTreeSet::new();
+    sync_dirs(&mut watcher, &files, &mut dirs);
     tokio::spawn(async move {
-        let mut files = watched_files(&app);
-        let mut dirs = BTreeSet::new();
-        sync_dirs(&mut watcher, &files, &mut dirs);
         while let Some(first) = rx.recv().await {
-            if !files.contains(&absolute(&first)) {
+            if !files.contains(&absolute(&first)) || !enabled(&app) {
                 continue;
             }
             // Let a burst of events (write, rename, chmod) settle into one reload.

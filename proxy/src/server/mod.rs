@@ -128,9 +128,12 @@ pub async fn accept_loop(
         let rt = rt.clone();
         let drain = drain.clone();
         let name = name.clone();
+        let removed = stop.clone();
         tokio::spawn(async move {
             match lr.config.protocol {
-                ListenerProtocol::Http => serve_http(tcp, remote, local, lr, rt, name, drain).await,
+                ListenerProtocol::Http => {
+                    serve_http(tcp, remote, local, lr, rt, name, drain, removed).await
+                }
                 ListenerProtocol::Tcp => {
                     crate::proxy::tunnel::serve_tcp(tcp, remote, lr, rt, drain).await
                 }
@@ -147,6 +150,8 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// `removed` turns true when a reload drops (or moves) the listener.
+#[allow(clippy::too_many_arguments)]
 async fn serve_http(
     tcp: TcpStream,
     remote: SocketAddr,
@@ -155,6 +160,7 @@ async fn serve_http(
     rt: Arc<Runtime>,
     name: Arc<str>,
     drain: Drain,
+    removed: tokio::sync::watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
     let Some(tls) = &lr.tls else {
@@ -166,7 +172,7 @@ async fn serve_http(
             tls: None,
             state: ConnState::default(),
         };
-        return serve(TokioIo::new(tcp), Arc::new(info), &lr, drain).await;
+        return serve(TokioIo::new(tcp), Arc::new(info), &lr, drain, removed).await;
     };
     let limit = lr.config.limits.tls_handshake_timeout.0;
     let stream = match tokio::time::timeout(limit, TlsAcceptor::from(tls.clone()).accept(tcp)).await
@@ -202,12 +208,19 @@ async fn serve_http(
         tls: Some(info),
         state: ConnState::default(),
     };
-    serve(TokioIo::new(stream), Arc::new(info), &lr, drain).await
+    serve(TokioIo::new(stream), Arc::new(info), &lr, drain, removed).await
 }
 
-/// Runs hyper on one connection, closing it when idle too long or at shutdown.
-async fn serve<I>(io: TokioIo<I>, info: Arc<ConnInfo>, lr: &ListenerRuntime, mut drain: Drain)
-where
+/// Runs hyper on one connection, closing it when idle too long, at shutdown, or
+/// when its listener is removed (requests in flight finish; then the client, told
+/// by `Connection: close` or GOAWAY, goes elsewhere instead of getting 503s).
+async fn serve<I>(
+    io: TokioIo<I>,
+    info: Arc<ConnInfo>,
+    lr: &ListenerRuntime,
+    mut drain: Drain,
+    mut removed: tokio::sync::watch::Receiver<bool>,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc_info = info.clone();
@@ -291,6 +304,11 @@ where
                 }
             }
             _ = drain.signaled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = stopped(&mut removed), if !closing => {
+                tracing::debug!(listener = %info.listener, remote = %info.remote, "closing connection: listener removed");
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }

@@ -1,9 +1,10 @@
-//! The proxy's metrics, exposed in Prometheus text format on the admin `/metrics`.
+//! The proxy's metrics, exposed on the admin `/metrics` in the Prometheus text format
+//! or, to scrapers that ask for it, in OpenMetrics.
 //!
 //! Label sets are typed structs. The request path never builds a label set: the
 //! handles it needs (`RouteStats`) are resolved when a config snapshot is built.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -263,13 +264,19 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition (what scrapers that ask for it get).
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
+    }
+
+    /// The Prometheus text exposition (format 0.0.4), for clients that do not ask for
+    /// OpenMetrics: curl, `promtool check metrics`, older scrapers.
+    pub fn encode_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.encode())
     }
 
     pub fn limit_hit(&self, listener: &str, limit: Limit) {
@@ -397,6 +404,39 @@ impl Metrics {
     }
 }
 
+/// Rewrites OpenMetrics text as Prometheus text. The two differ, for what we expose,
+/// in that OpenMetrics names a counter family without the `_total` its samples carry
+/// (a Prometheus parser then sees samples of an untyped, undocumented family), and
+/// has `# UNIT` and `# EOF` lines.
+fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len() + 16 * counters.len());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let counter_comment = ["# HELP ", "# TYPE "].into_iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters.contains(name).then_some((prefix, name, tail))
+        });
+        match counter_comment {
+            Some((prefix, name, tail)) => {
+                out.push_str(prefix);
+                out.push_str(name);
+                out.push_str("_total ");
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Per-route metric handles, resolved once per snapshot.
 #[derive(Clone)]
 pub struct RouteStats {
@@ -448,6 +488,34 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn prometheus_text_names_counters_with_their_suffix() {
+        let m = Metrics::new();
+        m.route_stats("edge", "api").record(200, 0.01);
+        m.reloads
+            .get_or_create(&OutcomeLabels {
+                outcome: Outcome::applied,
+            })
+            .inc();
+        let om = m.encode();
+        assert!(om.contains("# TYPE weft_requests counter\n"), "{om}");
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        let text = m.encode_prometheus();
+        for expected in [
+            "# HELP weft_requests_total Requests answered, by listener, cluster and status class.\n",
+            "# TYPE weft_requests_total counter\n",
+            "weft_requests_total{listener=\"edge\",cluster=\"api\",status_class=\"2xx\"} 1\n",
+            "# TYPE weft_config_reloads_total counter\n",
+            "weft_config_reloads_total{outcome=\"applied\"} 1\n",
+            "# TYPE weft_request_duration_seconds histogram\n",
+        ] {
+            assert!(text.contains(expected), "no {expected:?} in\n{text}");
+        }
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(!text.contains("# UNIT"), "{text}");
+        assert!(!text.contains("# TYPE weft_requests counter"), "{text}");
     }
 
     #[test]

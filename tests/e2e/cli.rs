@@ -1,0 +1,224 @@
+//! The `weft` command line: `--version`, `check`, `run` and `proxy`.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::ops_support::*;
+use crate::support::*;
+
+const GOOD: &str = r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+cluster = "b"
+
+[[clusters]]
+name = "b"
+endpoints = ["127.0.0.1:9"]
+"#;
+
+#[tokio::test]
+async fn version_is_printed() {
+    let (status, out, _) = run_weft(&["--version"]).await;
+    assert!(status.success());
+    assert_eq!(out.trim(), format!("weft {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[tokio::test]
+async fn check_accepts_a_good_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_file(
+        dir.path(),
+        "good.toml",
+        &format!("{}{GOOD}", preamble(dir.path())),
+    );
+    let (status, out, err) = run_weft(&["check", "--config", cfg.to_str().unwrap()]).await;
+    assert!(status.success(), "{err}");
+    assert_eq!(
+        out.trim(),
+        format!(
+            "{}: ok (1 listeners, 1 clusters, 0 filters, 0 chains)",
+            cfg.display()
+        )
+    );
+}
+
+#[tokio::test]
+async fn check_refuses_bad_configs_naming_file_field_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "unknown-field.toml",
+            GOOD.replace("cluster = \"b\"", "cluster = \"b\"\nbogus = true"),
+            "listeners[0]",
+            "unknown field `bogus`",
+        ),
+        (
+            "unknown-cluster.toml",
+            GOOD.replace("cluster = \"b\"", "cluster = \"c\""),
+            "listeners[0].cluster",
+            "unknown cluster \"c\" (defined: b)",
+        ),
+        (
+            "bad-listen.toml",
+            GOOD.replace("127.0.0.1:0", "127.0.0.1"),
+            "listeners[0].address",
+            "invalid socket address",
+        ),
+        (
+            "bad-endpoint.toml",
+            GOOD.replace("127.0.0.1:9", "127.0.0.1"),
+            "clusters[0].endpoints[0]",
+            "\"127.0.0.1\" needs a port",
+        ),
+        (
+            "missing-cert.toml",
+            GOOD.replace(
+                "cluster = \"b\"",
+                "cluster = \"b\"\n[listeners.tls]\ncertificates = [{ cert = \"nowhere.crt\", key = \"nowhere.key\" }]",
+            ),
+            "listeners[0].tls.certificates[0]",
+            &format!(
+                "cannot read {}: I/O error: No such file or directory",
+                dir.path().join("nowhere.crt").display()
+            ),
+        ),
+    ];
+    for (name, text, field, reason) in cases {
+        let cfg = write_file(dir.path(), name, &format!("{}{text}", preamble(dir.path())));
+        let (status, out, err) = run_weft(&["check", "--config", cfg.to_str().unwrap()]).await;
+        assert!(!status.success(), "{name} passed the check: {out}");
+        let expected = format!("{}: {field}", cfg.display());
+        assert!(err.contains(&expected), "{name}: no {expected:?} in {err}");
+        assert!(err.contains(reason), "{name}: no {reason:?} in {err}");
+        assert!(!out.contains("ok"), "{name}: {out}");
+    }
+}
+
+#[tokio::test]
+async fn run_with_a_missing_config_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let (status, _, err) = run_weft(&["run", "--config", missing.to_str().unwrap()]).await;
+    assert!(!status.success());
+    assert!(
+        err.contains(&format!(
+            "{}: cannot read the file: No such file or directory",
+            missing.display()
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn proxy_forwards_http1_and_http2_clients() {
+    let backend = Backend::start("b1").await;
+    let to = format!("http://{}", backend.addr);
+    let child = Child::spawn(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &to,
+        "--admin",
+        "127.0.0.1:0",
+    ])
+    .await;
+    let url = format!("http://{}/", child.listener_addr("proxy"));
+    for c in [h1(), h2()] {
+        assert_eq!(answering_backend(&c, &url).await.as_deref(), Ok("b1"));
+    }
+    // The quickstart's curl lines.
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2-prior-knowledge", "2")] {
+        let out = tokio::process::Command::new("curl")
+            .args(["-s", flag, "-w", "\n%{http_version} %{http_code}", &url])
+            .output()
+            .await
+            .expect("curl");
+        let out = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out, format!("hello from b1\n{version} 200"));
+    }
+    let admin = child.admin_addr();
+    let (status, _, body) = get(&h1(), &format!("http://{admin}/ready")).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ready\n"[..]));
+}
+
+#[tokio::test]
+async fn proxy_balances_across_every_target() {
+    let b1 = Backend::start("b1").await;
+    let b2 = Backend::start("b2").await;
+    let (to1, to2) = (format!("http://{}", b1.addr), format!("http://{}", b2.addr));
+    let child = Child::spawn(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &to1,
+        "--to",
+        &to2,
+    ])
+    .await;
+    let url = format!("http://{}/", child.listener_addr("proxy"));
+    let client = h1();
+    for _ in 0..10 {
+        assert!(answering_backend(&client, &url).await.is_ok());
+    }
+    assert_eq!(
+        (b1.hits(), b2.hits()),
+        (5, 5),
+        "round robin over two targets"
+    );
+}
+
+#[tokio::test]
+async fn proxy_speaks_h2c_to_an_http2_only_upstream() {
+    let backend = Backend::start_with("b1", Proto::Http2, None).await;
+    let to = format!("h2c://{}", backend.addr);
+    let child = Child::spawn(&["proxy", "--listen", "127.0.0.1:0", "--to", &to]).await;
+    let url = format!("http://{}/info", child.listener_addr("proxy"));
+    for c in [h1(), h2()] {
+        let (status, _, body) = get(&c, &url).await;
+        assert_eq!(status, StatusCode::OK, "{body:?}");
+        let info: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(info["version"], "HTTP/2.0");
+    }
+}
+
+#[tokio::test]
+async fn proxy_refuses_mixed_schemes() {
+    let (status, _, err) = run_weft(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        "http://127.0.0.1:9",
+        "--to",
+        "h2c://127.0.0.1:10",
+    ])
+    .await;
+    assert!(!status.success());
+    assert!(
+        err.contains("every --to must use the same scheme (\"h2c://127.0.0.1:10\" differs)"),
+        "{err}"
+    );
+    let (status, _, err) =
+        run_weft(&["proxy", "--listen", "127.0.0.1:0", "--to", "ftp://x:21"]).await;
+    assert!(!status.success());
+    assert!(
+        err.contains("the scheme must be http, h2c or https"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn proxy_exits_cleanly_on_sigterm() {
+    let backend = Backend::start("b1").await;
+    let to = format!("http://{}", backend.addr);
+    let mut child = Child::spawn(&["proxy", "--listen", "127.0.0.1:0", "--to", &to]).await;
+    child.signal(libc::SIGTERM);
+    let status = exits_within(&mut child.child, Duration::from_secs(10))
+        .await
+        .expect("weft proxy did not exit");
+    assert!(status.success(), "{status:?}");
+}

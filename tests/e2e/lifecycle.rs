@@ -1,0 +1,126 @@
+//! Graceful shutdown of the `weft` binary on SIGTERM and SIGINT: requests in flight
+//! finish, new connections are refused, and the process exits 0 by its deadline.
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+
+use crate::ops_support::*;
+use crate::support::*;
+
+async fn drains_then_exits_on(signal: i32) {
+    let backend = Backend::start("b1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_file(
+        dir.path(),
+        "weft.toml",
+        &format!("{}{}", preamble(dir.path()), one_cluster(backend.addr)),
+    );
+    let mut child = Child::spawn(&["run", "--config", cfg.to_str().unwrap()]).await;
+    let addr = child.listener_addr("main");
+    let admin = child.admin_addr();
+    let slow: Vec<_> = [h1(), h2()]
+        .into_iter()
+        .map(|c| spawn_get(c, format!("http://{addr}/sleep/1500")))
+        .collect();
+    assert!(eventually(Duration::from_secs(5), async || backend.hits() == 2).await);
+
+    let signaled = Instant::now();
+    child.signal(signal);
+    assert!(
+        eventually(Duration::from_secs(5), async || refuses_connections(addr)
+            .await)
+        .await,
+        "still accepting connections after the signal"
+    );
+    let (status, _, _) = get(&h1(), &format!("http://{admin}/ready")).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ready while draining"
+    );
+    assert!(
+        slow.iter().all(|t| !t.is_finished()),
+        "the requests in flight ended before the listener closed"
+    );
+
+    for t in slow {
+        assert_eq!(
+            t.await.unwrap(),
+            Ok((StatusCode::OK, "b1".to_string(), "slept".to_string())),
+            "a request in flight at the signal did not complete"
+        );
+    }
+    let status = exits_within(&mut child.child, Duration::from_secs(10))
+        .await
+        .expect("weft did not exit after draining");
+    assert!(status.success(), "exit status {status:?}");
+    // The preamble's shutdown_timeout is 5s; draining took about the slow requests' time.
+    assert!(
+        signaled.elapsed() < Duration::from_secs(5),
+        "exited after {:?}",
+        signaled.elapsed()
+    );
+    // The log reader may still be catching up with the exited process.
+    assert!(
+        eventually(Duration::from_secs(5), async || child
+            .logged("all connections drained"))
+        .await,
+        "{:?}",
+        child.lines.lock().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_0() {
+    drains_then_exits_on(libc::SIGTERM).await;
+}
+
+#[tokio::test]
+async fn sigint_drains_in_flight_requests_then_exits_0() {
+    drains_then_exits_on(libc::SIGINT).await;
+}
+
+#[tokio::test]
+async fn shutdown_deadline_cuts_off_slow_requests() {
+    let backend = Backend::start("b1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_file(
+        dir.path(),
+        "weft.toml",
+        &format!(
+            "{}{}",
+            preamble_with(dir.path(), false, "300ms"),
+            one_cluster(backend.addr)
+        ),
+    );
+    let mut child = Child::spawn(&["run", "--config", cfg.to_str().unwrap()]).await;
+    let addr = child.listener_addr("main");
+    let slow = spawn_get(h1(), format!("http://{addr}/sleep/5000"));
+    assert!(eventually(Duration::from_secs(5), async || backend.hits() == 1).await);
+
+    let signaled = Instant::now();
+    child.signal(libc::SIGTERM);
+    let status = exits_within(&mut child.child, Duration::from_secs(4))
+        .await
+        .expect("weft waited for the slow request past its shutdown deadline");
+    let took = signaled.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "exited {took:?} after the signal"
+    );
+    // The log reader may still be catching up with the exited process.
+    assert!(
+        eventually(Duration::from_secs(5), async || child
+            .logged("shutdown deadline reached"))
+        .await,
+        "{:?}",
+        child.lines.lock().unwrap()
+    );
+    let cut = slow.await.unwrap();
+    assert!(
+        !matches!(cut, Ok((StatusCode::OK, ..))),
+        "the slow request cannot have completed: {cut:?}"
+    );
+}

@@ -1,0 +1,496 @@
+//! Config reload: under load, with requests in flight, refused configs, SIGHUP, file
+//! watching, listeners added and removed, and cluster state kept across reloads.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft::app::{App, ConfigSource};
+use weft::telemetry::metrics::{Outcome, OutcomeLabels};
+
+use crate::ops_support::*;
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_loses_no_request() {
+    // The route moves between two clusters that both stay.
+    under_load(two_clusters).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_replacing_the_cluster_loses_no_request() {
+    // The one cluster is rebuilt with the other endpoint: every reload drops a
+    // cluster (and its pool) that requests in flight may still be using.
+    under_load(|target, a, b| one_cluster(if target == "a" { a } else { b })).await;
+}
+
+/// Reloads 50 times, moving traffic between backends "a" and "b" with
+/// `config(target, a, b)`, while HTTP/1.1 and HTTP/2 clients send requests
+/// without a pause; none may fail, and each reload must move new requests.
+async fn under_load(config: impl Fn(&str, SocketAddr, SocketAddr) -> String) {
+    const RELOADS: usize = 50;
+    const WORKERS: usize = 8;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(&config("a", a.addr, b.addr)).await;
+    let url = proxy.url("/");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|i| {
+            // Half keep one HTTP/1.1 connection alive, half multiplex over HTTP/2.
+            let client = if i % 2 == 0 { h1() } else { h2() };
+            let (stop, answered, failures, url) = (
+                stop.clone(),
+                answered.clone(),
+                failures.clone(),
+                url.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match answering_backend(&client, &url).await {
+                        Ok(b) if b == "a" || b == "b" => {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(other) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("unknown backend {other:?}")),
+                        Err(e) => failures.lock().unwrap().push(e),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Connections opened before the first reload, kept across all of them.
+    let (check_h1, check_h2) = (h1(), h2());
+    for i in 0..RELOADS {
+        let target = if i % 2 == 0 { "b" } else { "a" };
+        proxy.write_config(&config(target, a.addr, b.addr));
+        let before = answered.load(Ordering::Relaxed);
+        let (status, body) = reload(&proxy).await;
+        assert_eq!(status, StatusCode::OK, "reload {i}: {body}");
+        for c in [&check_h1, &check_h2] {
+            assert_eq!(
+                answering_backend(c, &url).await.as_deref(),
+                Ok(target),
+                "a request after reload {i} used an old config"
+            );
+        }
+        // Keep the load running across every reload.
+        let moved_on = eventually(Duration::from_secs(10), async || {
+            answered.load(Ordering::Relaxed) >= before + 2 * WORKERS
+        })
+        .await;
+        assert!(moved_on, "the load stalled after reload {i}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let failures = std::mem::take(&mut *failures.lock().unwrap());
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(answered.load(Ordering::Relaxed) >= RELOADS * 2 * WORKERS);
+    assert!(
+        a.hits() > RELOADS && b.hits() > RELOADS,
+        "a {} b {}",
+        a.hits(),
+        b.hits()
+    );
+    assert_eq!(
+        proxy
+            .metric("weft_config_reloads_total{outcome=\"applied\"}")
+            .await,
+        RELOADS as f64
+    );
+}
+
+#[tokio::test]
+async fn in_flight_requests_finish_on_the_old_config() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    // The cluster keeps its name but gets another endpoint: the old cluster object
+    // leaves the snapshot while requests still use it.
+    let proxy = Proxy::start(&one_cluster(a.addr)).await;
+    let slow_url = proxy.url("/sleep/1000");
+    let slow_h1 = spawn_get(h1(), slow_url.clone());
+    let slow_h2 = spawn_get(h2(), slow_url);
+    assert!(eventually(Duration::from_secs(5), async || a.hits() == 2).await);
+
+    proxy.write_config(&one_cluster(b.addr));
+    let (status, body) = reload(&proxy).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        !slow_h1.is_finished() && !slow_h2.is_finished(),
+        "the reload waited for the requests in flight"
+    );
+    for c in [h1(), h2()] {
+        assert_eq!(
+            answering_backend(&c, &proxy.url("/")).await.as_deref(),
+            Ok("b")
+        );
+    }
+    for slow in [slow_h1, slow_h2] {
+        let (status, backend, body) = slow.await.unwrap().expect("the slow request failed");
+        assert_eq!(
+            (status, backend.as_str(), body.as_str()),
+            (StatusCode::OK, "a", "slept")
+        );
+    }
+    assert_eq!(a.hits(), 2, "nothing new reached the old endpoint");
+}
+
+#[tokio::test]
+async fn refused_config_names_its_fault_and_the_old_one_keeps_serving() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let good = two_clusters("a", a.addr, b.addr);
+    let proxy = Proxy::start(&good).await;
+    let file = proxy.config_path.display().to_string();
+    let bad_tls = good.replace(
+        "cluster = \"a\"\n",
+        "cluster = \"b\"\n[listeners.tls]\ncertificates = [{ cert = \"missing.crt\", key = \"missing.key\" }]\n",
+    );
+    let cases = [
+        (
+            two_clusters("nope", a.addr, b.addr),
+            "listeners[0].cluster",
+            "unknown cluster \"nope\" (defined: a, b)",
+        ),
+        (
+            format!("{good}bogus = 1\n"),
+            "clusters[1]",
+            "unknown field `bogus`",
+        ),
+        (
+            good.replace("127.0.0.1:0", "nonsense"),
+            "listeners[0].address",
+            "invalid socket address",
+        ),
+        (bad_tls, "listeners[0].tls.certificates[0]", "missing.crt"),
+    ];
+    for (n, (config, field, reason)) in cases.iter().enumerate() {
+        proxy.write_config(config);
+        let (status, body) = reload(&proxy).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.starts_with("reload refused: "), "{body}");
+        assert!(
+            body.contains(&format!("{file}: {field}")),
+            "no {file}: {field} in {body}"
+        );
+        assert!(body.contains(reason), "no {reason:?} in {body}");
+        assert_eq!(
+            answering_backend(&h1(), &proxy.url("/")).await.as_deref(),
+            Ok("a")
+        );
+        assert_eq!(
+            proxy
+                .metric("weft_config_reloads_total{outcome=\"refused\"}")
+                .await,
+            (n + 1) as f64
+        );
+    }
+    assert_eq!(
+        proxy
+            .metric("weft_config_reloads_total{outcome=\"applied\"}")
+            .await,
+        0.0
+    );
+    let (_, _, config) = get(&h1(), &proxy.admin_url("/config")).await;
+    let config: serde_json::Value = serde_json::from_slice(&config).unwrap();
+    assert_eq!(config["generation"], 1);
+    // A good config is taken again after refused ones.
+    proxy.write_config(&two_clusters("b", a.addr, b.addr));
+    assert_eq!(reload(&proxy).await.0, StatusCode::OK);
+    assert_eq!(
+        answering_backend(&h1(), &proxy.url("/")).await.as_deref(),
+        Ok("b")
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_binary() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |target: &str| {
+        write_file(
+            dir.path(),
+            "weft.toml",
+            &format!(
+                "{}{}",
+                preamble(dir.path()),
+                two_clusters(target, a.addr, b.addr)
+            ),
+        )
+    };
+    let cfg = write("a");
+    let child = Child::spawn(&["run", "--config", cfg.to_str().unwrap()]).await;
+    let url = format!("http://{}/", child.listener_addr("main"));
+    let client = h1();
+    assert_eq!(answering_backend(&client, &url).await.as_deref(), Ok("a"));
+    write("b");
+    // The preamble turns file watching off: nothing changes until the signal.
+    assert_eq!(answering_backend(&client, &url).await.as_deref(), Ok("a"));
+    child.signal(libc::SIGHUP);
+    let moved = eventually(Duration::from_secs(10), async || {
+        answering_backend(&client, &url).await.as_deref() == Ok("b")
+    })
+    .await;
+    assert!(
+        moved,
+        "SIGHUP did not reload: {:?}",
+        child.lines.lock().unwrap()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || child
+            .logged("config reloaded"))
+        .await
+    );
+}
+
+#[tokio::test]
+async fn changed_file_is_reloaded_when_watched() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = |target: &str| {
+        format!(
+            "{}{}",
+            preamble_with(dir.path(), true, "5s"),
+            two_clusters(target, a.addr, b.addr)
+        )
+    };
+    let cfg = write_file(dir.path(), "weft.toml", &text("a"));
+    let app = App::start(ConfigSource::File(cfg.clone())).await.unwrap();
+    // Written in place, at once: a change made as soon as the proxy is ready counts.
+    std::fs::write(&cfg, text("b")).unwrap();
+    let url = format!("http://{}/", app.listener_addr("main").unwrap());
+    let client = h1();
+    let moved = eventually(Duration::from_secs(10), async || {
+        answering_backend(&client, &url).await.as_deref() == Ok("b")
+    })
+    .await;
+    assert!(moved, "an edited config file was not reloaded");
+
+    // Replaced by a rename, as editors and deploy tools do.
+    let tmp = write_file(dir.path(), ".weft.toml.new", &text("a"));
+    std::fs::rename(&tmp, &cfg).unwrap();
+    let moved = eventually(Duration::from_secs(10), async || {
+        answering_backend(&client, &url).await.as_deref() == Ok("a")
+    })
+    .await;
+    assert!(moved, "a config file replaced by rename was not reloaded");
+    let reloads = |outcome| {
+        app.runtime
+            .metrics
+            .reloads
+            .get_or_create(&OutcomeLabels { outcome })
+            .get()
+    };
+    // A burst of events may make more than one reload, but never of a half-written file.
+    assert!(reloads(Outcome::applied) >= 2);
+    assert_eq!(reloads(Outcome::refused), 0);
+}
+
+#[tokio::test]
+async fn a_reload_can_turn_file_watching_on() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    // Started with watch_config = false (the preamble).
+    let proxy = Proxy::start(&two_clusters("a", a.addr, b.addr)).await;
+    let watched = |target: &str| {
+        std::fs::write(
+            &proxy.config_path,
+            format!(
+                "{}{}",
+                preamble_with(proxy.dir.path(), true, "5s"),
+                two_clusters(target, a.addr, b.addr)
+            ),
+        )
+        .unwrap()
+    };
+    watched("b");
+    assert_eq!(reload(&proxy).await.0, StatusCode::OK);
+    let client = h1();
+    let url = proxy.url("/");
+    assert_eq!(answering_backend(&client, &url).await.as_deref(), Ok("b"));
+    watched("a");
+    let moved = eventually(Duration::from_secs(10), async || {
+        answering_backend(&client, &url).await.as_deref() == Ok("a")
+    })
+    .await;
+    assert!(
+        moved,
+        "watch_config = true, applied by a reload, was ignored"
+    );
+}
+
+fn listeners(backend: SocketAddr, extra: &[(&str, String)]) -> String {
+    let mut text = format!(
+        "[[clusters]]\nname = \"a\"\nendpoints = [\"{backend}\"]\n\n[[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\ncluster = \"a\"\n"
+    );
+    for (name, address) in extra {
+        text.push_str(&format!(
+            "\n[[listeners]]\nname = \"{name}\"\naddress = \"{address}\"\ncluster = \"a\"\n"
+        ));
+    }
+    text
+}
+
+#[tokio::test]
+async fn listeners_are_bound_and_released_by_reload() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(&listeners(a.addr, &[])).await;
+
+    // Added: bound and serving.
+    proxy.write_config(&listeners(a.addr, &[("extra", "127.0.0.1:0".into())]));
+    let (status, body) = reload(&proxy).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let extra = proxy.addr("extra");
+    assert_eq!(
+        answering_backend(&h1(), &format!("http://{extra}/"))
+            .await
+            .as_deref(),
+        Ok("a")
+    );
+
+    // A keep-alive connection with a request in flight when the listener goes.
+    let mut conn = tokio::net::TcpStream::connect(extra).await.unwrap();
+    conn.write_all(b"GET /sleep/800 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let hits = a.hits();
+    assert!(eventually(Duration::from_secs(5), async || a.hits() > hits).await);
+
+    // Removed: stops accepting; the request in flight is answered and the
+    // connection then closed, so the client does not keep using a removed listener.
+    proxy.write_config(&listeners(a.addr, &[]));
+    let (status, body) = reload(&proxy).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(proxy.app.listener_addr("extra").is_none());
+    assert!(
+        eventually(Duration::from_secs(5), async || refuses_connections(extra)
+            .await)
+        .await,
+        "a removed listener still accepts connections"
+    );
+    let mut answer = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_string(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "the connection of a removed listener stayed open: {answer:?}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("slept"), "{answer}");
+
+    // A listener that cannot bind refuses the whole config, other new listeners included.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    proxy.write_config(&listeners(
+        a.addr,
+        &[
+            ("fresh", "127.0.0.1:0".into()),
+            ("taken", taken_addr.to_string()),
+        ],
+    ));
+    let (status, body) = reload(&proxy).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body.contains(&format!("listeners: cannot bind \"taken\" to {taken_addr}")),
+        "{body}"
+    );
+    assert!(proxy.app.listener_addr("fresh").is_none());
+    assert!(proxy.app.listener_addr("taken").is_none());
+    let (_, _, config) = get(&h1(), &proxy.admin_url("/config")).await;
+    let config: serde_json::Value = serde_json::from_slice(&config).unwrap();
+    assert_eq!(config["generation"], 3, "the refused config was published");
+    assert_eq!(config["config"]["listeners"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        answering_backend(&h1(), &proxy.url("/")).await.as_deref(),
+        Ok("a")
+    );
+}
+
+#[tokio::test]
+async fn unchanged_clusters_keep_their_connections() {
+    let a = Backend::start_with("a", Proto::Http1, None).await;
+    let b = Backend::start("b").await;
+    let config = |via: usize, connect_timeout: &str| {
+        format!(
+            r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+cluster = "a"
+[listeners.forwarding]
+via = "hop{via}"
+
+[[clusters]]
+name = "a"
+endpoints = ["{}"]
+connect_timeout = "{connect_timeout}"
+
+[[clusters]]
+name = "b"
+endpoints = ["{}"]
+connect_timeout = "{via}s"
+"#,
+            a.addr, b.addr
+        )
+    };
+    let proxy = Proxy::start(&config(1, "2s")).await;
+    let client = h1();
+    assert_eq!(
+        answering_backend(&client, &proxy.url("/")).await.as_deref(),
+        Ok("a")
+    );
+    let connections = || a.connections.load(Ordering::Relaxed);
+    assert_eq!(connections(), 1);
+
+    // The listener and the other cluster change every time; cluster "a" does not.
+    for i in 2..22 {
+        proxy.write_config(&config(i, "2s"));
+        assert_eq!(reload(&proxy).await.0, StatusCode::OK);
+        let (status, headers, _) = get(&client, &proxy.url("/")).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            headers["via"],
+            format!("1.1 hop{i}"),
+            "reload {i} not applied"
+        );
+    }
+    assert_eq!(
+        connections(),
+        1,
+        "an unchanged cluster lost its pooled connection on reload"
+    );
+    let (_, _, clusters) = get(&h1(), &proxy.admin_url("/clusters")).await;
+    let clusters: serde_json::Value = serde_json::from_slice(&clusters).unwrap();
+    assert_eq!(clusters["clusters"][0]["name"], "a");
+    assert_eq!(
+        clusters["clusters"][0]["endpoints"][0]["open_connections"],
+        1
+    );
+
+    // A changed definition is a new cluster with a new pool (which shows that the
+    // count above could have grown).
+    proxy.write_config(&config(22, "3s"));
+    assert_eq!(reload(&proxy).await.0, StatusCode::OK);
+    assert_eq!(
+        answering_backend(&client, &proxy.url("/")).await.as_deref(),
+        Ok("a")
+    );
+    assert_eq!(connections(), 2);
+}
