@@ -68,7 +68,7 @@ impl App {
         let chains = ChainBuilder::new(metrics.clone(), &loaded.config.runtime)
             .context("starting the filter engine")?;
         let snapshot = Snapshot::build(loaded, None, &metrics, &chains).await?;
-        let admin_address = snapshot.config.config.admin.address;
+        let admin_address = snapshot.config.config.admin.listen();
         // Watched whatever the setting: `watch_config` may be turned on by a reload,
         // and the watcher reloads only while it is on.
         let watch_file = matches!(source, ConfigSource::File(_));

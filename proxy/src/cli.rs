@@ -237,7 +237,10 @@ pub fn proxy_config(args: &ProxyArgs) -> anyhow::Result<config::LoadedConfig> {
     .context("listener defaults")?;
     let config = Config {
         admin: config::AdminConfig {
-            address: args.admin,
+            enabled: args.admin.is_some(),
+            address: args
+                .admin
+                .unwrap_or_else(|| config::AdminConfig::default().address),
         },
         listeners: vec![ListenerConfig {
             chain: chain.as_ref().map(|c| c.name.clone()),

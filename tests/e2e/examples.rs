@@ -76,7 +76,7 @@ async fn every_example_config_is_valid_and_builds() {
         let c = &loaded.config;
         // Examples must be safe to run as they are: nothing listens beyond this machine.
         let mut addresses: Vec<SocketAddr> = c.listeners.iter().map(|l| l.address).collect();
-        addresses.extend(c.admin.address);
+        addresses.push(c.admin.address);
         for a in addresses {
             assert!(
                 a.ip().is_loopback(),
@@ -125,7 +125,8 @@ fn config_with_everything() -> Config {
     let dur = |s| Dur::secs(s);
     Config {
         admin: AdminConfig {
-            address: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            enabled: true,
+            address: SocketAddr::from(([127, 0, 0, 1], 0)),
         },
         runtime: RuntimeConfig {
             workers: 1,

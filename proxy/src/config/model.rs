@@ -33,20 +33,29 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Where the admin endpoints listen; loopback by default. `None` turns them off
-    /// (only in a config built in code, as `weft proxy` without `--admin` does: a TOML
-    /// file cannot write `None`).
+    /// Whether the admin endpoints run at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Where the admin endpoints listen; loopback by default.
     #[serde(default = "default_admin_address")]
-    pub address: Option<SocketAddr>,
+    pub address: SocketAddr,
 }
 
-fn default_admin_address() -> Option<SocketAddr> {
-    Some(SocketAddr::from(([127, 0, 0, 1], 9901)))
+fn default_admin_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+
+impl AdminConfig {
+    /// The address to serve on, if the admin endpoints are on.
+    pub fn listen(&self) -> Option<SocketAddr> {
+        self.enabled.then_some(self.address)
+    }
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
+            enabled: true,
             address: default_admin_address(),
         }
     }

@@ -84,7 +84,10 @@ impl Host {
         let host = Arc::new(Host {
             engine,
             linker,
-            cache_dir: runtime.module_cache.clone(),
+            cache_dir: runtime
+                .module_cache
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
             compiled: Default::default(),
         });
         spawn_epoch_ticker(Arc::downgrade(&host));

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Weft side by side with the reference proxies, in one run, on this machine.
+
+Drives the shared harness (../shared/bench/bench.py: wrk for closed-loop throughput,
+oha at a fixed 2,000 req/s for latency, VmHWM and CPU per request for the proxy), with
+Weft's scenarios added next to its anchors:
+
+  W0  weft proxy, no filter
+  W1  weft proxy + the bench filter (same work as Envoy's proxy-wasm filter in C)
+  W4  weft proxy + a chain of 4 bench filters
+  WF  weft proxy + 1 bench filter, a fresh instance per request (instance_reuse = 1)
+
+Usage (after `bash ../shared/bench/run-anchors.sh` has installed Envoy, oha, wrk, nginx):
+  python3 benches/run.py --scenarios A,B,C,F,W0,W1,W4 --runs 2 --out /tmp/weft-bench.json
+
+Weft runs with one worker on the proxy CPU, access log off (as nginx's config has it).
+"""
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SHARED = os.environ.get("WEFT_BENCH_HARNESS", os.path.join(ROOT, "..", "shared", "bench"))
+sys.path.insert(0, SHARED)
+import bench  # noqa: E402  (the shared harness)
+
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.environ["HOME"], ".cache", "weft-target"))
+WEFT = os.path.join(TARGET, "release", "weft")
+FILTER = os.path.join(TARGET, "wasm32-wasip2", "release", "bench_filter.wasm")
+LISTEN = "127.0.0.1:18120"
+
+
+def weft_argv(filters, extra_env=None):
+    argv = [WEFT, "--log", "warn", "proxy", "--listen", LISTEN, "--to", f"http://127.0.0.1:{bench.BACKEND_PORT}",
+            "--workers", "1"]
+    for _ in range(filters):
+        argv += ["--filter", FILTER]
+    return argv
+
+
+def weft_config(run_dir, reuse):
+    """WF needs a limit the CLI does not expose, so it runs from a config file."""
+    path = os.path.join(run_dir, "weft-fresh.toml")
+    with open(path, "w") as f:
+        f.write(f"""[admin]
+enabled = false
+[runtime]
+workers = 1
+watch_config = false
+[[listeners]]
+name = "bench"
+address = "{LISTEN}"
+cluster = "nginx"
+chain = "bench"
+[[clusters]]
+name = "nginx"
+endpoints = ["127.0.0.1:{bench.BACKEND_PORT}"]
+[[filters]]
+name = "bench"
+module = "{FILTER}"
+[filters.limits]
+instance_reuse = {reuse}
+[[chains]]
+name = "bench"
+filters = ["bench"]
+""")
+    return [WEFT, "--log", "warn", "run", "--config", path]
+
+
+WEFT_SCENARIOS = {
+    "W0": ("W0 weft, no filter", lambda rd: weft_argv(0), None),
+    "W1": ("W1 weft + 1 Wasm filter", lambda rd: weft_argv(1), ("x-wasm-filter", "seen")),
+    "W4": ("W4 weft + 4 Wasm filters", lambda rd: weft_argv(4), ("x-wasm-filter", "seen")),
+    "WF": ("WF weft + 1 Wasm filter, fresh instance per request", lambda rd: weft_config(rd, 1), ("x-wasm-filter", "seen")),
+}
+
+for key, (name, _, _) in WEFT_SCENARIOS.items():
+    bench.SCENARIOS[key] = dict(name=name, port=int(LISTEN.rsplit(":", 1)[1]))
+
+_start = bench.start_scenario
+
+
+def start_scenario(key, a, run_dir):
+    if key not in WEFT_SCENARIOS:
+        return _start(key, a, run_dir)
+    _, argv, want = WEFT_SCENARIOS[key]
+    proc = bench.Proc(key.lower(), argv(run_dir), a.sut_cpus, a.nice, os.path.join(run_dir, f"{key}.out"))
+    if not bench.wait_port(bench.SCENARIOS[key]["port"]):
+        raise RuntimeError(f"{key}: weft did not start; see {run_dir}/{key}.out")
+    # Proof the filters ran, before anything is measured.
+    bench.http_check(bench.SCENARIOS[key]["port"], want)
+    return [proc]
+
+
+bench.start_scenario = start_scenario
+
+if __name__ == "__main__":
+    for path in (WEFT, FILTER):
+        if not os.path.exists(path):
+            sys.exit(f"{path} is missing: cargo build --release -p weft && "
+                     "cargo build --release --target wasm32-wasip2 -p bench-filter")
+    bench.main()
