@@ -59,6 +59,8 @@ pub enum ProxyError {
     Timeout(std::time::Duration),
     #[error("request body: {0}")]
     DownstreamBody(String),
+    #[error("the client stopped sending its request body")]
+    ClientTimeout,
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(usize),
     #[error("invalid request: {0}")]
@@ -89,6 +91,7 @@ impl ProxyError {
             | ResponseTooLarge(_) => StatusCode::BAD_GATEWAY,
             ConnectTimeout(_) | Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             DownstreamBody(_) | BadRequest(_) => StatusCode::BAD_REQUEST,
+            ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Filter { status, .. } => *status,
         }
@@ -98,7 +101,9 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             NoRoute | NoCluster | UnknownCluster(_) | Filter { .. } => Blame::Internal,
-            DownstreamBody(_) | BodyTooLarge(_) | BadRequest(_) => Blame::Downstream,
+            DownstreamBody(_) | BodyTooLarge(_) | BadRequest(_) | ClientTimeout => {
+                Blame::Downstream
+            }
             _ => Blame::Upstream,
         }
     }
@@ -120,6 +125,7 @@ impl ProxyError {
             Timeout(_) => "upstream timeout",
             DownstreamBody(_) => "request body error",
             BodyTooLarge(_) => "request body too large",
+            ClientTimeout => "request body idle timeout",
             BadRequest(_) => "bad request",
             Filter { .. } => "filter failure",
             ResponseTooLarge(_) => "response too large",

@@ -721,3 +721,45 @@ async fn weft_check_loads_modules_and_their_config() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_thousand_reloads_leave_memory_flat() {
+    let b1 = Backend::start("b1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("weft.toml");
+    let hello = filter_wasm("hello_filter");
+    let text = format!(
+        "{}{}{}[[chains]]\nname = \"c\"\nfilters = [\"hello\", \"p\"]\n",
+        preamble(dir.path()),
+        config(&b1, &[("p", r#"{"tag": "x"}"#)], "")
+            .split("[[chains]]")
+            .next()
+            .unwrap(),
+        filter_decl("hello", &hello, r#"{"key": "k"}"#),
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    let child = Child::spawn(&["run", "--config", cfg.to_str().unwrap()]).await;
+    let admin = format!("http://{}/reload", child.admin_addr());
+    let url = format!("http://{}/", child.listener_addr("main"));
+    let client = h1();
+    let mut rss = Vec::new();
+    for i in 1..=1000 {
+        let (status, _, body) = send(&client, Request::post(&admin).body(empty()).unwrap()).await;
+        assert_eq!(status, 200, "reload {i}: {body:?}");
+        if i % 100 == 0 {
+            // Traffic between reloads, so old chains' instances are used and released.
+            let req = Request::get(&url)
+                .header("x-api-key", "k")
+                .body(empty())
+                .unwrap();
+            assert_eq!(send(&client, req).await.0, 200);
+            rss.push(rss_kib(child.pid()));
+        }
+    }
+    let (after_100, after_1000) = (rss[0], rss[9]);
+    eprintln!("RSS after reloads (KiB, every 100): {rss:?}");
+    assert!(
+        after_1000 <= after_100 + 4 * 1024,
+        "RSS grew from {after_100} KiB after 100 reloads to {after_1000} KiB after 1000"
+    );
+}

@@ -270,3 +270,36 @@ outlier = { consecutive_failures = 2, base_ejection = "1m", max_ejection = "1m",
     );
     assert_eq!(get(&h1(), &proxy.url("/")).await.0, 200);
 }
+
+#[tokio::test]
+async fn a_stalled_upload_is_cut_off_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start("b1").await;
+    let proxy = Proxy::start(&format!(
+        "[[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\ncluster = \"b\"\n\n[[clusters]]\nname = \"b\"\nendpoints = [\"{}\"]\nidle_timeout = \"300ms\"\n",
+        backend.addr
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr("main"))
+        .await
+        .unwrap();
+    // Announce 100 bytes, send 5, then go quiet (/hash answers after the whole body).
+    s.write_all(b"POST /hash HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nhello")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert!(
+        read.is_ok(),
+        "the proxy did not give up on the stalled upload"
+    );
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert_eq!(
+        proxy
+            .metric(r#"weft_limit_hits_total{listener="main",limit="stream_idle_timeout"}"#)
+            .await,
+        1.0
+    );
+}

@@ -391,9 +391,8 @@ pub struct ClusterConfig {
     /// the response; `"0s"` for none (long-lived streams). Routes may override it.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: Dur,
-    /// A response body, or an upgraded or `CONNECT` tunnel, that moves no byte for this
-    /// long is aborted; `"0s"` for none. (Request bodies are bounded only by the
-    /// request timeout.)
+    /// A request or response body, or an upgraded or `CONNECT` tunnel, that moves no
+    /// byte for this long is aborted (a stalled upload gets 408); `"0s"` for none.
     #[serde(default = "default_stream_idle_timeout")]
     pub idle_timeout: Dur,
     /// How often DNS names among the endpoints are resolved again.

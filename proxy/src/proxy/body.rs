@@ -87,6 +87,8 @@ pub struct Tally {
     /// Where the request body stands with the client: `FLOWING`, `AWAITING_CLIENT`
     /// (the last poll found no data from it) or `BROKEN` (its body failed).
     client: AtomicU8,
+    /// The client sent nothing of its body for the idle timeout.
+    idle_timed_out: AtomicBool,
 }
 
 const FLOWING: u8 = 0;
@@ -105,6 +107,11 @@ impl Tally {
             _ => false,
         }
     }
+
+    /// Whether the upload was cut off because the client stopped sending.
+    pub fn idle_timed_out(&self) -> bool {
+        self.idle_timed_out.load(Ordering::Relaxed)
+    }
 }
 
 /// The request body on its way upstream, counted.
@@ -113,6 +120,11 @@ pub struct RequestBody {
     tally: Arc<Tally>,
     /// What `tally.client` was last set to (it is written only on change).
     client: u8,
+    /// The longest the client may leave its upload without a byte.
+    idle: Option<std::time::Duration>,
+    last_data: tokio::time::Instant,
+    /// Made only when a poll finds no data, so quick bodies never touch the timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl RequestBody {
@@ -124,7 +136,30 @@ impl RequestBody {
             inner,
             tally,
             client: FLOWING,
+            idle: None,
+            last_data: tokio::time::Instant::now(),
+            timer: None,
         }
+    }
+
+    /// Aborts the upload when the client sends nothing for `idle`.
+    pub fn with_idle_timeout(mut self, idle: Option<std::time::Duration>) -> Self {
+        self.idle = idle;
+        self
+    }
+
+    /// On a poll that found no data: has the client been silent too long?
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        use std::future::Future;
+        let Some(idle) = self.idle else { return false };
+        let due = self.last_data + idle;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if timer.deadline() != due {
+            timer.as_mut().reset(due);
+        }
+        timer.as_mut().poll(cx).is_ready()
     }
 
     fn client(&mut self, state: u8) {
@@ -147,8 +182,18 @@ impl http_body::Body for RequestBody {
         let this = self.get_mut();
         let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) else {
             this.client(AWAITING_CLIENT);
+            if this.idle_expired(cx) {
+                this.tally.idle_timed_out.store(true, Ordering::Relaxed);
+                this.client(BROKEN);
+                return Poll::Ready(Some(Err(
+                    "the client sent no request body for the idle timeout".into(),
+                )));
+            }
             return Poll::Pending;
         };
+        if this.idle.is_some() {
+            this.last_data = tokio::time::Instant::now();
+        }
         this.client(if matches!(frame, Some(Err(_))) {
             BROKEN
         } else {

@@ -24,6 +24,7 @@ use crate::chain::run::{
 use crate::error::ProxyError;
 use crate::server::ConnInfo;
 use crate::snapshot::{ListenerRuntime, Snapshot};
+use crate::telemetry::metrics::Limit;
 use crate::upstream::pool::Lease;
 use crate::upstream::{Cluster, Endpoint, Want};
 use body::{Body, Recorder, RequestBody, Tape};
@@ -281,7 +282,11 @@ async fn send(
         let mut lease = cluster.checkout(&ep, want).await?;
         let (parts, ()) = head.into_parts();
         let req = for_lease(
-            Request::from_parts(parts, RequestBody::new(body, tally)),
+            Request::from_parts(
+                parts,
+                RequestBody::new(body, tally)
+                    .with_idle_timeout(cluster.config.idle_timeout.non_zero()),
+            ),
             &lease,
             cluster,
             &ep,
@@ -302,6 +307,14 @@ async fn send(
             let failed = resp.status().is_server_error() && cluster.config.outlier.count_5xx;
             cluster.record(&ep, if failed { Err(()) } else { Ok(latency) });
             Ok((resp, lease))
+        }
+        Err(_) if ex.tally.idle_timed_out() => {
+            ex.conn
+                .runtime
+                .metrics
+                .limit_hit(&ex.conn.listener, Limit::stream_idle_timeout);
+            tracing::debug!(listener = %ex.conn.listener, remote = %ex.conn.remote, "request body idle timeout");
+            Err(ProxyError::ClientTimeout)
         }
         Err(e) => {
             // Not when the client held up its own body: a slow or broken upload
