@@ -19,6 +19,7 @@ use crate::runtime::Runtime;
 use crate::server::drain::{Drain, DrainController};
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::{Metrics, Outcome, OutcomeLabels};
+use crate::workers::Workers;
 
 /// Where the config comes from.
 #[derive(Clone, Debug)]
@@ -57,12 +58,19 @@ pub struct App {
     /// Turns true when shutdown has finished; the admin endpoint serves until then.
     stopped: watch::Sender<bool>,
     admin: Mutex<Option<SocketAddr>>,
+    /// Worker threads besides the one `start` runs on; each accepts on every listener.
+    workers: Workers,
 }
 
 impl App {
     /// Loads the config, binds every listener and the admin endpoint, and starts
     /// serving. Returns once the proxy is ready.
     pub async fn start(source: ConfigSource) -> anyhow::Result<Arc<App>> {
+        Self::start_on(source, Workers::none()).await
+    }
+
+    /// As `start`, with listeners served by `workers` too.
+    pub async fn start_on(source: ConfigSource, workers: Workers) -> anyhow::Result<Arc<App>> {
         let loaded = source.load()?;
         let metrics = Arc::new(Metrics::new());
         let chains = ChainBuilder::new(metrics.clone(), &loaded.config.runtime)
@@ -84,6 +92,7 @@ impl App {
             ready: AtomicBool::new(false),
             stopped: watch::channel(false).0,
             admin: Mutex::new(None),
+            workers,
         });
         let snap = app.runtime.snapshot();
         let bound = app.bind_new_listeners(&snap).await?;
@@ -255,13 +264,53 @@ impl App {
             let local = listener.local_addr().unwrap_or(cfg.address);
             let (stop, stopped) = watch::channel(false);
             tracing::info!(listener = %name, address = %local, protocol = ?cfg.protocol, tls = cfg.tls.is_some(), "listening");
-            tokio::spawn(crate::server::accept_loop(
-                listener,
-                name.as_str().into(),
-                self.runtime.clone(),
-                stopped,
-                token.clone(),
-            ));
+            let name_ref: Arc<str> = name.as_str().into();
+            // Every worker accepts on its own copy of the socket, registered with
+            // its own runtime.
+            if self.workers.handles().is_empty() {
+                tokio::spawn(crate::server::accept_loop(
+                    listener,
+                    name_ref,
+                    self.runtime.clone(),
+                    stopped,
+                    token.clone(),
+                ));
+            } else {
+                match listener.into_std() {
+                    Err(e) => {
+                        tracing::error!(listener = %name, error = %e, "cannot hand the listening socket to the workers")
+                    }
+                    Ok(socket) => {
+                        for handle in std::iter::once(tokio::runtime::Handle::current())
+                            .chain(self.workers.handles().iter().cloned())
+                        {
+                            let copy = match socket.try_clone() {
+                                Ok(c) => c,
+                                Err(e) => {
+                                    tracing::warn!(listener = %name, error = %e, "a worker cannot share the listening socket");
+                                    continue;
+                                }
+                            };
+                            let (rt, name, stopped, token) = (
+                                self.runtime.clone(),
+                                name_ref.clone(),
+                                stopped.clone(),
+                                token.clone(),
+                            );
+                            handle.spawn(async move {
+                            match TcpListener::from_std(copy) {
+                                Ok(l) => {
+                                    crate::server::accept_loop(l, name, rt, stopped, token).await
+                                }
+                                Err(e) => {
+                                    tracing::warn!(listener = %name, error = %e, "a worker cannot accept on the listener")
+                                }
+                            }
+                        });
+                        }
+                    }
+                }
+            }
             bound.insert(
                 name,
                 BoundListener {
@@ -314,6 +363,7 @@ impl App {
             }
         }
         self.shutdown().await;
+        self.workers.stop();
         Ok(())
     }
 }

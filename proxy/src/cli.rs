@@ -13,6 +13,7 @@ use crate::config::{
     ListenerConfig, UpstreamProtocol,
 };
 use crate::telemetry::{self, LogFormat};
+use crate::workers::Workers;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -91,21 +92,20 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        b.worker_threads(workers);
-    }
-    b.enable_all()
-        .thread_name("weft-worker")
-        .build()
-        .context("starting the async runtime")
-}
-
+/// Serves on `workers` threads (0: one per core), each with its own single-threaded
+/// runtime (see `workers`); this thread is the first of them.
 fn serve(source: ConfigSource, workers: usize) -> anyhow::Result<()> {
-    runtime(workers)?.block_on(async {
+    let workers = match workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
         let signals = Signals::register().context("listening for signals")?;
-        let app = App::start(source).await?;
+        let app = App::start_on(source, Workers::spawn(workers - 1)?).await?;
         app.run_until_signal(signals).await
     })
 }

@@ -94,6 +94,11 @@ pub struct FilterPhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FilterLabels {
+    pub filter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FilterFailureLabels {
     pub filter: String,
     pub reason: &'static str,
@@ -114,6 +119,7 @@ pub struct Metrics {
     pub reloads: Family<OutcomeLabels, Counter>,
     pub filter_duration: HistogramFamily<FilterPhaseLabels>,
     pub filter_failures: Family<FilterFailureLabels, Counter>,
+    pub filter_instances_created: Family<FilterLabels, Counter>,
     guest: Mutex<HashMap<String, GuestFamily>>,
 }
 
@@ -246,6 +252,12 @@ impl Metrics {
             "Filter calls that trapped, ran out of time or memory, or answered invalidly",
             filter_failures.clone(),
         );
+        let filter_instances_created = Family::default();
+        r.register(
+            "filter_instances_created",
+            "Filter instances made (the first, replacements for worn-out or trapped ones, and extras under concurrency)",
+            filter_instances_created.clone(),
+        );
         Metrics {
             registry: Mutex::new(r),
             requests,
@@ -260,6 +272,7 @@ impl Metrics {
             reloads,
             filter_duration,
             filter_failures,
+            filter_instances_created,
             guest: Mutex::new(HashMap::new()),
         }
     }

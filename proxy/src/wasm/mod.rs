@@ -13,6 +13,7 @@
 
 pub mod bindings;
 mod host;
+mod pool;
 pub mod shared;
 pub mod state;
 
@@ -31,8 +32,11 @@ use wasmtime::{
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::config::{FailurePolicy, FilterConfig, FilterLimits, RuntimeConfig};
-use crate::telemetry::metrics::{FilterFailureLabels, FilterPhaseLabels, GuestFamily, Metrics};
+use crate::telemetry::metrics::{
+    FilterFailureLabels, FilterLabels, FilterPhaseLabels, GuestFamily, Metrics,
+};
 use bindings::{Filter, FilterPre};
+use pool::IdlePool;
 use shared::SharedStore;
 use state::{Call, HostState, Phase};
 
@@ -197,6 +201,7 @@ pub struct FilterShared {
     /// Phases the filter does not implement (learned from `skip-phase`).
     skip: AtomicU8,
     durations: [Histogram; 7],
+    instances_created: prometheus_client::metrics::counter::Counter,
     pub metrics: Arc<Metrics>,
     pub shared: Arc<SharedStore>,
     /// Metrics the filter declared, by id.
@@ -233,9 +238,7 @@ pub struct LoadedFilter {
     host: Arc<Host>,
     pre: FilterPre<HostState>,
     grants: crate::config::FilterGrants,
-    idle: Mutex<Vec<FilterInstance>>,
-    /// Idle instances kept for reuse; more are dropped when returned.
-    max_idle: usize,
+    idle: Mutex<IdlePool<FilterInstance>>,
     /// The module file, for logs.
     pub module: PathBuf,
 }
@@ -256,7 +259,14 @@ impl LoadedFilter {
         metrics: Arc<Metrics>,
         shared: Arc<SharedStore>,
     ) -> anyhow::Result<LoadedFilter> {
-        let component = host.compile(&module)?;
+        // Compiling takes seconds for a large module: off the worker threads, which
+        // go on serving requests meanwhile.
+        let component = {
+            let (host, path) = (host.clone(), module.clone());
+            tokio::task::spawn_blocking(move || host.compile(&path))
+                .await
+                .map_err(|e| anyhow!("compiling {} stopped: {e}", module.display()))??
+        };
         let pre = host.prepare(&component)?;
         let config_json = match &cfg.config {
             Some(v) => serde_json::to_vec(v).context("the config cannot be written as JSON")?,
@@ -271,7 +281,12 @@ impl LoadedFilter {
                 })
                 .clone()
         });
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let instances_created = metrics
+            .filter_instances_created
+            .get_or_create(&FilterLabels {
+                filter: cfg.name.clone(),
+            })
+            .clone();
         let filter = LoadedFilter {
             shared: Arc::new(FilterShared {
                 name: cfg.name.as_str().into(),
@@ -280,6 +295,7 @@ impl LoadedFilter {
                 failure: cfg.failure,
                 skip: AtomicU8::new(0),
                 durations,
+                instances_created,
                 metrics,
                 shared,
                 guest_metrics: Mutex::new(Vec::new()),
@@ -287,8 +303,7 @@ impl LoadedFilter {
             host: host.clone(),
             pre,
             grants: cfg.grants.clone(),
-            idle: Mutex::new(Vec::new()),
-            max_idle: 16 * workers,
+            idle: Mutex::new(IdlePool::new(std::time::Instant::now())),
             module,
         };
         let first = filter.instantiate().await?;
@@ -298,7 +313,12 @@ impl LoadedFilter {
 
     /// An instance ready for a request: an idle one, or a new one.
     pub async fn instance(&self, request_id: u64) -> anyhow::Result<FilterInstance> {
-        let reused = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let now = std::time::Instant::now();
+        let reused = self
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(now);
         let mut inst = match reused {
             Some(i) => i,
             None => self.instantiate().await?,
@@ -317,13 +337,18 @@ impl LoadedFilter {
             return;
         }
         inst.store.data_mut().call.reset(0, 0);
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < self.max_idle {
-            idle.push(inst);
-        }
+        let now = std::time::Instant::now();
+        let unneeded = self
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .give(inst, now);
+        // Destroyed outside the lock: returning their memory to the pool takes a while.
+        drop(unneeded);
     }
 
     async fn instantiate(&self) -> anyhow::Result<FilterInstance> {
+        self.shared.instances_created.inc();
         let limits = &self.shared.limits;
         let mut wasi = WasiCtxBuilder::new();
         for (k, v) in &self.grants.env {
