@@ -355,7 +355,10 @@ impl Default for BalanceConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// An endpoint as written: `"host:port"`, or a table `{ address = "host:port" }`.
+/// Read by hand rather than as a serde `untagged` enum, which would ignore unknown
+/// fields of the table and, for any mistake, say only that nothing matched.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum EndpointConfig {
     /// `"10.0.0.1:8080"` or `"backend.internal:8080"` (resolved, and re-resolved every `dns_refresh`).
@@ -363,6 +366,42 @@ pub enum EndpointConfig {
     Detailed {
         address: String,
     },
+}
+
+impl<'de> Deserialize<'de> for EndpointConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // The table form, with the same unknown-field errors as every other table.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Detailed {
+            address: String,
+        }
+
+        struct Visitor;
+
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = EndpointConfig;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an endpoint: \"host:port\" or { address = \"host:port\" }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(EndpointConfig::Address(v.to_string()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let Detailed { address } =
+                    Detailed::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(EndpointConfig::Detailed { address })
+            }
+        }
+
+        d.deserialize_any(Visitor)
+    }
 }
 
 impl EndpointConfig {
