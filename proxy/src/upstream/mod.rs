@@ -115,7 +115,7 @@ impl Cluster {
             connect_timeout: config.connect_timeout.0,
         };
         let epoch = Instant::now();
-        let initial = dns::resolve_all(config).await;
+        let initial = dns::resolve_all(config, &stats).await;
         let list: Vec<Arc<Endpoint>> = initial
             .into_iter()
             .map(|(addr, host)| Arc::new(Endpoint::new(addr, host, epoch)))
@@ -135,7 +135,7 @@ impl Cluster {
             tasks: Mutex::new(Vec::new()),
         });
         let mut tasks = vec![tokio::spawn(housekeeping(Arc::downgrade(&cluster)))];
-        if dns::has_names(config) {
+        if dns::refreshes(config) {
             tasks.push(tokio::spawn(dns::refresh(Arc::downgrade(&cluster))));
         }
         if let Some(hc) = &config.health_check {
