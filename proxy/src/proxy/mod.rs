@@ -190,7 +190,7 @@ async fn forward(
             // The upstream declined to switch: an ordinary response.
             let (parts, b) = resp.into_parts();
             return Ok((
-                finish_response(Response::from_parts(parts, ()), Body::Incoming(b), lr),
+                finish_response(Response::from_parts(parts, ()), Body::Incoming(b), lr, ex),
                 body_timeouts(&cluster, deadline),
             ));
         }
@@ -235,7 +235,7 @@ async fn forward(
             }
         }
         return Ok((
-            finish_response(rhead, rbody, lr),
+            finish_response(rhead, rbody, lr, ex),
             body_timeouts(&cluster, deadline),
         ));
     }
@@ -248,9 +248,14 @@ fn body_timeouts(cluster: &Cluster, deadline: Option<Instant>) -> BodyTimeouts {
     }
 }
 
-fn finish_response(mut head: Response<()>, body: Body, lr: &ListenerRuntime) -> Response<Body> {
-    let version = head.version();
-    headers::add_via(head.headers_mut(), &lr.config.forwarding, version);
+fn finish_response(
+    mut head: Response<()>,
+    body: Body,
+    lr: &ListenerRuntime,
+    ex: &Exchange,
+) -> Response<Body> {
+    // The client's version, as on the request (docs/config.md), not the upstream's.
+    headers::add_via(head.headers_mut(), &lr.config.forwarding, ex.version);
     let (parts, ()) = head.into_parts();
     Response::from_parts(parts, body)
 }
