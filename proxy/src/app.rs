@@ -38,6 +38,18 @@ impl ConfigSource {
     }
 }
 
+/// Why a reload did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// Shutdown has begun: connections are draining and nothing new is started.
+    #[error("the proxy is shutting down")]
+    ShuttingDown,
+    /// The config was refused; the message names the file, field and reason of
+    /// each problem.
+    #[error("{0}")]
+    Refused(String),
+}
+
 struct BoundListener {
     address: SocketAddr,
     local: SocketAddr,
@@ -118,7 +130,12 @@ impl App {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !*self.draining.borrow()
+        self.ready.load(Ordering::Acquire) && !self.is_draining()
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
     }
 
     /// A token for a task shutdown must wait for; none once shutdown has begun.
@@ -149,9 +166,15 @@ impl App {
 
     /// Reads the config again and, if it is valid, publishes it as a new snapshot.
     /// New requests use it at once; requests in flight finish on the old one. A
-    /// refused config leaves everything as it was.
-    pub async fn reload(&self) -> Result<u64, String> {
+    /// refused config leaves everything as it was. Once shutdown has begun nothing
+    /// is reloaded: it would bind listeners and start cluster tasks for a process
+    /// that is on its way out.
+    pub async fn reload(&self) -> Result<u64, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
+        if self.is_draining() {
+            tracing::warn!("reload not done: the proxy is shutting down");
+            return Err(ReloadError::ShuttingDown);
+        }
         let result = self.try_reload().await;
         let outcome = if result.is_ok() {
             Outcome::applied
@@ -169,7 +192,7 @@ impl App {
                 tracing::error!(error = %e, "config reload refused; the previous config keeps serving")
             }
         }
-        result
+        result.map_err(ReloadError::Refused)
     }
 
     async fn try_reload(&self) -> Result<u64, String> {

@@ -615,7 +615,8 @@ async fn a_broken_module_is_refused_while_the_old_chain_serves() {
         .app
         .reload()
         .await
-        .expect_err("a broken module is refused");
+        .expect_err("a broken module is refused")
+        .to_string();
     assert!(
         err.contains("filters[0]") && err.contains("broken.wasm"),
         "{err}"
@@ -630,7 +631,8 @@ async fn a_broken_module_is_refused_while_the_old_chain_serves() {
         .app
         .reload()
         .await
-        .expect_err("a rejected config is refused");
+        .expect_err("a rejected config is refused")
+        .to_string();
     assert!(
         err.contains("refused its config") && err.contains("sideways"),
         "{err}"

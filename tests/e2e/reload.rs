@@ -494,3 +494,40 @@ connect_timeout = "{via}s"
     );
     assert_eq!(connections(), 2);
 }
+
+#[tokio::test]
+async fn reload_is_refused_with_503_while_draining() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(&two_clusters("a", a.addr, b.addr)).await;
+    let slow_url = proxy.url("/sleep/2000");
+    let slow = tokio::spawn(async move { get(&h1(), &slow_url).await.0 });
+    assert!(eventually(Duration::from_secs(5), async || a.hits() == 1).await);
+
+    let app = proxy.app.clone();
+    let shutdown = tokio::spawn(async move { app.shutdown().await });
+    assert!(eventually(Duration::from_secs(5), async || proxy.app.is_draining()).await);
+    proxy.write_config(&two_clusters("b", a.addr, b.addr));
+    let (status, body) = reload(&proxy).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body, "reload refused: the proxy is shutting down\n");
+    assert!(
+        !slow.is_finished(),
+        "the reload was not sent during the drain"
+    );
+    assert_eq!(
+        proxy.app.runtime.snapshot().generation,
+        1,
+        "nothing reloaded"
+    );
+    // Not a config problem, so not counted as a refused config.
+    assert_eq!(
+        proxy
+            .metric("weft_config_reloads_total{outcome=\"refused\"}")
+            .await,
+        0.0
+    );
+
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    assert!(shutdown.await.unwrap(), "the drain did not finish cleanly");
+}

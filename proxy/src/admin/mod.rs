@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::App;
+use crate::app::{App, ReloadError};
 
 /// Serves until `stopped` turns true. That is when shutdown has finished, not when it
 /// begins: during the drain `/ready` answers 503 and `/live` and `/metrics` still work.
@@ -64,7 +64,14 @@ async fn route(req: Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
                 StatusCode::OK,
                 &format!("reloaded: generation {generation}\n"),
             ),
-            Err(e) => text(StatusCode::BAD_REQUEST, &format!("reload refused: {e}\n")),
+            // Not the config's fault (400): this process is on its way out.
+            Err(e @ ReloadError::ShuttingDown) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("reload refused: {e}\n"),
+            ),
+            Err(e @ ReloadError::Refused(_)) => {
+                text(StatusCode::BAD_REQUEST, &format!("reload refused: {e}\n"))
+            }
         },
         (_, path @ ("/live" | "/ready" | "/metrics" | "/config" | "/clusters" | "/reload")) => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
