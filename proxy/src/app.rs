@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::chain::ChainBuilder;
-use crate::config::{self, ConfigError, LoadedConfig};
+use crate::config::{self, ConfigError, LoadedConfig, RuntimeConfig};
 use crate::runtime::Runtime;
 use crate::server::drain::{Drain, DrainController};
 use crate::snapshot::Snapshot;
@@ -36,6 +36,14 @@ impl ConfigSource {
             ConfigSource::Fixed(c) => Ok((**c).clone()),
         }
     }
+}
+
+/// What an applied reload did.
+#[derive(Debug)]
+pub struct Reloaded {
+    pub generation: u64,
+    /// Fields whose new values wait for a restart, such as `runtime.workers`.
+    pub needs_restart: Vec<&'static str>,
 }
 
 /// Why a reload did not happen.
@@ -69,6 +77,9 @@ pub struct App {
     /// Turns true when shutdown has finished; the admin endpoint serves until then.
     stopped: watch::Sender<bool>,
     admin: Mutex<Option<SocketAddr>>,
+    /// The runtime settings the process started with: some are read only then, and
+    /// a reload is compared with these, not with the previous reload.
+    started: RuntimeConfig,
 }
 
 impl App {
@@ -84,6 +95,7 @@ impl App {
         // Watched whatever the setting: `watch_config` may be turned on by a reload,
         // and the watcher reloads only while it is on.
         let watch_file = matches!(source, ConfigSource::File(_));
+        let started = snapshot.config.config.runtime.clone();
         let runtime = Arc::new(Runtime::new(snapshot, metrics, chains));
         let drain = DrainController::new();
         let app = Arc::new(App {
@@ -96,6 +108,7 @@ impl App {
             ready: AtomicBool::new(false),
             stopped: watch::channel(false).0,
             admin: Mutex::new(None),
+            started,
         });
         let snap = app.runtime.snapshot();
         let bound = app.bind_new_listeners(&snap).await?;
@@ -169,7 +182,7 @@ impl App {
     /// refused config leaves everything as it was. Once shutdown has begun nothing
     /// is reloaded: it would bind listeners and start cluster tasks for a process
     /// that is on its way out.
-    pub async fn reload(&self) -> Result<u64, ReloadError> {
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         if self.is_draining() {
             tracing::warn!("reload not done: the proxy is shutting down");
@@ -187,7 +200,15 @@ impl App {
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
         match &result {
-            Ok(generation) => tracing::info!(generation, "config reloaded"),
+            Ok(r) => {
+                tracing::info!(generation = r.generation, "config reloaded");
+                for field in &r.needs_restart {
+                    tracing::warn!(
+                        field,
+                        "{field} changed, but it is read only at start: the new value applies after a restart"
+                    );
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "config reload refused; the previous config keeps serving")
             }
@@ -195,7 +216,7 @@ impl App {
         result.map_err(ReloadError::Refused)
     }
 
-    async fn try_reload(&self) -> Result<u64, String> {
+    async fn try_reload(&self) -> Result<Reloaded, String> {
         let loaded = self.source.load().map_err(|e| e.to_string())?;
         let old = self.runtime.snapshot();
         if loaded.config.admin != old.config.config.admin {
@@ -217,10 +238,14 @@ impl App {
             .await
             .map_err(|e| format!("{e:#}"))?;
         let generation = next.generation;
+        let needs_restart = self.started.start_only_changes(&next.config.config.runtime);
         self.runtime.publish(next);
         let snap = self.runtime.snapshot();
         self.activate_listeners(&snap, bound);
-        Ok(generation)
+        Ok(Reloaded {
+            generation,
+            needs_restart,
+        })
     }
 
     /// Binds the listeners of `snap` that are not bound yet (or moved), so that a

@@ -83,6 +83,33 @@ pub struct RuntimeConfig {
     pub filter_instances: u32,
 }
 
+impl RuntimeConfig {
+    /// The fields read only when the process starts (the worker threads, the filter
+    /// engine) that differ between `self`, the config started with, and `next`.
+    pub fn start_only_changes(&self, next: &RuntimeConfig) -> Vec<&'static str> {
+        // Destructured so that a new field cannot be added without deciding here
+        // whether a reload applies it.
+        let RuntimeConfig {
+            workers,
+            shutdown_timeout: _,
+            watch_config: _,
+            module_cache,
+            filter_instances,
+        } = self;
+        let mut changed = Vec::new();
+        if *workers != next.workers {
+            changed.push("runtime.workers");
+        }
+        if *module_cache != next.module_cache {
+            changed.push("runtime.module_cache");
+        }
+        if *filter_instances != next.filter_instances {
+            changed.push("runtime.filter_instances");
+        }
+        changed
+    }
+}
+
 fn default_filter_instances() -> u32 {
     1000
 }
@@ -715,6 +742,29 @@ mod tests {
     {
         let empty: T = toml::from_str("").expect("an empty table parses");
         assert_eq!(T::default(), empty, "{}", std::any::type_name::<T>());
+    }
+
+    #[test]
+    fn start_only_changes_name_each_field_a_reload_cannot_apply() {
+        let started = RuntimeConfig::default();
+        let mut next = started.clone();
+        next.shutdown_timeout = Dur::secs(1);
+        next.watch_config = false;
+        assert!(
+            started.start_only_changes(&next).is_empty(),
+            "reloads apply these"
+        );
+        next.workers = 3;
+        next.module_cache = Some(PathBuf::from("/elsewhere"));
+        next.filter_instances = 7;
+        assert_eq!(
+            started.start_only_changes(&next),
+            [
+                "runtime.workers",
+                "runtime.module_cache",
+                "runtime.filter_instances"
+            ]
+        );
     }
 
     #[test]
