@@ -44,8 +44,8 @@ impl ListenerRuntime {
 }
 
 impl Snapshot {
-    /// Builds a snapshot: clusters (reusing those of `previous` whose definition is
-    /// unchanged), TLS material, filter chains. Every error names its field.
+    /// Builds a snapshot: clusters (reusing those of `previous` whose definition and
+    /// TLS files are unchanged), TLS material, filter chains. Every error names its field.
     pub async fn build(
         loaded: LoadedConfig,
         previous: Option<&Snapshot>,
@@ -60,7 +60,7 @@ impl Snapshot {
         for (i, c) in loaded.config.clusters.iter().enumerate() {
             let reused = previous
                 .and_then(|p| p.clusters.get(&c.name))
-                .filter(|old| old.config == *c);
+                .filter(|old| old.config == *c && old.tls_files_unchanged(resolve));
             let cluster = match reused {
                 Some(old) => old.clone(),
                 None => match Cluster::build(c, metrics.cluster_stats(&c.name), resolve).await {
