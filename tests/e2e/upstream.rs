@@ -1,4 +1,5 @@
-//! Endpoints: host names among them, resolved at start and again every `dns_refresh`.
+//! Endpoints and their connections: host names among the endpoints (resolved at
+//! start and again every `dns_refresh`), and the per-endpoint connection limit.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -76,4 +77,50 @@ async fn host_names_are_resolved_again_every_dns_refresh_and_zero_means_once() {
     ))
     .await;
     assert!(!ip_only.metrics().await.contains("weft_dns_lookups_total{"));
+}
+
+#[tokio::test]
+async fn max_connections_per_endpoint_turns_requests_away_at_the_limit() {
+    let backend = Backend::start_with("b1", Proto::Http1, None).await;
+    let proxy = Proxy::start(&config(
+        &backend.addr.to_string(),
+        "[clusters.pool]\nmax_connections_per_endpoint = 2",
+    ))
+    .await;
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let url = proxy.url("/sleep/2000");
+            tokio::spawn(async move { get(&h1(), &url).await.0 })
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(5), async || backend.hits() == 2).await);
+
+    // Both connections are busy: further requests are not queued but answered 503.
+    for _ in 0..3 {
+        let (status, _, body) = get(&h1(), &proxy.url("/")).await;
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::SERVICE_UNAVAILABLE, &b"connection limit\n"[..])
+        );
+    }
+    assert!(
+        slow.iter().all(|s| !s.is_finished()),
+        "the limit was not reached while the slow requests were in flight"
+    );
+    assert_eq!(backend.hits(), 2);
+    for s in slow {
+        assert_eq!(s.await.unwrap(), StatusCode::OK);
+    }
+
+    // Back in the pool, the two connections serve what follows.
+    let url = proxy.url("/");
+    let served = eventually(Duration::from_secs(5), async || {
+        get(&h1(), &url).await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(served, "the connections did not come back to the pool");
+    for _ in 0..4 {
+        assert_eq!(get(&h1(), &url).await.0, StatusCode::OK);
+    }
+    assert_eq!(backend.connections.load(Ordering::Relaxed), 2);
 }
