@@ -203,6 +203,8 @@ fn build_listener(
     http.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(lim.max_concurrent_streams)
+        // A header list over this is answered 431 inside h2, which tells neither
+        // hyper nor us: unlike HTTP/1.1's, these refusals are not in `limit_hits`.
         .max_header_list_size(u32::try_from(lim.max_header_bytes.0).unwrap_or(u32::MAX));
     // No extended CONNECT (RFC 8441, WebSocket over HTTP/2): the proxy would take it
     // for a plain CONNECT and splice WebSocket frames onto a bare TCP connection to
