@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::chain::ChainBuilder;
-use crate::config::{self, ConfigError, LoadedConfig};
+use crate::config::{self, ConfigError, LoadedConfig, RuntimeConfig};
 use crate::runtime::Runtime;
 use crate::server::drain::{Drain, DrainController};
 use crate::snapshot::Snapshot;
@@ -39,6 +39,26 @@ impl ConfigSource {
     }
 }
 
+/// What an applied reload did.
+#[derive(Debug)]
+pub struct Reloaded {
+    pub generation: u64,
+    /// Fields whose new values wait for a restart, such as `runtime.workers`.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// Why a reload did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// Shutdown has begun: connections are draining and nothing new is started.
+    #[error("the proxy is shutting down")]
+    ShuttingDown,
+    /// The config was refused; the message names the file, field and reason of
+    /// each problem.
+    #[error("{0}")]
+    Refused(String),
+}
+
 struct BoundListener {
     address: SocketAddr,
     local: SocketAddr,
@@ -60,6 +80,9 @@ pub struct App {
     admin: Mutex<Option<SocketAddr>>,
     /// Worker threads besides the one `start` runs on; each accepts on every listener.
     workers: Workers,
+    /// The runtime settings the process started with: some are read only then, and
+    /// a reload is compared with these, not with the previous reload.
+    started: RuntimeConfig,
 }
 
 impl App {
@@ -80,6 +103,7 @@ impl App {
         // Watched whatever the setting: `watch_config` may be turned on by a reload,
         // and the watcher reloads only while it is on.
         let watch_file = matches!(source, ConfigSource::File(_));
+        let started = snapshot.config.config.runtime.clone();
         let runtime = Arc::new(Runtime::new(snapshot, metrics, chains));
         let drain = DrainController::new();
         let app = Arc::new(App {
@@ -93,6 +117,7 @@ impl App {
             stopped: watch::channel(false).0,
             admin: Mutex::new(None),
             workers,
+            started,
         });
         let snap = app.runtime.snapshot();
         let bound = app.bind_new_listeners(&snap).await?;
@@ -127,7 +152,12 @@ impl App {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !*self.draining.borrow()
+        self.ready.load(Ordering::Acquire) && !self.is_draining()
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
     }
 
     /// A token for a task shutdown must wait for; none once shutdown has begun.
@@ -158,9 +188,15 @@ impl App {
 
     /// Reads the config again and, if it is valid, publishes it as a new snapshot.
     /// New requests use it at once; requests in flight finish on the old one. A
-    /// refused config leaves everything as it was.
-    pub async fn reload(&self) -> Result<u64, String> {
+    /// refused config leaves everything as it was. Once shutdown has begun nothing
+    /// is reloaded: it would bind listeners and start cluster tasks for a process
+    /// that is on its way out.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
+        if self.is_draining() {
+            tracing::warn!("reload not done: the proxy is shutting down");
+            return Err(ReloadError::ShuttingDown);
+        }
         let result = self.try_reload().await;
         let outcome = if result.is_ok() {
             Outcome::applied
@@ -173,15 +209,23 @@ impl App {
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
         match &result {
-            Ok(generation) => tracing::info!(generation, "config reloaded"),
+            Ok(r) => {
+                tracing::info!(generation = r.generation, "config reloaded");
+                for field in &r.needs_restart {
+                    tracing::warn!(
+                        field,
+                        "{field} changed, but it is read only at start: the new value applies after a restart"
+                    );
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "config reload refused; the previous config keeps serving")
             }
         }
-        result
+        result.map_err(ReloadError::Refused)
     }
 
-    async fn try_reload(&self) -> Result<u64, String> {
+    async fn try_reload(&self) -> Result<Reloaded, String> {
         let loaded = self.source.load().map_err(|e| e.to_string())?;
         let old = self.runtime.snapshot();
         if loaded.config.admin != old.config.config.admin {
@@ -203,10 +247,14 @@ impl App {
             .await
             .map_err(|e| format!("{e:#}"))?;
         let generation = next.generation;
+        let needs_restart = self.started.start_only_changes(&next.config.config.runtime);
         self.runtime.publish(next);
         let snap = self.runtime.snapshot();
         self.activate_listeners(&snap, bound);
-        Ok(generation)
+        Ok(Reloaded {
+            generation,
+            needs_restart,
+        })
     }
 
     /// Binds the listeners of `snap` that are not bound yet (or moved), so that a

@@ -44,8 +44,8 @@ impl ListenerRuntime {
 }
 
 impl Snapshot {
-    /// Builds a snapshot: clusters (reusing those of `previous` whose definition is
-    /// unchanged), TLS material, filter chains. Every error names its field.
+    /// Builds a snapshot: clusters (reusing those of `previous` whose definition and
+    /// TLS files are unchanged), TLS material, filter chains. Every error names its field.
     pub async fn build(
         loaded: LoadedConfig,
         previous: Option<&Snapshot>,
@@ -60,7 +60,7 @@ impl Snapshot {
         for (i, c) in loaded.config.clusters.iter().enumerate() {
             let reused = previous
                 .and_then(|p| p.clusters.get(&c.name))
-                .filter(|old| old.config == *c);
+                .filter(|old| old.config == *c && old.tls_files_unchanged(resolve));
             let cluster = match reused {
                 Some(old) => old.clone(),
                 None => match Cluster::build(c, metrics.cluster_stats(&c.name), resolve).await {
@@ -203,6 +203,8 @@ fn build_listener(
     http.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(lim.max_concurrent_streams)
+        // A header list over this is answered 431 inside h2, which tells neither
+        // hyper nor us: unlike HTTP/1.1's, these refusals are not in `limit_hits`.
         .max_header_list_size(u32::try_from(lim.max_header_bytes.0).unwrap_or(u32::MAX));
     // No extended CONNECT (RFC 8441, WebSocket over HTTP/2): the proxy would take it
     // for a plain CONNECT and splice WebSocket frames onto a bare TCP connection to

@@ -3,7 +3,7 @@
 //! the peer identity of a verified client certificate.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
@@ -46,6 +46,22 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
             .map_err(|e| format!("{}: a CA certificate was refused: {e}", path.display()))?;
     }
     Ok(roots)
+}
+
+/// A SHA-256 digest over the paths and contents of `files`, to tell whether any of
+/// them changed on disk; `None` when one cannot be read.
+pub fn files_digest(files: &[PathBuf]) -> Option<Vec<u8>> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for f in files {
+        let contents = std::fs::read(f).ok()?;
+        // Lengths first, so that no two different lists hash the same bytes.
+        let path = f.as_os_str().as_encoded_bytes();
+        ctx.update(&(path.len() as u64).to_le_bytes());
+        ctx.update(path);
+        ctx.update(&(contents.len() as u64).to_le_bytes());
+        ctx.update(&contents);
+    }
+    Some(ctx.finish().as_ref().to_vec())
 }
 
 /// A certificate and key as the server presents them.

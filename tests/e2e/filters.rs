@@ -615,7 +615,8 @@ async fn a_broken_module_is_refused_while_the_old_chain_serves() {
         .app
         .reload()
         .await
-        .expect_err("a broken module is refused");
+        .expect_err("a broken module is refused")
+        .to_string();
     assert!(
         err.contains("filters[0]") && err.contains("broken.wasm"),
         "{err}"
@@ -630,7 +631,8 @@ async fn a_broken_module_is_refused_while_the_old_chain_serves() {
         .app
         .reload()
         .await
-        .expect_err("a rejected config is refused");
+        .expect_err("a rejected config is refused")
+        .to_string();
     assert!(
         err.contains("refused its config") && err.contains("sideways"),
         "{err}"
@@ -762,4 +764,120 @@ async fn a_thousand_reloads_leave_memory_flat() {
         after_1000 <= after_100 + 4 * 1024,
         "RSS grew from {after_100} KiB after 100 reloads to {after_1000} KiB after 1000"
     );
+}
+
+#[tokio::test]
+async fn a_filter_without_a_free_instance_is_unavailable_503_when_fail_closed() {
+    let b1 = Backend::start("b1").await;
+    for (policy, busy_status) in [
+        ("closed", StatusCode::SERVICE_UNAVAILABLE),
+        ("open", StatusCode::OK),
+    ] {
+        // One filter instance in the whole process: while a request holds it, the
+        // next cannot get one (the pooling allocator is full).
+        let proxy = Proxy::start_with_runtime(
+            "filter_instances = 1\n",
+            &config(
+                &b1,
+                &[("p", r#"{"tag": "t"}"#)],
+                &format!("failure = \"{policy}\"\n"),
+            ),
+        )
+        .await;
+        let hits = b1.hits();
+        let slow_url = proxy.url("/sleep/1500");
+        let slow = tokio::spawn(async move { get(&h1(), &slow_url).await });
+        assert!(eventually(Duration::from_secs(5), async || b1.hits() == hits + 1).await);
+
+        let (status, headers, body) = get(&h1(), &proxy.url("/")).await;
+        assert!(
+            !slow.is_finished(),
+            "{policy}: the slow request no longer holds the instance"
+        );
+        assert_eq!(status, busy_status, "{policy}: {body:?}");
+        if policy == "closed" {
+            assert_eq!(body, "filter failure\n");
+        } else {
+            assert!(headers.get("x-probe").is_none(), "the filter was skipped");
+        }
+        assert_eq!(
+            proxy
+                .metric(r#"weft_filter_failures_total{filter="p",reason="unavailable"}"#)
+                .await,
+            1.0,
+            "{policy}"
+        );
+        let (status, headers, _) = slow.await.unwrap();
+        assert_eq!(
+            (status, &headers["x-probe"]),
+            (StatusCode::OK, &"t".parse::<http::HeaderValue>().unwrap())
+        );
+        // The instance goes back once its request has settled (the completion
+        // phase runs after the response is sent).
+        let url = proxy.url("/");
+        let back = eventually(Duration::from_secs(5), async || {
+            get(&h1(), &url)
+                .await
+                .1
+                .get("x-probe")
+                .is_some_and(|v| v == "t")
+        })
+        .await;
+        assert!(back, "{policy}: the instance did not come back");
+    }
+}
+
+#[tokio::test]
+async fn a_restart_loads_the_compiled_module_from_the_disk_cache() {
+    use std::time::SystemTime;
+    use weft::app::{App, ConfigSource};
+
+    let b1 = Backend::start("b1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("modules");
+    let path = dir.path().join("weft.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[admin]\nenabled = false\n[runtime]\nwatch_config = false\nmodule_cache = \"{}\"\n{}",
+            cache.display(),
+            config(&b1, &[("p", r#"{"tag": "cached"}"#)], "")
+        ),
+    )
+    .unwrap();
+    let serves = async |app: &App| {
+        let url = format!("http://{}/", app.listener_addr("main").unwrap());
+        let (status, headers, _) = get(&h1(), &url).await;
+        status == StatusCode::OK && headers["x-probe"] == "cached"
+    };
+    let cached = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&cache)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
+    };
+
+    let first = App::start(ConfigSource::File(path.clone())).await.unwrap();
+    assert!(serves(&first).await);
+    let files = cached();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0].extension().and_then(|e| e.to_str()), Some("cwasm"));
+    assert!(first.shutdown().await);
+    // A compilation would write the entry again (a new file renamed over it): mark it.
+    let marked = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&files[0])
+        .unwrap()
+        .set_modified(marked)
+        .unwrap();
+
+    let second = App::start(ConfigSource::File(path.clone())).await.unwrap();
+    assert!(serves(&second).await);
+    assert_eq!(cached(), files);
+    assert_eq!(
+        std::fs::metadata(&files[0]).unwrap().modified().unwrap(),
+        marked,
+        "the second start compiled the module again instead of loading the cached one"
+    );
+    assert!(second.shutdown().await);
 }

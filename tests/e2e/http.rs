@@ -129,6 +129,55 @@ endpoints = ["{}"]
 }
 
 #[tokio::test]
+async fn via_names_the_version_each_message_was_received_with() {
+    // (client, upstream protocol setting, backend speaks, version the backend sees)
+    let cases = [
+        ("h1", "http2", Proto::Http2, "HTTP/2.0"),
+        ("h2", "http1", Proto::Http1, "HTTP/1.1"),
+        ("h2", "auto", Proto::Auto, "HTTP/2.0"),
+    ];
+    for (client, protocol, speaks, seen) in cases {
+        let backend = Backend::start_with("b1", speaks, None).await;
+        let proxy = Proxy::start(&format!(
+            r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+cluster = "b"
+[listeners.forwarding]
+via = "edge"
+
+[[clusters]]
+name = "b"
+endpoints = ["{}"]
+protocol = "{protocol}"
+"#,
+            backend.addr
+        ))
+        .await;
+        let (c, hop) = if client == "h1" {
+            (h1(), "1.1 edge")
+        } else {
+            (h2(), "2 edge")
+        };
+        let upstream_hop = if seen == "HTTP/2.0" {
+            "2 edge"
+        } else {
+            "1.1 edge"
+        };
+        let (status, headers, body) = get(&c, &proxy.url("/info")).await;
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let case = format!("client {client}, upstream {seen}");
+        assert_eq!(v["version"], seen, "{case}");
+        // RFC 9110 §7.6.3: the request as the client sent it, the response as the
+        // upstream sent it.
+        assert_eq!(v["headers"]["via"], hop, "request, {case}");
+        assert_eq!(headers["via"], upstream_hop, "response, {case}");
+    }
+}
+
+#[tokio::test]
 async fn large_bodies_stream_both_ways_with_bounded_memory() {
     const SIZE: usize = 50 * 1024 * 1024;
     let backend = Backend::start("b1").await;

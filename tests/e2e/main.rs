@@ -18,4 +18,5 @@ mod reload;
 mod timeouts;
 mod tls;
 mod tunnel;
+mod upstream;
 mod websocket;

@@ -494,3 +494,104 @@ connect_timeout = "{via}s"
     );
     assert_eq!(connections(), 2);
 }
+
+#[tokio::test]
+async fn reload_is_refused_with_503_while_draining() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(&two_clusters("a", a.addr, b.addr)).await;
+    let slow_url = proxy.url("/sleep/2000");
+    let slow = tokio::spawn(async move { get(&h1(), &slow_url).await.0 });
+    assert!(eventually(Duration::from_secs(5), async || a.hits() == 1).await);
+
+    let app = proxy.app.clone();
+    let shutdown = tokio::spawn(async move { app.shutdown().await });
+    assert!(eventually(Duration::from_secs(5), async || proxy.app.is_draining()).await);
+    proxy.write_config(&two_clusters("b", a.addr, b.addr));
+    let (status, body) = reload(&proxy).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body, "reload refused: the proxy is shutting down\n");
+    assert!(
+        !slow.is_finished(),
+        "the reload was not sent during the drain"
+    );
+    assert_eq!(
+        proxy.app.runtime.snapshot().generation,
+        1,
+        "nothing reloaded"
+    );
+    // Not a config problem, so not counted as a refused config.
+    assert_eq!(
+        proxy
+            .metric("weft_config_reloads_total{outcome=\"refused\"}")
+            .await,
+        0.0
+    );
+
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    assert!(shutdown.await.unwrap(), "the drain did not finish cleanly");
+}
+
+#[tokio::test]
+async fn start_only_settings_changed_by_a_reload_are_reported_and_logged() {
+    let backend = Backend::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = |name: &str| dir.path().join(name).display().to_string();
+    let write = |workers: usize, cache: &str, instances: u32| {
+        write_file(
+            dir.path(),
+            "weft.toml",
+            &format!(
+                "[admin]\naddress = \"127.0.0.1:0\"\n[runtime]\nwatch_config = false\nworkers = {workers}\nmodule_cache = \"{cache}\"\nfilter_instances = {instances}\n{}",
+                one_cluster(backend.addr)
+            ),
+        )
+    };
+    let cfg = write(2, &cache("a"), 20);
+    let child = Child::spawn(&["run", "--config", cfg.to_str().unwrap()]).await;
+    let reload_url = format!("http://{}/reload", child.admin_addr());
+
+    let (status, body) = admin_post(&reload_url).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "reloaded: generation 2\n")
+    );
+
+    write(3, &cache("b"), 50);
+    let changed = "reloaded: generation 3\n\
+        not applied: runtime.workers is read only at start; restart to apply it\n\
+        not applied: runtime.module_cache is read only at start; restart to apply it\n\
+        not applied: runtime.filter_instances is read only at start; restart to apply it\n";
+    let (status, body) = admin_post(&reload_url).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, changed));
+    for field in [
+        "runtime.workers",
+        "runtime.module_cache",
+        "runtime.filter_instances",
+    ] {
+        let warned = eventually(Duration::from_secs(5), async || {
+            child.lines.lock().unwrap().iter().any(|l| {
+                l.contains("\"WARN\"")
+                    && l.contains(&format!(
+                        "{field} changed, but it is read only at start: the new value applies after a restart"
+                    ))
+            })
+        })
+        .await;
+        assert!(
+            warned,
+            "no warning for {field}: {:?}",
+            child.lines.lock().unwrap()
+        );
+    }
+    // Compared with what the process started with, not with the last reload: the
+    // new values are still not in force.
+    let (_, body) = admin_post(&reload_url).await;
+    assert!(
+        body.starts_with("reloaded: generation 4\nnot applied: runtime.workers"),
+        "{body}"
+    );
+    write(2, &cache("a"), 20);
+    let (_, body) = admin_post(&reload_url).await;
+    assert_eq!(body, "reloaded: generation 5\n");
+}

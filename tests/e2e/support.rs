@@ -294,7 +294,8 @@ pub struct Proxy {
 }
 
 /// The config preamble every test proxy uses: admin on an ephemeral port, no file
-/// watching (tests reload explicitly), a private module cache.
+/// watching (tests reload explicitly), a private module cache. It ends in the
+/// `[runtime]` table (see `Proxy::start_with_runtime`).
 pub fn preamble(dir: &std::path::Path) -> String {
     format!(
         "[admin]\naddress = \"127.0.0.1:0\"\n[runtime]\nwatch_config = false\nshutdown_timeout = \"5s\"\nmodule_cache = \"{}\"\n",
@@ -308,6 +309,12 @@ impl Proxy {
         Self::try_start(config)
             .await
             .unwrap_or_else(|e| panic!("proxy did not start: {e:#}"))
+    }
+
+    /// Starts a proxy with more `[runtime]` fields, such as `"filter_instances = 2\n"`.
+    pub async fn start_with_runtime(runtime: &str, config: &str) -> Proxy {
+        // The preamble ends in the `[runtime]` table: these lines extend it.
+        Self::start(&format!("{runtime}{config}")).await
     }
 
     pub async fn try_start(config: &str) -> anyhow::Result<Proxy> {

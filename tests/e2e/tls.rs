@@ -404,3 +404,59 @@ cluster = "identified"
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(backend.hits(), 1);
 }
+
+#[tokio::test]
+async fn a_reload_picks_up_a_rotated_upstream_ca_of_an_unchanged_cluster() {
+    let pki = Pki::new();
+    let old_ca = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    // The upstream's certificate is already signed by the new CA; the proxy still
+    // trusts the old one.
+    std::fs::write(&ca, &old_ca.ca_pem).unwrap();
+    let backend = tls_backend(&pki, "b1", &["upstream.test"], &[b"http/1.1"]).await;
+    let config = format!(
+        r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+cluster = "up"
+
+[[clusters]]
+name = "up"
+endpoints = ["{}"]
+[clusters.tls]
+server_name = "upstream.test"
+ca = "{}"
+"#,
+        backend.addr,
+        toml_path(&ca)
+    );
+    let proxy = Proxy::start(&config).await;
+    let client = h1();
+    let (status, _, body) = get(&client, &proxy.url("/")).await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::BAD_GATEWAY, &b"upstream tls error\n"[..])
+    );
+
+    // The CA file is rotated; the config file is the same.
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let (status, body) = crate::ops_support::reload(&proxy).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, headers, _) = get(&client, &proxy.url("/")).await;
+    assert_eq!(status, 200, "the rotated CA was not picked up");
+    assert_eq!(headers["x-backend"], "b1");
+
+    // With the files as they were, the cluster is kept, with its pooled connection.
+    let connections = || {
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = connections();
+    let (status, body) = crate::ops_support::reload(&proxy).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(get(&client, &proxy.url("/")).await.0, 200);
+    assert_eq!(connections(), before, "an unchanged cluster was rebuilt");
+}

@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::App;
+use crate::app::{App, ReloadError, Reloaded};
 
 /// Serves until `stopped` turns true. That is when shutdown has finished, not when it
 /// begins: during the drain `/ready` answers 503 and `/live` and `/metrics` still work.
@@ -60,11 +60,15 @@ async fn route(req: Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
         (&Method::GET, "/config") => json(&effective_config(app)),
         (&Method::GET, "/clusters") => json(&clusters(app)),
         (&Method::POST, "/reload") => match app.reload().await {
-            Ok(generation) => text(
-                StatusCode::OK,
-                &format!("reloaded: generation {generation}\n"),
+            Ok(r) => text(StatusCode::OK, &reloaded(&r)),
+            // Not the config's fault (400): this process is on its way out.
+            Err(e @ ReloadError::ShuttingDown) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("reload refused: {e}\n"),
             ),
-            Err(e) => text(StatusCode::BAD_REQUEST, &format!("reload refused: {e}\n")),
+            Err(e @ ReloadError::Refused(_)) => {
+                text(StatusCode::BAD_REQUEST, &format!("reload refused: {e}\n"))
+            }
         },
         (_, path @ ("/live" | "/ready" | "/metrics" | "/config" | "/clusters" | "/reload")) => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -79,6 +83,18 @@ async fn route(req: Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
             "not found: try /ready /live /metrics /config /clusters /reload\n",
         ),
     }
+}
+
+/// The answer to an applied reload: its generation, then any changed fields that
+/// wait for a restart, one per line.
+fn reloaded(r: &Reloaded) -> String {
+    let mut body = format!("reloaded: generation {}\n", r.generation);
+    for field in &r.needs_restart {
+        body.push_str(&format!(
+            "not applied: {field} is read only at start; restart to apply it\n"
+        ));
+    }
+    body
 }
 
 /// OpenMetrics for scrapers that ask for it (Prometheus does), the Prometheus text

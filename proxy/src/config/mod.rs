@@ -159,6 +159,47 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_tables_refuse_unknown_fields_by_name() {
+        let cluster = |endpoint: &str| {
+            err(&format!(
+                "[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\", {endpoint}]\n"
+            ))
+        };
+        let e = cluster("{ address = \"127.0.0.1:2\", weight = 2 }");
+        assert!(
+            e.starts_with("weft.toml: clusters[0].endpoints[1].weight: unknown field `weight`, expected `address`"),
+            "{e}"
+        );
+        let e = cluster("{ adress = \"127.0.0.1:2\" }");
+        assert!(
+            e.starts_with("weft.toml: clusters[0].endpoints[1].adress: unknown field `adress`"),
+            "{e}"
+        );
+        let e = cluster("{}");
+        assert!(
+            e.starts_with("weft.toml: clusters[0].endpoints[1]: missing field `address`"),
+            "{e}"
+        );
+        let e = cluster("8080");
+        assert!(
+            e.starts_with("weft.toml: clusters[0].endpoints[1]: invalid type: integer `8080`, expected an endpoint: \"host:port\" or { address = \"host:port\" }"),
+            "{e}"
+        );
+        // Both forms still read, the same way.
+        let loaded = parse(
+            Path::new("weft.toml"),
+            "[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\", { address = \"127.0.0.1:2\" }]\n",
+        )
+        .expect("both endpoint forms are accepted");
+        let addresses: Vec<&str> = loaded.config.clusters[0]
+            .endpoints
+            .iter()
+            .map(EndpointConfig::address)
+            .collect();
+        assert_eq!(addresses, ["127.0.0.1:1", "127.0.0.1:2"]);
+    }
+
+    #[test]
     fn bad_address_names_the_field() {
         let e = err("[[listeners]]\nname = \"l\"\naddress = \"nonsense\"\ncluster = \"a\"\n");
         assert!(e.contains("listeners[0].address"), "{e}");

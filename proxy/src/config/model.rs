@@ -83,6 +83,33 @@ pub struct RuntimeConfig {
     pub filter_instances: u32,
 }
 
+impl RuntimeConfig {
+    /// The fields read only when the process starts (the worker threads, the filter
+    /// engine) that differ between `self`, the config started with, and `next`.
+    pub fn start_only_changes(&self, next: &RuntimeConfig) -> Vec<&'static str> {
+        // Destructured so that a new field cannot be added without deciding here
+        // whether a reload applies it.
+        let RuntimeConfig {
+            workers,
+            shutdown_timeout: _,
+            watch_config: _,
+            module_cache,
+            filter_instances,
+        } = self;
+        let mut changed = Vec::new();
+        if *workers != next.workers {
+            changed.push("runtime.workers");
+        }
+        if *module_cache != next.module_cache {
+            changed.push("runtime.module_cache");
+        }
+        if *filter_instances != next.filter_instances {
+            changed.push("runtime.filter_instances");
+        }
+        changed
+    }
+}
+
 fn default_filter_instances() -> u32 {
     1000
 }
@@ -355,7 +382,10 @@ impl Default for BalanceConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// An endpoint as written: `"host:port"`, or a table `{ address = "host:port" }`.
+/// Read by hand rather than as a serde `untagged` enum, which would ignore unknown
+/// fields of the table and, for any mistake, say only that nothing matched.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum EndpointConfig {
     /// `"10.0.0.1:8080"` or `"backend.internal:8080"` (resolved, and re-resolved every `dns_refresh`).
@@ -363,6 +393,42 @@ pub enum EndpointConfig {
     Detailed {
         address: String,
     },
+}
+
+impl<'de> Deserialize<'de> for EndpointConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // The table form, with the same unknown-field errors as every other table.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Detailed {
+            address: String,
+        }
+
+        struct Visitor;
+
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = EndpointConfig;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an endpoint: \"host:port\" or { address = \"host:port\" }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(EndpointConfig::Address(v.to_string()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let Detailed { address } =
+                    Detailed::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(EndpointConfig::Detailed { address })
+            }
+        }
+
+        d.deserialize_any(Visitor)
+    }
 }
 
 impl EndpointConfig {
@@ -676,6 +742,29 @@ mod tests {
     {
         let empty: T = toml::from_str("").expect("an empty table parses");
         assert_eq!(T::default(), empty, "{}", std::any::type_name::<T>());
+    }
+
+    #[test]
+    fn start_only_changes_name_each_field_a_reload_cannot_apply() {
+        let started = RuntimeConfig::default();
+        let mut next = started.clone();
+        next.shutdown_timeout = Dur::secs(1);
+        next.watch_config = false;
+        assert!(
+            started.start_only_changes(&next).is_empty(),
+            "reloads apply these"
+        );
+        next.workers = 3;
+        next.module_cache = Some(PathBuf::from("/elsewhere"));
+        next.filter_instances = 7;
+        assert_eq!(
+            started.start_only_changes(&next),
+            [
+                "runtime.workers",
+                "runtime.module_cache",
+                "runtime.filter_instances"
+            ]
+        );
     }
 
     #[test]

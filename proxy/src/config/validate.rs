@@ -86,14 +86,8 @@ pub(super) fn check(config: &Config) -> Vec<Problem> {
                 }
             }
             if let Some(h) = &r.host {
-                let bare = h.strip_prefix("*.").unwrap_or(h);
-                if bare.is_empty() || bare.contains(['/', ' ', '*']) {
-                    v.problem(
-                        format!("{rat}.host"),
-                        format!(
-                            "{h:?} is not a host name or a leading wildcard like \"*.example.com\""
-                        ),
-                    );
+                if let Err(reason) = check_route_host(h) {
+                    v.problem(format!("{rat}.host"), reason);
                 }
             }
         }
@@ -139,6 +133,12 @@ pub(super) fn check(config: &Config) -> Vec<Problem> {
         }
         if lim.max_headers == 0 {
             v.problem(format!("{at}.limits.max_headers"), "must be at least 1");
+        }
+        if lim.tls_handshake_timeout.0.is_zero() {
+            v.problem(
+                format!("{at}.limits.tls_handshake_timeout"),
+                "must be more than zero (\"0s\" would fail every handshake)",
+            );
         }
         if let Some(via) = &l.forwarding.via {
             if via.is_empty()
@@ -190,7 +190,12 @@ pub(super) fn check(config: &Config) -> Vec<Problem> {
                 "must be between 0 and 100",
             );
         }
-        if c.outlier.base_ejection > c.outlier.max_ejection {
+        if c.outlier.base_ejection.0.is_zero() {
+            v.problem(
+                format!("{at}.outlier.base_ejection"),
+                "must be more than zero (to turn ejection off, set consecutive_failures = 0)",
+            );
+        } else if c.outlier.base_ejection > c.outlier.max_ejection {
             v.problem(
                 format!("{at}.outlier.base_ejection"),
                 "must not exceed max_ejection",
@@ -252,6 +257,35 @@ pub(super) fn check(config: &Config) -> Vec<Problem> {
         }
     }
     v.problems
+}
+
+/// A route's `host`: a name, an IP address or a leading wildcard, without a port.
+/// Routes match the host whatever the port the request names, so a pattern with a
+/// port could never match: it is refused rather than silently ignored.
+fn check_route_host(h: &str) -> Result<(), String> {
+    let bare = h.strip_prefix("*.").unwrap_or(h);
+    if bare.is_empty() || bare.contains(['/', ' ', '*']) {
+        return Err(format!(
+            "{h:?} is not a host name or a leading wildcard like \"*.example.com\""
+        ));
+    }
+    // Requests' IPv6 hosts are compared without their brackets.
+    if let Some(inner) = bare.strip_prefix('[') {
+        return Err(match inner.split_once(']') {
+            Some((ip, "")) => format!("{h:?}: write an IPv6 address without brackets, as {ip:?}"),
+            Some((ip, _)) => {
+                format!("{h:?} has a port; a route matches the host on any port, so write {ip:?}")
+            }
+            None => format!("{h:?} is not a host name or an IPv6 address"),
+        });
+    }
+    if bare.contains(':') && bare.parse::<std::net::Ipv6Addr>().is_err() {
+        let host = h.rsplit_once(':').map_or(h, |(host, _)| host);
+        return Err(format!(
+            "{h:?} has a port; a route matches the host on any port, so write {host:?}"
+        ));
+    }
+    Ok(())
 }
 
 /// Splits `"host:port"` (IPv6 as `"[::1]:80"`), with reasons a person can act on.
@@ -414,6 +448,70 @@ mod tests {
             problems(&listener("4KiB"))
         );
         assert_eq!(problems(&listener("8KiB")), "");
+    }
+
+    fn listener_with(extra: &str) -> String {
+        format!(
+            "{BASE}[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\ncluster = \"a\"\n{extra}"
+        )
+    }
+
+    #[test]
+    fn zero_durations_that_would_break_something_are_refused() {
+        let e = problems(&listener_with(
+            "[listeners.limits]\ntls_handshake_timeout = \"0s\"\n",
+        ));
+        assert!(
+            e.contains("w.toml: listeners[0].limits.tls_handshake_timeout: must be more than zero"),
+            "{e}"
+        );
+        let e = problems(&format!(
+            "{BASE}[clusters.outlier]\nbase_ejection = \"0s\"\nmax_ejection = \"0s\"\n"
+        ));
+        assert!(
+            e.contains("w.toml: clusters[0].outlier.base_ejection: must be more than zero"),
+            "{e}"
+        );
+        // "0s" where it has a documented meaning stays accepted.
+        let text = format!(
+            "{BASE}dns_refresh = \"0s\"\nrequest_timeout = \"0s\"\nidle_timeout = \"0s\"\n[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\ncluster = \"a\"\n[listeners.limits]\nheader_read_timeout = \"0s\"\nidle_timeout = \"0s\"\n"
+        );
+        assert_eq!(problems(&text), "");
+    }
+
+    #[test]
+    fn route_host_with_a_port_is_refused_with_the_host_to_write() {
+        let route = |host: &str| {
+            problems(&listener_with(&format!(
+                "[[listeners.routes]]\nhost = {host:?}\npath_prefix = \"/\"\n"
+            )))
+        };
+        let port = "has a port; a route matches the host on any port, so write";
+        for (host, reason) in [
+            (
+                "api.example.com:8443",
+                format!("\"api.example.com:8443\" {port} \"api.example.com\""),
+            ),
+            (
+                "*.example.com:80",
+                format!("\"*.example.com:80\" {port} \"*.example.com\""),
+            ),
+            ("[::1]:8080", format!("\"[::1]:8080\" {port} \"::1\"")),
+            (
+                "[::1]",
+                "\"[::1]\": write an IPv6 address without brackets, as \"::1\"".into(),
+            ),
+            ("a b", "\"a b\" is not a host name".into()),
+        ] {
+            let e = route(host);
+            assert!(
+                e.contains(&format!("w.toml: listeners[0].routes[0].host: {reason}")),
+                "{host}: {e}"
+            );
+        }
+        for host in ["api.example.com", "*.example.com", "::1", "127.0.0.1"] {
+            assert_eq!(route(host), "", "{host}");
+        }
     }
 
     #[test]

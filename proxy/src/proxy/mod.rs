@@ -249,6 +249,8 @@ fn body_timeouts(cluster: &Cluster, deadline: Option<Instant>) -> BodyTimeouts {
 }
 
 fn finish_response(mut head: Response<()>, body: Body, lr: &ListenerRuntime) -> Response<Body> {
+    // RFC 9110 §7.6.3: Via names the protocol the message was received with, and a
+    // response was received from the upstream.
     let version = head.version();
     headers::add_via(head.headers_mut(), &lr.config.forwarding, version);
     let (parts, ()) = head.into_parts();

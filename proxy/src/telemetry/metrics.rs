@@ -52,6 +52,19 @@ pub struct ClusterLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    pub cluster: String,
+    pub outcome: DnsOutcome,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DnsOutcome {
+    resolved,
+    failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: String,
 }
@@ -113,6 +126,7 @@ pub struct Metrics {
     pub upstream_timeouts: Family<ClusterLabels, Counter>,
     pub endpoint_ejections: Family<ClusterLabels, Counter>,
     pub endpoints_healthy: Family<ClusterLabels, Gauge>,
+    pub dns_lookups: Family<DnsLabels, Counter>,
     pub connections_open: Family<ListenerLabels, Gauge>,
     pub connections: Family<ListenerLabels, Counter>,
     pub limit_hits: Family<LimitLabels, Counter>,
@@ -214,6 +228,12 @@ impl Metrics {
             "Endpoints currently eligible for traffic",
             endpoints_healthy.clone(),
         );
+        let dns_lookups = Family::default();
+        r.register(
+            "dns_lookups",
+            "Lookups of endpoint host names, at start and every dns_refresh",
+            dns_lookups.clone(),
+        );
         let connections_open = Family::default();
         r.register(
             "downstream_connections_open",
@@ -266,6 +286,7 @@ impl Metrics {
             upstream_timeouts,
             endpoint_ejections,
             endpoints_healthy,
+            dns_lookups,
             connections_open,
             connections,
             limit_hits,
@@ -331,6 +352,7 @@ impl Metrics {
             timeouts: self.upstream_timeouts.get_or_create(&l).clone(),
             ejections: self.endpoint_ejections.get_or_create(&l).clone(),
             healthy: self.endpoints_healthy.get_or_create(&l).clone(),
+            dns_lookups: self.dns_lookups.clone(),
         }
     }
 
@@ -470,6 +492,21 @@ pub struct ClusterStats {
     pub timeouts: Counter,
     pub ejections: Counter,
     pub healthy: Gauge,
+    /// Resolved per lookup (off the request path), so that clusters of IP addresses
+    /// show no DNS series at all.
+    dns_lookups: Family<DnsLabels, Counter>,
+}
+
+impl ClusterStats {
+    /// Counts one lookup of a host name of `cluster`'s endpoints.
+    pub fn dns_lookup(&self, cluster: &str, outcome: DnsOutcome) {
+        self.dns_lookups
+            .get_or_create(&DnsLabels {
+                cluster: cluster.to_string(),
+                outcome,
+            })
+            .inc();
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Endpoint addresses: IPs as written, DNS names resolved at start and again every
-//! `dns_refresh`. Endpoints whose address survives a refresh keep their state.
+//! `dns_refresh` (never again when it is zero). Endpoints whose address survives a
+//! refresh keep their state.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -8,8 +9,14 @@ use std::sync::{Arc, Weak};
 use super::{Cluster, Endpoint, EndpointSet};
 use crate::config::validate::split_host_port;
 use crate::config::ClusterConfig;
+use crate::telemetry::metrics::{ClusterStats, DnsOutcome};
 
-pub(super) fn has_names(config: &ClusterConfig) -> bool {
+/// Whether the cluster's endpoints are to be resolved again periodically.
+pub(super) fn refreshes(config: &ClusterConfig) -> bool {
+    has_names(config) && !config.dns_refresh.0.is_zero()
+}
+
+fn has_names(config: &ClusterConfig) -> bool {
     config
         .endpoints
         .iter()
@@ -18,7 +25,10 @@ pub(super) fn has_names(config: &ClusterConfig) -> bool {
 
 /// Every address of every endpoint, with the host it came from. A name that does
 /// not resolve contributes nothing (and is logged); the next refresh tries again.
-pub(super) async fn resolve_all(config: &ClusterConfig) -> Vec<(SocketAddr, Arc<str>)> {
+pub(super) async fn resolve_all(
+    config: &ClusterConfig,
+    stats: &ClusterStats,
+) -> Vec<(SocketAddr, Arc<str>)> {
     let mut out = Vec::new();
     for e in &config.endpoints {
         let Ok((host, port)) = split_host_port(e.address()) else {
@@ -30,6 +40,7 @@ pub(super) async fn resolve_all(config: &ClusterConfig) -> Vec<(SocketAddr, Arc<
         }
         match tokio::net::lookup_host((host, port)).await {
             Ok(addrs) => {
+                stats.dns_lookup(&config.name, DnsOutcome::resolved);
                 let host: Arc<str> = Arc::from(host);
                 for a in addrs {
                     if !out.iter().any(|(x, _)| *x == a) {
@@ -38,6 +49,7 @@ pub(super) async fn resolve_all(config: &ClusterConfig) -> Vec<(SocketAddr, Arc<
                 }
             }
             Err(e) => {
+                stats.dns_lookup(&config.name, DnsOutcome::failed);
                 tracing::warn!(cluster = %config.name, host, error = %e, "cannot resolve endpoint")
             }
         }
@@ -50,20 +62,15 @@ pub(super) async fn refresh(cluster: Weak<Cluster>) {
         let Some(period) = cluster.upgrade().map(|c| c.config.dns_refresh.0) else {
             return;
         };
+        // Zero means "resolve once"; looping on it would resolve without pause.
+        if period.is_zero() {
+            return;
+        }
         tokio::time::sleep(period).await;
         let Some(c) = cluster.upgrade() else { return };
-        let resolved = resolve_all(&c.config).await;
+        let resolved = resolve_all(&c.config, &c.stats).await;
         let current = c.endpoints.load_full();
-        let mut known: HashMap<SocketAddr, Arc<Endpoint>> =
-            current.list.iter().map(|e| (e.addr, e.clone())).collect();
-        let list: Vec<Arc<Endpoint>> = resolved
-            .into_iter()
-            .map(|(addr, host)| {
-                known
-                    .remove(&addr)
-                    .unwrap_or_else(|| Arc::new(Endpoint::new(addr, host, c.epoch)))
-            })
-            .collect();
+        let list = carry_over(&current.list, resolved, c.epoch);
         if list
             .iter()
             .map(|e| e.addr)
@@ -74,5 +81,56 @@ pub(super) async fn refresh(cluster: Weak<Cluster>) {
         tracing::info!(cluster = %c.name, endpoints = list.len(), "endpoints changed after DNS refresh");
         let ring = c.balancer.ring_for(&list);
         c.endpoints.store(Arc::new(EndpointSet { list, ring }));
+    }
+}
+
+/// The endpoints for freshly resolved addresses: those already known keep their
+/// `Endpoint` (pool, health, latency), the others are new.
+fn carry_over(
+    current: &[Arc<Endpoint>],
+    resolved: Vec<(SocketAddr, Arc<str>)>,
+    epoch: tokio::time::Instant,
+) -> Vec<Arc<Endpoint>> {
+    let mut known: HashMap<SocketAddr, Arc<Endpoint>> =
+        current.iter().map(|e| (e.addr, e.clone())).collect();
+    resolved
+        .into_iter()
+        .map(|(addr, host)| {
+            known
+                .remove(&addr)
+                .unwrap_or_else(|| Arc::new(Endpoint::new(addr, host, epoch)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refreshed_addresses_keep_their_endpoints() {
+        let epoch = tokio::time::Instant::now();
+        let host: Arc<str> = Arc::from("backend.internal");
+        let addr = |last: u8| SocketAddr::from(([10, 0, 0, last], 80));
+        let before = carry_over(
+            &[],
+            vec![(addr(1), host.clone()), (addr(2), host.clone())],
+            epoch,
+        );
+        let after = carry_over(
+            &before,
+            vec![(addr(2), host.clone()), (addr(3), host.clone())],
+            epoch,
+        );
+        let addrs: Vec<SocketAddr> = after.iter().map(|e| e.addr).collect();
+        assert_eq!(
+            addrs,
+            [addr(2), addr(3)],
+            "gone addresses leave, new ones come"
+        );
+        assert!(
+            Arc::ptr_eq(&after[0], &before[1]),
+            "a surviving address keeps its state"
+        );
     }
 }

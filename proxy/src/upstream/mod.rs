@@ -12,6 +12,7 @@ pub mod health;
 pub mod pool;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -67,6 +68,8 @@ pub struct Cluster {
     pub config: ClusterConfig,
     pub(crate) endpoints: ArcSwap<EndpointSet>,
     pub(crate) connector: Connector,
+    /// Digest of the TLS files (CA, certificate, key) the connector was built from.
+    tls_files: Option<Vec<u8>>,
     pub(crate) balancer: Balancer,
     pub stats: ClusterStats,
     /// Origin of the millisecond clocks kept in atomics (ejections).
@@ -103,8 +106,11 @@ impl Cluster {
     pub async fn build(
         config: &ClusterConfig,
         stats: ClusterStats,
-        resolve: impl Fn(&std::path::Path) -> std::path::PathBuf,
+        resolve: impl Fn(&Path) -> PathBuf,
     ) -> Result<Arc<Cluster>, String> {
+        // Read before the files are loaded: a file replaced in between then shows as
+        // changed at the next reload, rather than as unchanged with stale contents.
+        let tls_files = tls_files_digest(config, &resolve);
         let tls = config
             .tls
             .as_ref()
@@ -115,7 +121,7 @@ impl Cluster {
             connect_timeout: config.connect_timeout.0,
         };
         let epoch = Instant::now();
-        let initial = dns::resolve_all(config).await;
+        let initial = dns::resolve_all(config, &stats).await;
         let list: Vec<Arc<Endpoint>> = initial
             .into_iter()
             .map(|(addr, host)| Arc::new(Endpoint::new(addr, host, epoch)))
@@ -128,6 +134,7 @@ impl Cluster {
             config: config.clone(),
             endpoints: ArcSwap::from_pointee(EndpointSet { list, ring }),
             connector,
+            tls_files,
             balancer,
             stats,
             epoch,
@@ -135,7 +142,7 @@ impl Cluster {
             tasks: Mutex::new(Vec::new()),
         });
         let mut tasks = vec![tokio::spawn(housekeeping(Arc::downgrade(&cluster)))];
-        if dns::has_names(config) {
+        if dns::refreshes(config) {
             tasks.push(tokio::spawn(dns::refresh(Arc::downgrade(&cluster))));
         }
         if let Some(hc) = &config.health_check {
@@ -146,6 +153,17 @@ impl Cluster {
         }
         *cluster.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
         Ok(cluster)
+    }
+
+    /// Whether the TLS files this cluster was built from still hold what they held
+    /// then (always true without TLS). A reload reuses a cluster only if so, so that
+    /// rotated certificates and CAs are picked up.
+    pub fn tls_files_unchanged(&self, resolve: impl Fn(&Path) -> PathBuf) -> bool {
+        match (&self.tls_files, tls_files_digest(&self.config, resolve)) {
+            (None, None) => self.config.tls.is_none(),
+            (Some(then), Some(now)) => *then == now,
+            _ => false,
+        }
     }
 
     /// The endpoints as they are now.
@@ -208,6 +226,17 @@ impl Cluster {
             Err(()) => health::failure(self, ep),
         }
     }
+}
+
+/// The digest of the cluster's TLS files; `None` without TLS or when one cannot be read.
+fn tls_files_digest(config: &ClusterConfig, resolve: impl Fn(&Path) -> PathBuf) -> Option<Vec<u8>> {
+    let t = config.tls.as_ref()?;
+    let files: Vec<PathBuf> = [&t.ca, &t.cert, &t.key]
+        .into_iter()
+        .flatten()
+        .map(|p| resolve(p))
+        .collect();
+    crate::tls::files_digest(&files)
 }
 
 /// Closes idle connections past their time and keeps the healthy gauge true.

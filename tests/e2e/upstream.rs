@@ -1,0 +1,126 @@
+//! Endpoints and their connections: host names among the endpoints (resolved at
+//! start and again every `dns_refresh`), and the per-endpoint connection limit.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::support::*;
+
+/// A listener "main" in front of cluster "c" with one endpoint and extra cluster lines.
+fn config(endpoint: &str, cluster_extra: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+cluster = "c"
+
+[[clusters]]
+name = "c"
+endpoints = ["{endpoint}"]
+{cluster_extra}
+"#
+    )
+}
+
+fn lookups(cluster: &str) -> String {
+    format!("weft_dns_lookups_total{{cluster=\"{cluster}\",outcome=\"resolved\"}}")
+}
+
+// Which addresses a name resolves to cannot be changed from here (that needs the
+// hosts file or a DNS server), so what is shown is that names are used, looked up
+// again on time, and that a refresh keeps endpoints whose address did not change.
+#[tokio::test]
+async fn host_names_are_resolved_again_every_dns_refresh_and_zero_means_once() {
+    let backend = Backend::start_with("b1", Proto::Http1, None).await;
+    let port = backend.addr.port();
+    let once = format!(
+        "\n[[clusters]]\nname = \"once\"\nendpoints = [\"localhost:{port}\"]\ndns_refresh = \"0s\"\n"
+    );
+    let proxy = Proxy::start(&format!(
+        "{}{once}",
+        config(&format!("localhost:{port}"), "dns_refresh = \"100ms\"")
+    ))
+    .await;
+
+    let (status, headers, _) = get(&h1(), &proxy.url("/")).await;
+    assert_eq!(
+        (status, backend_of(&headers).as_str()),
+        (StatusCode::OK, "b1")
+    );
+    let (_, _, clusters) = get(&h1(), &proxy.admin_url("/clusters")).await;
+    let clusters: serde_json::Value = serde_json::from_slice(&clusters).unwrap();
+    let endpoint = &clusters["clusters"][0]["endpoints"][0];
+    assert_eq!(endpoint["host"], "localhost");
+    assert_eq!(endpoint["address"], format!("127.0.0.1:{port}"));
+
+    let again = eventually(Duration::from_secs(10), async || {
+        proxy.metric(&lookups("c")).await >= 4.0
+    })
+    .await;
+    assert!(
+        again,
+        "not resolved again: {}",
+        proxy.metric(&lookups("c")).await
+    );
+    // Meanwhile the "0s" cluster was resolved once, when it was built.
+    assert_eq!(proxy.metric(&lookups("once")).await, 1.0);
+    // Refreshes that find the same address keep the endpoint, with its pool.
+    assert_eq!(get(&h1(), &proxy.url("/")).await.0, StatusCode::OK);
+    assert_eq!(backend.connections.load(Ordering::Relaxed), 1);
+    // IP endpoints are not looked up at all.
+    let ip_only = Proxy::start(&config(
+        &backend.addr.to_string(),
+        "dns_refresh = \"100ms\"",
+    ))
+    .await;
+    assert!(!ip_only.metrics().await.contains("weft_dns_lookups_total{"));
+}
+
+#[tokio::test]
+async fn max_connections_per_endpoint_turns_requests_away_at_the_limit() {
+    let backend = Backend::start_with("b1", Proto::Http1, None).await;
+    let proxy = Proxy::start(&config(
+        &backend.addr.to_string(),
+        "[clusters.pool]\nmax_connections_per_endpoint = 2",
+    ))
+    .await;
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let url = proxy.url("/sleep/2000");
+            tokio::spawn(async move { get(&h1(), &url).await.0 })
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(5), async || backend.hits() == 2).await);
+
+    // Both connections are busy: further requests are not queued but answered 503.
+    for _ in 0..3 {
+        let (status, _, body) = get(&h1(), &proxy.url("/")).await;
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::SERVICE_UNAVAILABLE, &b"connection limit\n"[..])
+        );
+    }
+    assert!(
+        slow.iter().all(|s| !s.is_finished()),
+        "the limit was not reached while the slow requests were in flight"
+    );
+    assert_eq!(backend.hits(), 2);
+    for s in slow {
+        assert_eq!(s.await.unwrap(), StatusCode::OK);
+    }
+
+    // Back in the pool, the two connections serve what follows.
+    let url = proxy.url("/");
+    let served = eventually(Duration::from_secs(5), async || {
+        get(&h1(), &url).await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(served, "the connections did not come back to the pool");
+    for _ in 0..4 {
+        assert_eq!(get(&h1(), &url).await.0, StatusCode::OK);
+    }
+    assert_eq!(backend.connections.load(Ordering::Relaxed), 2);
+}
