@@ -429,6 +429,37 @@ async fn per_request_state_does_not_leak_between_requests() {
 }
 
 #[tokio::test]
+async fn instances_are_kept_for_reuse_through_bursts_of_requests() {
+    // Three bursts of 40 concurrent requests: each holds an instance for its length.
+    // The idle pool keeps all 40 between bursts, so no burst makes new ones (a fixed
+    // cap on idle instances destroyed the excess after each burst and remade it).
+    let b1 = Backend::start("b1").await;
+    let proxy = Proxy::start(&config(&b1, &[("p", r#"{"remember_path": true}"#)], "")).await;
+    let url = proxy.url("/sleep/100");
+    for burst in 0..3 {
+        let tasks: Vec<_> = (0..40)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { get(&h1(), &url).await.0 })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 200, "burst {burst}");
+        }
+    }
+    let m = proxy.metrics().await;
+    let created: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"weft_filter_instances_created_total{filter="p"} "#))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no instance counter in {m}"));
+    assert!(
+        (2..=41).contains(&created),
+        "{created} instances made for 3 bursts of 40 requests"
+    );
+}
+
+#[tokio::test]
 async fn a_trap_fails_only_its_request_by_policy() {
     let b1 = Backend::start("b1").await;
     let closed = Proxy::start(&config(
