@@ -29,7 +29,10 @@ impl Chain {
 
 /// Builds chains from config: compiles, links and configures their filters.
 pub struct ChainBuilder {
-    host: Arc<Host>,
+    /// Made when a config first declares a filter: a proxy without filters does not
+    /// pay for the Wasm engine (its code and tables are megabytes of resident memory).
+    host: Mutex<Option<Arc<Host>>>,
+    runtime: RuntimeConfig,
     metrics: Arc<Metrics>,
     /// Shared state by filter name; it outlives chain swaps.
     shared: Mutex<HashMap<String, Arc<SharedStore>>>,
@@ -38,14 +41,22 @@ pub struct ChainBuilder {
 impl ChainBuilder {
     pub fn new(metrics: Arc<Metrics>, runtime: &RuntimeConfig) -> anyhow::Result<Self> {
         Ok(ChainBuilder {
-            host: Host::new(runtime)?,
+            host: Mutex::new(None),
+            runtime: runtime.clone(),
             metrics,
             shared: Mutex::new(HashMap::new()),
         })
     }
 
-    pub fn host(&self) -> &Arc<Host> {
-        &self.host
+    /// The Wasm engine, made on first use with the runtime settings the process started with.
+    pub fn host(&self) -> anyhow::Result<Arc<Host>> {
+        let mut host = self.host.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = host.as_ref() {
+            return Ok(h.clone());
+        }
+        let made = Host::new(&self.runtime)?;
+        *host = Some(made.clone());
+        Ok(made)
     }
 
     /// Loads every filter the config declares and composes the chains. A filter
@@ -58,11 +69,25 @@ impl ChainBuilder {
     ) -> Result<HashMap<String, Arc<Chain>>, Vec<Problem>> {
         let mut problems = Vec::new();
         let mut filters: HashMap<&str, Arc<LoadedFilter>> = HashMap::new();
+        let host = if loaded.config.filters.is_empty() {
+            None
+        } else {
+            match self.host() {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    return Err(vec![Problem {
+                        field: "filters".into(),
+                        reason: format!("cannot start the Wasm engine: {e:#}"),
+                    }])
+                }
+            }
+        };
         // Every declared filter is loaded, even one no chain uses, so `weft check` checks it.
         for (i, f) in loaded.config.filters.iter().enumerate() {
             let shared = self.shared_store(&f.name, f.limits.shared_entries);
             let module = loaded.resolve(&f.module);
-            match LoadedFilter::load(&self.host, f, module.clone(), self.metrics.clone(), shared)
+            let Some(host) = &host else { break };
+            match LoadedFilter::load(host, f, module.clone(), self.metrics.clone(), shared)
                 .await
             {
                 Ok(lf) => {
