@@ -141,6 +141,7 @@ impl App {
         if watch_file {
             crate::config::watch::spawn(app.clone());
         }
+        tokio::spawn(sweep_idle_instances(Arc::downgrade(&app.runtime)));
         app.ready.store(true, Ordering::Release);
         tracing::info!(
             generation = snap.generation,
@@ -413,6 +414,20 @@ impl App {
         self.shutdown().await;
         self.workers.stop();
         Ok(())
+    }
+}
+
+/// Gives back the filter instances of the current chains that went unused for a
+/// trim period, also when no request comes to do it (`wasm/pool.rs`).
+async fn sweep_idle_instances(runtime: std::sync::Weak<Runtime>) {
+    loop {
+        tokio::time::sleep(crate::wasm::pool::TRIM_PERIOD).await;
+        let Some(rt) = runtime.upgrade() else { return };
+        for chain in rt.snapshot().chains.values() {
+            for filter in &chain.filters {
+                filter.trim_idle();
+            }
+        }
     }
 }
 

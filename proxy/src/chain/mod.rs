@@ -87,9 +87,7 @@ impl ChainBuilder {
             let shared = self.shared_store(&f.name, f.limits.shared_entries);
             let module = loaded.resolve(&f.module);
             let Some(host) = &host else { break };
-            match LoadedFilter::load(host, f, module.clone(), self.metrics.clone(), shared)
-                .await
-            {
+            match LoadedFilter::load(host, f, module.clone(), self.metrics.clone(), shared).await {
                 Ok(lf) => {
                     filters.insert(f.name.as_str(), Arc::new(lf));
                 }

@@ -13,7 +13,7 @@
 
 pub mod bindings;
 mod host;
-mod pool;
+pub mod pool;
 pub mod shared;
 pub mod state;
 
@@ -344,6 +344,17 @@ impl LoadedFilter {
             .unwrap_or_else(|p| p.into_inner())
             .give(inst, now);
         // Destroyed outside the lock: returning their memory to the pool takes a while.
+        drop(unneeded);
+    }
+
+    /// Destroys the idle instances that went unused for a whole trim period.
+    pub fn trim_idle(&self) {
+        let now = std::time::Instant::now();
+        let unneeded = self
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .trim(now);
         drop(unneeded);
     }
 

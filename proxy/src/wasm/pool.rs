@@ -49,12 +49,14 @@ impl<T> IdlePool<T> {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.stack.len()
     }
 
     /// Once a period is over, removes the instances that sat idle through all of it.
-    fn trim(&mut self, now: Instant) -> Vec<T> {
+    /// Called on every take and give, and by a periodic sweep so that a proxy whose
+    /// traffic stopped gives its instances back too.
+    pub fn trim(&mut self, now: Instant) -> Vec<T> {
         if now.saturating_duration_since(self.since) < TRIM_PERIOD {
             return Vec::new();
         }
@@ -109,6 +111,19 @@ mod tests {
             assert_eq!(removed, 0, "round {round}");
         }
         assert_eq!(pool.len(), 2);
+    }
+
+    #[test]
+    fn without_traffic_the_sweep_gives_everything_back() {
+        let t0 = Instant::now();
+        let mut pool = IdlePool::new(t0);
+        for i in 0..8 {
+            pool.give(i, t0);
+        }
+        // The first sweep starts a period; the next one finds all 8 unused through it.
+        assert!(pool.trim(t0 + TRIM_PERIOD).is_empty());
+        assert_eq!(pool.trim(t0 + TRIM_PERIOD * 2).len(), 8);
+        assert_eq!(pool.len(), 0);
     }
 
     #[test]
