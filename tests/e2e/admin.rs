@@ -275,3 +275,34 @@ unhealthy_threshold = 1
     .await;
     assert!(down, "{}", clusters().await);
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_response_counts_as_none_not_1xx() {
+    use tokio::io::AsyncWriteExt;
+    let backend = Backend::start("b1").await;
+    let proxy = Proxy::start(&one_cluster(backend.addr)).await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr("main"))
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /sleep/2000 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Gone once the request reached the upstream, long before its answer.
+    assert!(eventually(Duration::from_secs(5), async || backend.hits() == 1).await);
+    drop(tcp);
+    let none = r#"weft_requests_total{listener="main",cluster="up",status_class="none"} 1"#;
+    assert!(
+        eventually(Duration::from_secs(5), async || proxy
+            .metrics()
+            .await
+            .contains(none))
+        .await,
+        "{}",
+        proxy.metrics().await
+    );
+    let m = proxy.metrics().await;
+    assert!(
+        m.contains(r#"weft_requests_total{listener="main",cluster="up",status_class="1xx"} 0"#),
+        "{m}"
+    );
+}

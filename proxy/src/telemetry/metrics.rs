@@ -34,9 +34,13 @@ pub struct RequestLabels {
     pub status_class: &'static str,
 }
 
-const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// `none`: the client went away before any response was sent (the exchange has no status).
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
 fn status_class_index(status: u16) -> usize {
+    if status < 100 {
+        return 5;
+    }
     usize::from(status / 100).clamp(1, 5) - 1
 }
 
@@ -193,7 +197,7 @@ impl Metrics {
         let requests = Family::default();
         r.register(
             "requests",
-            "Requests answered, by listener, cluster and status class",
+            "Requests by listener, cluster and status class (none: the client left before a response)",
             requests.clone(),
         );
         let request_duration: HistogramFamily<RouteLabels> =
@@ -475,7 +479,7 @@ fn openmetrics_to_prometheus(text: &str) -> String {
 /// Per-route metric handles, resolved once per snapshot.
 #[derive(Clone)]
 pub struct RouteStats {
-    by_class: [Counter; 5],
+    by_class: [Counter; 6],
     duration: Histogram,
 }
 
@@ -541,6 +545,13 @@ mod tests {
     }
 
     #[test]
+    fn statuses_fall_in_their_class_and_no_status_in_none() {
+        let classes =
+            [0, 101, 200, 302, 404, 503, 999].map(|s| STATUS_CLASSES[status_class_index(s)]);
+        assert_eq!(classes, ["none", "1xx", "2xx", "3xx", "4xx", "5xx", "5xx"]);
+    }
+
+    #[test]
     fn prometheus_text_names_counters_with_their_suffix() {
         let m = Metrics::new();
         m.route_stats("edge", "api").record(200, 0.01);
@@ -554,7 +565,7 @@ mod tests {
         assert!(om.ends_with("# EOF\n"), "{om}");
         let text = m.encode_prometheus();
         for expected in [
-            "# HELP weft_requests_total Requests answered, by listener, cluster and status class.\n",
+            "# HELP weft_requests_total Requests by listener, cluster and status class (none: the client left before a response).\n",
             "# TYPE weft_requests_total counter\n",
             "weft_requests_total{listener=\"edge\",cluster=\"api\",status_class=\"2xx\"} 1\n",
             "# TYPE weft_config_reloads_total counter\n",
