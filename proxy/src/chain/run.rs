@@ -369,6 +369,14 @@ impl ChainRun {
         }
     }
 
+    /// The kept request, to send again when a filter asked for a retry.
+    pub fn take_request_head(&self) -> Option<Request<()>> {
+        self.request_head
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
     /// The response-headers phase, last filter to first.
     pub async fn on_response_headers(
         &self,

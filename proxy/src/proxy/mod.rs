@@ -159,13 +159,13 @@ async fn forward(
     if let (Some(tape), false) = (&tape, http_body::Body::is_end_stream(&body)) {
         body = Body::boxed(Recorder::new(body, tape.clone()));
     }
-    if let Some(run) = &run {
-        run.keep_request_head(&head);
-    }
-
     let mut attempt_body = Some(body);
     loop {
-        let replay_head = retry_run.map(|_| head.clone());
+        // The response phases read the request as sent, and a retry sends it again
+        // from that same copy: one clone per attempt.
+        if let Some(run) = &run {
+            run.keep_request_head(&head);
+        }
         let this_head = std::mem::take(&mut head);
         let body = attempt_body.take().unwrap_or_default();
         let (resp, lease) = send(
@@ -202,8 +202,8 @@ async fn forward(
             ex.lease = Some(lease);
         }
         if let Some(run) = &run {
-            let replay = match (&tape, &replay_head) {
-                (Some(t), Some(_))
+            let replay = match &tape {
+                Some(t)
                     if ex.retries < MAX_RETRIES
                         && ex
                             .tally
@@ -223,7 +223,7 @@ async fn forward(
                     // The unread response is dropped with its connection.
                     ex.lease = None;
                     tracing::debug!(cluster = %cluster.name, retry = ex.retries, "a filter asked to retry the request");
-                    head = replay_head.unwrap_or_default();
+                    head = run.take_request_head().unwrap_or_default();
                     attempt_body = Some(replay.map(Body::full).unwrap_or_default());
                     continue;
                 }
