@@ -7,6 +7,8 @@
 //! (default: the bench filter from `.ci/build-filters`). It prints the median and
 //! p99 per request for the reused-instance policy (the default) and for a fresh
 //! instance per request (`instance_reuse = 1`), measured in the same run.
+//! With `THRASH=1`, the 50-in-flight case evicts the CPU caches between the two
+//! phases (as the network path does in the proxy); eviction time is not counted.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -313,53 +313,7 @@ impl App {
             let local = listener.local_addr().unwrap_or(cfg.address);
             let (stop, stopped) = watch::channel(false);
             tracing::info!(listener = %name, address = %local, protocol = ?cfg.protocol, tls = cfg.tls.is_some(), "listening");
-            let name_ref: Arc<str> = name.as_str().into();
-            // Every worker accepts on its own copy of the socket, registered with
-            // its own runtime.
-            if self.workers.handles().is_empty() {
-                tokio::spawn(crate::server::accept_loop(
-                    listener,
-                    name_ref,
-                    self.runtime.clone(),
-                    stopped,
-                    token.clone(),
-                ));
-            } else {
-                match listener.into_std() {
-                    Err(e) => {
-                        tracing::error!(listener = %name, error = %e, "cannot hand the listening socket to the workers")
-                    }
-                    Ok(socket) => {
-                        for handle in std::iter::once(tokio::runtime::Handle::current())
-                            .chain(self.workers.handles().iter().cloned())
-                        {
-                            let copy = match socket.try_clone() {
-                                Ok(c) => c,
-                                Err(e) => {
-                                    tracing::warn!(listener = %name, error = %e, "a worker cannot share the listening socket");
-                                    continue;
-                                }
-                            };
-                            let (rt, name, stopped, token) = (
-                                self.runtime.clone(),
-                                name_ref.clone(),
-                                stopped.clone(),
-                                token.clone(),
-                            );
-                            handle.spawn(async move {
-                            match TcpListener::from_std(copy) {
-                                Ok(l) => {
-                                    crate::server::accept_loop(l, name, rt, stopped, token).await
-                                }
-                                Err(e) => {
-                                    tracing::warn!(listener = %name, error = %e, "a worker cannot accept on the listener")
-                                }
-                            }
-                        });
-                        }
-                    }
-                }
-            }
+            self.spawn_accept_loops(name.as_str().into(), listener, stopped, token.clone());
             bound.insert(
                 name,
                 BoundListener {
@@ -368,6 +322,55 @@ impl App {
                     stop,
                 },
             );
+        }
+    }
+
+    /// Starts accepting on `listener`: on this runtime alone, or on every worker, each
+    /// with its own copy of the socket registered with its own runtime.
+    fn spawn_accept_loops(
+        &self,
+        name: Arc<str>,
+        listener: TcpListener,
+        stopped: watch::Receiver<bool>,
+        token: Drain,
+    ) {
+        let rt = &self.runtime;
+        if self.workers.handles().is_empty() {
+            tokio::spawn(crate::server::accept_loop(
+                listener,
+                name,
+                rt.clone(),
+                stopped,
+                token,
+            ));
+            return;
+        }
+        let socket = match listener.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(listener = %name, error = %e, "cannot hand the listening socket to the workers");
+                return;
+            }
+        };
+        let here = tokio::runtime::Handle::current();
+        for handle in std::iter::once(&here).chain(self.workers.handles()) {
+            let copy = match socket.try_clone() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(listener = %name, error = %e, "a worker cannot share the listening socket");
+                    continue;
+                }
+            };
+            let (rt, name, stopped, token) =
+                (rt.clone(), name.clone(), stopped.clone(), token.clone());
+            handle.spawn(async move {
+                match TcpListener::from_std(copy) {
+                    Ok(l) => crate::server::accept_loop(l, name, rt, stopped, token).await,
+                    Err(e) => {
+                        tracing::warn!(listener = %name, error = %e, "a worker cannot accept on the listener")
+                    }
+                }
+            });
         }
     }
 
