@@ -4,7 +4,8 @@
 //!
 //!     cargo bench -p weft --bench filter_call -- [PATH.wasm]
 //!
-//! (default: the bench filter from `.ci/build-filters`). It prints the median and
+//! (default: the bench filter from `.ci/build-filters`; other arguments pick the
+//! cases whose label contains all of them, to profile one). It prints the median and
 //! p99 per request for the reused-instance policy (the default) and for a fresh
 //! instance per request (`instance_reuse = 1`), measured in the same run.
 //! With `THRASH=1`, the 50-in-flight case evicts the CPU caches between the two
@@ -25,11 +26,16 @@ const BATCHES: usize = 200;
 const PER_BATCH: usize = 200;
 
 fn main() -> anyhow::Result<()> {
-    let module = std::env::args()
+    let args: Vec<String> = std::env::args()
         .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let module = args
+        .iter()
         .find(|a| a.ends_with(".wasm"))
         .map(PathBuf::from)
         .unwrap_or_else(default_module);
+    let picked: Vec<&String> = args.iter().filter(|a| !a.ends_with(".wasm")).collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -44,6 +50,9 @@ fn main() -> anyhow::Result<()> {
             ("reused instance, 50 in flight", 10_000, 50),
             ("fresh instance, 1 in flight", 1, 1),
         ] {
+            if !picked.iter().all(|p| label.contains(p.as_str())) {
+                continue;
+            }
             let cfg: FilterConfig = toml::from_str(&format!(
                 "name = \"bench\"\nmodule = {:?}\n[limits]\ninstance_reuse = {reuse}\n",
                 module.display().to_string()

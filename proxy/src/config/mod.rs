@@ -104,13 +104,20 @@ pub fn parse(path: &Path, text: &str) -> Result<LoadedConfig, ConfigError> {
 }
 
 /// Validates a config built in code (the `weft proxy` command builds one from its flags).
-pub fn from_config(path: &Path, config: Config) -> Result<LoadedConfig, ConfigError> {
+pub fn from_config(path: &Path, mut config: Config) -> Result<LoadedConfig, ConfigError> {
     let problems = validate::check(&config);
     if !problems.is_empty() {
         return Err(ConfigError {
             file: path.to_path_buf(),
             problems,
         });
+    }
+    // Like every other path in the file, the cache folder is relative to the file's
+    // folder (the effective config shows where it is); "" keeps modules in memory.
+    if let Some(cache) = config.runtime.module_cache.as_mut() {
+        if !cache.as_os_str().is_empty() {
+            *cache = resolve_against(path, cache);
+        }
     }
     Ok(LoadedConfig {
         config,

@@ -231,6 +231,12 @@ pub(super) fn check(config: &Config) -> Vec<Problem> {
         }
     }
 
+    if config.runtime.filter_instances == 0 {
+        v.problem(
+            "runtime.filter_instances",
+            "must be at least 1 (it bounds how many filter instances may exist at once)",
+        );
+    }
     for (i, f) in config.filters.iter().enumerate() {
         let at = format!("filters[{i}]");
         if f.limits.memory.0 < 64 * 1024 {
@@ -402,6 +408,26 @@ mod tests {
             "{}",
             problems(&text)
         );
+    }
+
+    #[test]
+    fn runtime_settings_are_checked_and_the_module_cache_is_found_next_to_the_file() {
+        let e = problems(&format!("{BASE}[runtime]\nfilter_instances = 0\n"));
+        assert!(
+            e.contains("w.toml: runtime.filter_instances: must be at least 1"),
+            "{e}"
+        );
+        let at = |cache: &str| {
+            parse(
+                Path::new("/etc/weft/weft.toml"),
+                &format!("{BASE}[runtime]\nmodule_cache = {cache:?}\n"),
+            )
+            .map(|l| l.config.runtime.module_cache)
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(at("cache"), Ok(Some("/etc/weft/cache".into())));
+        assert_eq!(at("/var/cache/weft"), Ok(Some("/var/cache/weft".into())));
+        assert_eq!(at(""), Ok(Some("".into())), "empty keeps modules in memory");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Endpoint addresses: IPs as written, DNS names resolved at start and again every
 //! `dns_refresh` (never again when it is zero). Endpoints whose address survives a
-//! refresh keep their state.
+//! refresh keep their state; a name that fails to resolve on a refresh keeps the
+//! addresses it had (as Envoy does), since a DNS outage says nothing about the
+//! endpoints themselves.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,19 +25,24 @@ fn has_names(config: &ClusterConfig) -> bool {
         .any(|e| split_host_port(e.address()).is_ok_and(|(h, _)| h.parse::<IpAddr>().is_err()))
 }
 
-/// Every address of every endpoint, with the host it came from. A name that does
-/// not resolve contributes nothing (and is logged); the next refresh tries again.
-pub(super) async fn resolve_all(
-    config: &ClusterConfig,
-    stats: &ClusterStats,
-) -> Vec<(SocketAddr, Arc<str>)> {
-    let mut out = Vec::new();
+/// The outcome of resolving a cluster's endpoints.
+#[derive(Default)]
+pub(super) struct Resolved {
+    /// Every address found, with the host it came from.
+    pub addrs: Vec<(SocketAddr, Arc<str>)>,
+    /// Names that did not resolve (logged and counted); the next refresh tries again.
+    pub failed: Vec<String>,
+}
+
+/// Resolves every endpoint of the cluster.
+pub(super) async fn resolve_all(config: &ClusterConfig, stats: &ClusterStats) -> Resolved {
+    let mut out = Resolved::default();
     for e in &config.endpoints {
         let Ok((host, port)) = split_host_port(e.address()) else {
             continue;
         };
         if let Ok(ip) = host.parse::<IpAddr>() {
-            out.push((SocketAddr::new(ip, port), Arc::from(host)));
+            out.addrs.push((SocketAddr::new(ip, port), Arc::from(host)));
             continue;
         }
         match tokio::net::lookup_host((host, port)).await {
@@ -43,14 +50,15 @@ pub(super) async fn resolve_all(
                 stats.dns_lookup(&config.name, DnsOutcome::resolved);
                 let host: Arc<str> = Arc::from(host);
                 for a in addrs {
-                    if !out.iter().any(|(x, _)| *x == a) {
-                        out.push((a, host.clone()));
+                    if !out.addrs.iter().any(|(x, _)| *x == a) {
+                        out.addrs.push((a, host.clone()));
                     }
                 }
             }
             Err(e) => {
                 stats.dns_lookup(&config.name, DnsOutcome::failed);
-                tracing::warn!(cluster = %config.name, host, error = %e, "cannot resolve endpoint")
+                tracing::warn!(cluster = %config.name, host, error = %e, "cannot resolve endpoint");
+                out.failed.push(host.to_string());
             }
         }
     }
@@ -85,22 +93,33 @@ pub(super) async fn refresh(cluster: Weak<Cluster>) {
 }
 
 /// The endpoints for freshly resolved addresses: those already known keep their
-/// `Endpoint` (pool, health, latency), the others are new.
+/// `Endpoint` (pool, health, latency), the others are new, and the names that
+/// failed to resolve keep the endpoints they had.
 fn carry_over(
     current: &[Arc<Endpoint>],
-    resolved: Vec<(SocketAddr, Arc<str>)>,
+    resolved: Resolved,
     epoch: tokio::time::Instant,
 ) -> Vec<Arc<Endpoint>> {
     let mut known: HashMap<SocketAddr, Arc<Endpoint>> =
         current.iter().map(|e| (e.addr, e.clone())).collect();
-    resolved
+    let mut list: Vec<Arc<Endpoint>> = resolved
+        .addrs
         .into_iter()
         .map(|(addr, host)| {
             known
                 .remove(&addr)
                 .unwrap_or_else(|| Arc::new(Endpoint::new(addr, host, epoch)))
         })
-        .collect()
+        .collect();
+    // In configured order, after the fresh ones: what a failed name had before.
+    list.extend(
+        current
+            .iter()
+            .filter(|e| resolved.failed.iter().any(|h| **h == *e.host))
+            .filter(|e| known.remove(&e.addr).is_some())
+            .cloned(),
+    );
+    list
 }
 
 #[cfg(test)]
@@ -114,12 +133,12 @@ mod tests {
         let addr = |last: u8| SocketAddr::from(([10, 0, 0, last], 80));
         let before = carry_over(
             &[],
-            vec![(addr(1), host.clone()), (addr(2), host.clone())],
+            resolved(vec![(addr(1), host.clone()), (addr(2), host.clone())]),
             epoch,
         );
         let after = carry_over(
             &before,
-            vec![(addr(2), host.clone()), (addr(3), host.clone())],
+            resolved(vec![(addr(2), host.clone()), (addr(3), host.clone())]),
             epoch,
         );
         let addrs: Vec<SocketAddr> = after.iter().map(|e| e.addr).collect();
@@ -132,5 +151,43 @@ mod tests {
             Arc::ptr_eq(&after[0], &before[1]),
             "a surviving address keeps its state"
         );
+    }
+
+    fn resolved(addrs: Vec<(SocketAddr, Arc<str>)>) -> Resolved {
+        Resolved {
+            addrs,
+            failed: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_name_that_fails_to_resolve_keeps_its_endpoints() {
+        let epoch = tokio::time::Instant::now();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a.internal"), Arc::from("b.internal"));
+        let addr = |last: u8| SocketAddr::from(([10, 0, 0, last], 80));
+        let before = carry_over(
+            &[],
+            resolved(vec![(addr(1), a.clone()), (addr(2), b.clone())]),
+            epoch,
+        );
+        // `a` moved to a new address while the lookup of `b` failed.
+        let after = carry_over(
+            &before,
+            Resolved {
+                addrs: vec![(addr(3), a.clone())],
+                failed: vec!["b.internal".into()],
+            },
+            epoch,
+        );
+        let addrs: Vec<SocketAddr> = after.iter().map(|e| e.addr).collect();
+        assert_eq!(addrs, [addr(3), addr(2)]);
+        assert!(
+            Arc::ptr_eq(&after[1], &before[1]),
+            "b keeps its endpoint and state"
+        );
+        // Once `b` resolves again, its answer replaces what it had.
+        let healed = carry_over(&after, resolved(vec![(addr(3), a), (addr(4), b)]), epoch);
+        let addrs: Vec<SocketAddr> = healed.iter().map(|e| e.addr).collect();
+        assert_eq!(addrs, [addr(3), addr(4)]);
     }
 }

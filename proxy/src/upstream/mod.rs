@@ -123,6 +123,7 @@ impl Cluster {
         let epoch = Instant::now();
         let initial = dns::resolve_all(config, &stats).await;
         let list: Vec<Arc<Endpoint>> = initial
+            .addrs
             .into_iter()
             .map(|(addr, host)| Arc::new(Endpoint::new(addr, host, epoch)))
             .collect();
