@@ -13,7 +13,9 @@ Weft's scenarios added next to its anchors:
 Usage (after `bash ../shared/bench/run-anchors.sh` has installed Envoy, oha, wrk, nginx):
   python3 benches/run.py --scenarios A,B,C,F,W0,W1,W4 --runs 2 --out /tmp/weft-bench.json
 
-Weft runs with one worker on the proxy CPU, access log off (as nginx's config has it).
+Weft runs with one worker on the proxy CPU, access log off (as nginx's config has it),
+built with the `dist` profile (`cargo build --profile dist -p weft`: whole-program LTO, what
+one deploys); WEFT_PROFILE=release measures the faster-to-build `release` binary instead.
 """
 import os
 import subprocess
@@ -26,7 +28,8 @@ sys.path.insert(0, SHARED)
 import bench  # noqa: E402  (the shared harness)
 
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.environ["HOME"], ".cache", "weft-target"))
-WEFT = os.path.join(TARGET, "release", "weft")
+PROFILE = os.environ.get("WEFT_PROFILE", "dist")
+WEFT = os.path.join(TARGET, PROFILE, "weft")
 FILTER = os.path.join(TARGET, "wasm32-wasip2", "release", "bench_filter.wasm")
 LISTEN = "127.0.0.1:18120"
 
@@ -98,6 +101,6 @@ bench.start_scenario = start_scenario
 if __name__ == "__main__":
     for path in (WEFT, FILTER):
         if not os.path.exists(path):
-            sys.exit(f"{path} is missing: cargo build --release -p weft && "
+            sys.exit(f"{path} is missing: cargo build --profile {PROFILE} -p weft && "
                      "cargo build --release --target wasm32-wasip2 -p bench-filter")
     bench.main()

@@ -42,6 +42,11 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         let runtime = RuntimeConfig {
             module_cache: None,
+            // Valgrind cannot reserve the address space of the default pool.
+            filter_instances: std::env::var("FILTER_INSTANCES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(RuntimeConfig::default().filter_instances),
             ..RuntimeConfig::default()
         };
         let host = Host::new(&runtime)?;
