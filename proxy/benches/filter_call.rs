@@ -125,6 +125,7 @@ async fn concurrent_requests(filter: &LoadedFilter, id: &mut u64, n: usize) -> a
 }
 
 async fn request_phase(mut inst: FilterInstance) -> anyhow::Result<FilterInstance> {
+    let id = inst.store.data().call.request_id;
     let mut req = Request::get("http://example.com/api/items?page=2");
     for (name, value) in [
         ("user-agent", "bench/1.0"),
@@ -140,13 +141,14 @@ async fn request_phase(mut inst: FilterInstance) -> anyhow::Result<FilterInstanc
     inst.begin_call();
     inst.bindings
         .weft_filter_handler()
-        .call_on_request_headers(&mut inst.store)
+        .call_on_request_headers(&mut inst.store, id)
         .await
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     Ok(inst)
 }
 
 async fn response_phase(mut inst: FilterInstance) -> anyhow::Result<FilterInstance> {
+    let id = inst.store.data().call.request_id;
     let call = &mut inst.store.data_mut().call;
     call.response = Some(
         Response::builder()
@@ -160,7 +162,7 @@ async fn response_phase(mut inst: FilterInstance) -> anyhow::Result<FilterInstan
     inst.begin_call();
     inst.bindings
         .weft_filter_handler()
-        .call_on_response_headers(&mut inst.store)
+        .call_on_response_headers(&mut inst.store, id)
         .await
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let added = inst

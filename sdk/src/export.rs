@@ -45,37 +45,37 @@ impl<F: Filter> Guest for Adapter<F> {
         Ok(())
     }
 
-    fn on_request_headers() -> types::Action {
-        action(with_instance::<F, _>(|i| i.on_request_headers()))
+    fn on_request_headers(request: u64) -> types::Action {
+        action(with_instance::<F, _>(|i| i.on_request_headers(request)))
     }
 
-    fn on_request_body(chunk: Vec<u8>, end_of_stream: bool) -> types::BodyAction {
+    fn on_request_body(request: u64, chunk: Vec<u8>, end_of_stream: bool) -> types::BodyAction {
         body_action(with_instance::<F, _>(|i| {
-            i.on_request_body(chunk, end_of_stream)
+            i.on_request_body(request, chunk, end_of_stream)
         }))
     }
 
-    fn on_request_trailers() -> types::Action {
-        action(with_instance::<F, _>(|i| i.on_request_trailers()))
+    fn on_request_trailers(request: u64) -> types::Action {
+        action(with_instance::<F, _>(|i| i.on_request_trailers(request)))
     }
 
-    fn on_response_headers() -> types::Action {
-        action(with_instance::<F, _>(|i| i.on_response_headers()))
+    fn on_response_headers(request: u64) -> types::Action {
+        action(with_instance::<F, _>(|i| i.on_response_headers(request)))
     }
 
-    fn on_response_body(chunk: Vec<u8>, end_of_stream: bool) -> types::BodyAction {
+    fn on_response_body(request: u64, chunk: Vec<u8>, end_of_stream: bool) -> types::BodyAction {
         body_action(with_instance::<F, _>(|i| {
-            i.on_response_body(chunk, end_of_stream)
+            i.on_response_body(request, chunk, end_of_stream)
         }))
     }
 
-    fn on_response_trailers() -> types::Action {
-        action(with_instance::<F, _>(|i| i.on_response_trailers()))
+    fn on_response_trailers(request: u64) -> types::Action {
+        action(with_instance::<F, _>(|i| i.on_response_trailers(request)))
     }
 
-    fn on_complete(info: types::Completion) {
+    fn on_complete(request: u64, info: types::Completion) {
         let info = completion(info);
-        with_instance::<F, _>(|i| i.on_complete(&info))
+        with_instance::<F, _>(|i| i.on_complete(request, &info))
     }
 }
 

@@ -70,7 +70,7 @@
 //!
 //! Build it as a component with `crate-type = ["cdylib", "rlib"]` in its `Cargo.toml` and
 //! `cargo build --release --target wasm32-wasip2`: the `.wasm` in
-//! `target/wasm32-wasip2/release/` exports `weft:filter/handler@0.1.0`.
+//! `target/wasm32-wasip2/release/` exports `weft:filter/handler@0.2.0`.
 //!
 //! # How a filter runs
 //!
@@ -141,7 +141,7 @@ pub mod __private {
     pub const fn assert_filter<F: crate::Filter>() {}
 }
 
-/// Exports a [`Filter`] as the component's `weft:filter/handler@0.1.0`.
+/// Exports a [`Filter`] as the component's `weft:filter/handler@0.2.0`.
 ///
 /// Use it once, at the top level of the filter's crate. In a Wasm build it defines the
 /// component's exports; in a native build it only checks that the type is a `Filter`

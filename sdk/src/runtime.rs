@@ -34,9 +34,8 @@ impl<F: Filter> Instance<F> {
         &self.filter
     }
 
-    /// The filter and the current request's context, fresh if a new request started.
-    fn parts(&mut self) -> (&F, &mut Context) {
-        let id = host::request_id();
+    /// The filter and the context of request `id`, fresh if a new request started.
+    fn parts(&mut self, id: u64) -> (&F, &mut Context) {
         if self.request.as_ref().is_none_or(|c| c.request_id() != id) {
             // Drops the previous request's state.
             self.request = Some(Context::new(id));
@@ -45,44 +44,54 @@ impl<F: Filter> Instance<F> {
         (&self.filter, ctx)
     }
 
-    pub(crate) fn on_request_headers(&mut self) -> Action {
-        let (filter, ctx) = self.parts();
+    pub(crate) fn on_request_headers(&mut self, id: u64) -> Action {
+        let (filter, ctx) = self.parts(id);
         block_on("on-request-headers", filter.on_request_headers(ctx))
     }
 
-    pub(crate) fn on_request_body(&mut self, chunk: Vec<u8>, end_of_stream: bool) -> BodyAction {
-        let (filter, ctx) = self.parts();
+    pub(crate) fn on_request_body(
+        &mut self,
+        id: u64,
+        chunk: Vec<u8>,
+        end_of_stream: bool,
+    ) -> BodyAction {
+        let (filter, ctx) = self.parts(id);
         block_on(
             "on-request-body",
             filter.on_request_body(ctx, chunk, end_of_stream),
         )
     }
 
-    pub(crate) fn on_request_trailers(&mut self) -> Action {
-        let (filter, ctx) = self.parts();
+    pub(crate) fn on_request_trailers(&mut self, id: u64) -> Action {
+        let (filter, ctx) = self.parts(id);
         block_on("on-request-trailers", filter.on_request_trailers(ctx))
     }
 
-    pub(crate) fn on_response_headers(&mut self) -> Action {
-        let (filter, ctx) = self.parts();
+    pub(crate) fn on_response_headers(&mut self, id: u64) -> Action {
+        let (filter, ctx) = self.parts(id);
         block_on("on-response-headers", filter.on_response_headers(ctx))
     }
 
-    pub(crate) fn on_response_body(&mut self, chunk: Vec<u8>, end_of_stream: bool) -> BodyAction {
-        let (filter, ctx) = self.parts();
+    pub(crate) fn on_response_body(
+        &mut self,
+        id: u64,
+        chunk: Vec<u8>,
+        end_of_stream: bool,
+    ) -> BodyAction {
+        let (filter, ctx) = self.parts(id);
         block_on(
             "on-response-body",
             filter.on_response_body(ctx, chunk, end_of_stream),
         )
     }
 
-    pub(crate) fn on_response_trailers(&mut self) -> Action {
-        let (filter, ctx) = self.parts();
+    pub(crate) fn on_response_trailers(&mut self, id: u64) -> Action {
+        let (filter, ctx) = self.parts(id);
         block_on("on-response-trailers", filter.on_response_trailers(ctx))
     }
 
-    pub(crate) fn on_complete(&mut self, info: &Completion) {
-        let (filter, ctx) = self.parts();
+    pub(crate) fn on_complete(&mut self, id: u64, info: &Completion) {
+        let (filter, ctx) = self.parts(id);
         block_on("on-complete", filter.on_complete(ctx, info));
         // The request is over: free its state now rather than at the next request.
         self.request = None;

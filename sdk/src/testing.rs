@@ -304,13 +304,17 @@ impl<F: Filter> TestHost<F> {
         }
     }
 
-    fn run<R>(&mut self, phase: Phase, call: impl FnOnce(&mut Instance<F>) -> R) -> R {
+    fn run<R>(&mut self, phase: Phase, call: impl FnOnce(&mut Instance<F>, u64) -> R) -> R {
         let Some(instance) = self.instance.as_mut() else {
             panic!("TestHost: the filter is not configured; call `configure` first");
         };
         let _installed = fake::install(self.host.clone());
-        self.host.borrow_mut().phase = Some(phase);
-        let out = call(instance);
+        let id = {
+            let mut host = self.host.borrow_mut();
+            host.phase = Some(phase);
+            host.request_id
+        };
+        let out = call(instance, id);
         self.host.borrow_mut().phase = None;
         out
     }
@@ -444,7 +448,7 @@ impl<F: Filter> TestHost<F> {
     /// # Ok::<(), ConfigError>(())
     /// ```
     pub fn on_request_headers(&mut self) -> Action {
-        self.run(Phase::RequestHeaders, |i| i.on_request_headers())
+        self.run(Phase::RequestHeaders, |i, id| i.on_request_headers(id))
     }
 
     /// Runs the request-body phase with a chunk (call it once with the whole body and
@@ -464,8 +468,8 @@ impl<F: Filter> TestHost<F> {
         end_of_stream: bool,
     ) -> BodyAction {
         let chunk = chunk.into();
-        self.run(Phase::RequestBody, |i| {
-            i.on_request_body(chunk, end_of_stream)
+        self.run(Phase::RequestBody, |i, id| {
+            i.on_request_body(id, chunk, end_of_stream)
         })
     }
 
@@ -480,7 +484,7 @@ impl<F: Filter> TestHost<F> {
     /// # Ok::<(), ConfigError>(())
     /// ```
     pub fn on_request_trailers(&mut self) -> Action {
-        self.run(Phase::RequestTrailers, |i| i.on_request_trailers())
+        self.run(Phase::RequestTrailers, |i, id| i.on_request_trailers(id))
     }
 
     /// Runs the response-headers phase (with a bare `200 OK` if no
@@ -501,7 +505,7 @@ impl<F: Filter> TestHost<F> {
                 h.status = Some(StatusCode::OK.as_u16());
             }
         }
-        self.run(Phase::ResponseHeaders, |i| i.on_response_headers())
+        self.run(Phase::ResponseHeaders, |i, id| i.on_response_headers(id))
     }
 
     /// Runs the response-body phase with a chunk.
@@ -520,8 +524,8 @@ impl<F: Filter> TestHost<F> {
         end_of_stream: bool,
     ) -> BodyAction {
         let chunk = chunk.into();
-        self.run(Phase::ResponseBody, |i| {
-            i.on_response_body(chunk, end_of_stream)
+        self.run(Phase::ResponseBody, |i, id| {
+            i.on_response_body(id, chunk, end_of_stream)
         })
     }
 
@@ -536,7 +540,7 @@ impl<F: Filter> TestHost<F> {
     /// # Ok::<(), ConfigError>(())
     /// ```
     pub fn on_response_trailers(&mut self) -> Action {
-        self.run(Phase::ResponseTrailers, |i| i.on_response_trailers())
+        self.run(Phase::ResponseTrailers, |i, id| i.on_response_trailers(id))
     }
 
     /// Runs the completion hook; the filter's per-request context is dropped after it.
@@ -551,7 +555,7 @@ impl<F: Filter> TestHost<F> {
     /// # Ok::<(), ConfigError>(())
     /// ```
     pub fn on_complete(&mut self, info: Completion) {
-        self.run(Phase::Complete, |i| i.on_complete(&info))
+        self.run(Phase::Complete, |i, id| i.on_complete(id, &info))
     }
 
     // ---- what the filter did ----

@@ -157,20 +157,21 @@ async fn call_guest(
     input: Input,
 ) -> wasmtime::Result<Output> {
     let h = inst.bindings.weft_filter_handler();
+    let id = inst.store.data().call.request_id;
     let s = &mut inst.store;
     Ok(match (phase, input) {
-        (Phase::RequestHeaders, _) => Output::Action(h.call_on_request_headers(s).await?),
+        (Phase::RequestHeaders, _) => Output::Action(h.call_on_request_headers(s, id).await?),
         (Phase::RequestBody, Input::Body(chunk, eos)) => {
-            Output::Body(h.call_on_request_body(s, &chunk, eos).await?)
+            Output::Body(h.call_on_request_body(s, id, &chunk, eos).await?)
         }
-        (Phase::RequestTrailers, _) => Output::Action(h.call_on_request_trailers(s).await?),
-        (Phase::ResponseHeaders, _) => Output::Action(h.call_on_response_headers(s).await?),
+        (Phase::RequestTrailers, _) => Output::Action(h.call_on_request_trailers(s, id).await?),
+        (Phase::ResponseHeaders, _) => Output::Action(h.call_on_response_headers(s, id).await?),
         (Phase::ResponseBody, Input::Body(chunk, eos)) => {
-            Output::Body(h.call_on_response_body(s, &chunk, eos).await?)
+            Output::Body(h.call_on_response_body(s, id, &chunk, eos).await?)
         }
-        (Phase::ResponseTrailers, _) => Output::Action(h.call_on_response_trailers(s).await?),
+        (Phase::ResponseTrailers, _) => Output::Action(h.call_on_response_trailers(s, id).await?),
         (Phase::Complete, Input::Complete(info)) => {
-            h.call_on_complete(s, &info).await?;
+            h.call_on_complete(s, id, &info).await?;
             Output::Done
         }
         _ => Output::Done,

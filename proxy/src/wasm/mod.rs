@@ -146,10 +146,10 @@ impl Host {
     /// Checks that a component implements the world and prepares fast instantiation.
     pub fn prepare(&self, component: &Component) -> anyhow::Result<FilterPre<HostState>> {
         let pre = self.linker.instantiate_pre(component).map_err(|e| {
-            anyhow!("it does not fit the weft:filter@0.1.0 world this proxy serves: {e:#}")
+            anyhow!("it does not fit the weft:filter@0.2.0 world this proxy serves: {e:#}")
         })?;
         FilterPre::new(pre)
-            .map_err(|e| anyhow!("it does not export weft:filter/handler@0.1.0: {e:#}"))
+            .map_err(|e| anyhow!("it does not export weft:filter/handler@0.2.0: {e:#}"))
     }
 }
 

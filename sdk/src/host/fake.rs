@@ -363,9 +363,6 @@ pub(crate) fn set_body_mode(msg: Message, mode: BodyMode) -> Result<(), HeaderEr
 pub(crate) fn filter_name() -> String {
     with(|h| h.filter_name.clone())
 }
-pub(crate) fn request_id() -> u64 {
-    with(|h| h.request_id)
-}
 pub(crate) fn log(level: Level, message: &str) {
     with(|h| {
         h.logs.push(LogRecord {

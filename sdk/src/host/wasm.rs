@@ -99,9 +99,6 @@ pub(crate) fn set_body_mode(msg: Message, mode: BodyMode) -> Result<(), HeaderEr
 pub(crate) fn filter_name() -> String {
     context::filter_name()
 }
-pub(crate) fn request_id() -> u64 {
-    context::request_id()
-}
 pub(crate) fn log(lvl: Level, message: &str) {
     context::log(level(lvl), message)
 }
