@@ -65,6 +65,8 @@ pub enum ProxyError {
     BodyTooLarge(usize),
     #[error("invalid request: {0}")]
     BadRequest(String),
+    #[error("request header list of {size} bytes is over the limit of {limit}")]
+    HeadersTooLarge { size: usize, limit: usize },
     #[error("filter {filter:?} failed: {reason}")]
     Filter {
         filter: String,
@@ -93,6 +95,7 @@ impl ProxyError {
             DownstreamBody(_) | BadRequest(_) => StatusCode::BAD_REQUEST,
             ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Filter { status, .. } => *status,
         }
     }
@@ -101,9 +104,11 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             NoRoute | NoCluster | UnknownCluster(_) | Filter { .. } => Blame::Internal,
-            DownstreamBody(_) | BodyTooLarge(_) | BadRequest(_) | ClientTimeout => {
-                Blame::Downstream
-            }
+            DownstreamBody(_)
+            | BodyTooLarge(_)
+            | BadRequest(_)
+            | HeadersTooLarge { .. }
+            | ClientTimeout => Blame::Downstream,
             _ => Blame::Upstream,
         }
     }
@@ -127,6 +132,7 @@ impl ProxyError {
             BodyTooLarge(_) => "request body too large",
             ClientTimeout => "request body idle timeout",
             BadRequest(_) => "bad request",
+            HeadersTooLarge { .. } => "request headers too large",
             Filter { .. } => "filter failure",
             ResponseTooLarge(_) => "response too large",
         }

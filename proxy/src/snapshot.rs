@@ -203,9 +203,12 @@ fn build_listener(
     http.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(lim.max_concurrent_streams)
-        // A header list over this is answered 431 inside h2, which tells neither
-        // hyper nor us: unlike HTTP/1.1's, these refusals are not in `limit_hits`.
-        .max_header_list_size(u32::try_from(lim.max_header_bytes.0).unwrap_or(u32::MAX));
+        // h2 refuses a header list over this while decoding it, telling neither hyper
+        // nor us; so it gets twice the limit, and `proxy::forward` answers 431 (and
+        // counts it in `limit_hits`) for lists between the limit and the ceiling.
+        .max_header_list_size(
+            u32::try_from(lim.max_header_bytes.0.saturating_mul(2)).unwrap_or(u32::MAX),
+        );
     // No extended CONNECT (RFC 8441, WebSocket over HTTP/2): the proxy would take it
     // for a plain CONNECT and splice WebSocket frames onto a bare TCP connection to
     // an upstream waiting for an HTTP/1.1 handshake. Not offering it, clients open

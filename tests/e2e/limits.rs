@@ -113,7 +113,7 @@ async fn oversized_request_head_is_431() {
     closed_within(&mut s, Duration::from_secs(2)).await;
     assert_eq!(proxy.metric(&limit_hits("header_size")).await, 1.0);
 
-    // HTTP/2 has the same limit on its header list.
+    // HTTP/2 has the same limit on its header list, and its refusals count too.
     let req = Request::get(proxy.url("/"))
         .header("x-big", "a".repeat(20 * 1024))
         .body(empty())
@@ -122,7 +122,17 @@ async fn oversized_request_head_is_431() {
         Ok(resp) => assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
         Err(e) => panic!("HTTP/2 request with an oversized header failed: {e:?}"),
     }
-    assert_eq!(backend.hits(), 1);
+    assert_eq!(proxy.metric(&limit_hits("header_size")).await, 2.0);
+    let req = Request::get(proxy.url("/"))
+        .header("x-big", "a".repeat(12 * 1024))
+        .body(empty())
+        .unwrap();
+    let resp = h2()
+        .request(req)
+        .await
+        .expect("HTTP/2 request under the limit");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(backend.hits(), 2);
 }
 
 #[tokio::test]

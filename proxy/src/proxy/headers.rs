@@ -147,6 +147,24 @@ pub fn add_via(headers: &mut HeaderMap, cfg: &ForwardingConfig, version: Version
     }
 }
 
+/// The size of an HTTP/2 request's header list as RFC 9113 §6.5.2 counts it (and h2
+/// enforces it): each field's name and value plus 32 octets, pseudo-headers included.
+pub fn h2_header_list_size<B>(req: &http::Request<B>) -> usize {
+    const FIELD: usize = 32;
+    let uri = req.uri();
+    let pseudo = [
+        ":method".len() + req.method().as_str().len(),
+        ":scheme".len() + uri.scheme_str().map_or(0, str::len),
+        ":authority".len() + uri.authority().map_or(0, |a| a.as_str().len()),
+        ":path".len() + uri.path_and_query().map_or(0, |p| p.as_str().len()),
+    ];
+    let fields = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + FIELD);
+    pseudo.iter().map(|p| p + FIELD).chain(fields).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +178,16 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn h2_header_list_size_counts_pseudo_headers_and_32_octets_per_field() {
+        let req = http::Request::get("https://a.example/x")
+            .header("x-k", "v")
+            .body(())
+            .unwrap();
+        // :method GET, :scheme https, :authority a.example, :path /x, x-k v
+        assert_eq!(h2_header_list_size(&req), 42 + 44 + 51 + 39 + 36);
     }
 
     #[test]

@@ -67,6 +67,20 @@ async fn forward(
     lr: &ListenerRuntime,
     ex: &mut Exchange,
 ) -> Result<(Response<Body>, BodyTimeouts), ProxyError> {
+    if req.version() == Version::HTTP_2 {
+        // HTTP/1.1 heads are bounded by hyper's buffer; HTTP/2 header lists are checked
+        // here, under a looser ceiling in h2 itself (see `snapshot.rs`), so that the
+        // refusal is counted like HTTP/1.1's.
+        let limit = lr.config.limits.max_header_bytes.as_usize();
+        let size = headers::h2_header_list_size(&req);
+        if size > limit {
+            ex.conn
+                .runtime
+                .metrics
+                .limit_hit(&ex.conn.listener, Limit::header_size);
+            return Err(ProxyError::HeadersTooLarge { size, limit });
+        }
+    }
     if req.method() == Method::CONNECT {
         return tunnel::connect(req, lr, ex).await;
     }
