@@ -460,6 +460,40 @@ async fn instances_are_kept_for_reuse_through_bursts_of_requests() {
 }
 
 #[tokio::test]
+async fn idle_instances_are_given_back_once_traffic_stops() {
+    // A burst leaves its instances idle in the pool. With no request coming to trim
+    // them on use, the sweep must: within two trim periods (10 s each) of the last
+    // use, every idle instance is destroyed.
+    let b1 = Backend::start("b1").await;
+    let proxy = Proxy::start(&config(&b1, &[("p", "{}")], "")).await;
+    let url = proxy.url("/sleep/100");
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&h1(), &url).await.0 })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let idle = r#"weft_filter_instances_idle{filter="p"} "#;
+    let kept = proxy.metric(idle).await;
+    assert!(kept >= 2.0, "{kept} idle instances after a burst of 20");
+    let deadline = std::time::Instant::now() + Duration::from_secs(35);
+    loop {
+        let now_idle = proxy.metric(idle).await;
+        if now_idle == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{now_idle} of {kept} idle instances still kept 35 s after the last request"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_trap_fails_only_its_request_by_policy() {
     let b1 = Backend::start("b1").await;
     let closed = Proxy::start(&config(

@@ -138,6 +138,7 @@ pub struct Metrics {
     pub filter_duration: HistogramFamily<FilterPhaseLabels>,
     pub filter_failures: Family<FilterFailureLabels, Counter>,
     pub filter_instances_created: Family<FilterLabels, Counter>,
+    pub filter_instances_idle: Family<FilterLabels, Gauge>,
     guest: Mutex<HashMap<String, GuestFamily>>,
 }
 
@@ -282,6 +283,12 @@ impl Metrics {
             "Filter instances made (the first, replacements for worn-out or trapped ones, and extras under concurrency)",
             filter_instances_created.clone(),
         );
+        let filter_instances_idle = Family::default();
+        r.register(
+            "filter_instances_idle",
+            "Filter instances kept for reuse (given back after 10 s without use)",
+            filter_instances_idle.clone(),
+        );
         Metrics {
             registry: Mutex::new(r),
             requests,
@@ -298,6 +305,7 @@ impl Metrics {
             filter_duration,
             filter_failures,
             filter_instances_created,
+            filter_instances_idle,
             guest: Mutex::new(HashMap::new()),
         }
     }

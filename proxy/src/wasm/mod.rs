@@ -202,6 +202,9 @@ pub struct FilterShared {
     skip: AtomicU8,
     durations: [Histogram; 7],
     instances_created: prometheus_client::metrics::counter::Counter,
+    /// Idle instances of this filter, over all the chains that hold it (a reload's
+    /// old and new chains add up).
+    instances_idle: prometheus_client::metrics::gauge::Gauge,
     pub metrics: Arc<Metrics>,
     pub shared: Arc<SharedStore>,
     /// Metrics the filter declared, by id.
@@ -243,6 +246,17 @@ pub struct LoadedFilter {
     pub module: PathBuf,
 }
 
+impl Drop for LoadedFilter {
+    fn drop(&mut self) {
+        let idle = self
+            .idle
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .count();
+        self.shared.instances_idle.dec_by(idle as i64);
+    }
+}
+
 pub struct FilterInstance {
     pub store: Store<HostState>,
     pub bindings: Filter,
@@ -281,12 +295,14 @@ impl LoadedFilter {
                 })
                 .clone()
         });
+        let label = FilterLabels {
+            filter: cfg.name.clone(),
+        };
         let instances_created = metrics
             .filter_instances_created
-            .get_or_create(&FilterLabels {
-                filter: cfg.name.clone(),
-            })
+            .get_or_create(&label)
             .clone();
+        let instances_idle = metrics.filter_instances_idle.get_or_create(&label).clone();
         let filter = LoadedFilter {
             shared: Arc::new(FilterShared {
                 name: cfg.name.as_str().into(),
@@ -296,6 +312,7 @@ impl LoadedFilter {
                 skip: AtomicU8::new(0),
                 durations,
                 instances_created,
+                instances_idle,
                 metrics,
                 shared,
                 guest_metrics: Mutex::new(Vec::new()),
@@ -314,11 +331,7 @@ impl LoadedFilter {
     /// An instance ready for a request: an idle one, or a new one.
     pub async fn instance(&self, request_id: u64) -> anyhow::Result<FilterInstance> {
         let now = std::time::Instant::now();
-        let reused = self
-            .idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(now);
+        let reused = self.with_idle(|pool| pool.take(now));
         let mut inst = match reused {
             Some(i) => i,
             None => self.instantiate().await?,
@@ -338,11 +351,7 @@ impl LoadedFilter {
         }
         inst.store.data_mut().call.reset(0, 0);
         let now = std::time::Instant::now();
-        let unneeded = self
-            .idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .give(inst, now);
+        let unneeded = self.with_idle(|pool| pool.give(inst, now));
         // Destroyed outside the lock: returning their memory to the pool takes a while.
         drop(unneeded);
     }
@@ -350,12 +359,19 @@ impl LoadedFilter {
     /// Destroys the idle instances that went unused for a whole trim period.
     pub fn trim_idle(&self) {
         let now = std::time::Instant::now();
-        let unneeded = self
-            .idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .trim(now);
+        let unneeded = self.with_idle(|pool| pool.trim(now));
         drop(unneeded);
+    }
+
+    /// Runs `f` on the idle pool and keeps `weft_filter_instances_idle` in step.
+    fn with_idle<R>(&self, f: impl FnOnce(&mut IdlePool<FilterInstance>) -> R) -> R {
+        let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let before = pool.count() as i64;
+        let out = f(&mut pool);
+        self.shared
+            .instances_idle
+            .inc_by(pool.count() as i64 - before);
+        out
     }
 
     async fn instantiate(&self) -> anyhow::Result<FilterInstance> {

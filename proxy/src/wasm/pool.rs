@@ -48,8 +48,7 @@ impl<T> IdlePool<T> {
         self.trim(now)
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.stack.len()
     }
 
@@ -83,7 +82,7 @@ mod tests {
         // The next period needs at most 20 at once.
         let t1 = t0 + TRIM_PERIOD + Duration::from_millis(1);
         let mut held: Vec<_> = (0..20).filter_map(|_| pool.take(t1)).collect();
-        assert_eq!(pool.len(), 30);
+        assert_eq!(pool.count(), 30);
         for i in held.drain(..) {
             assert!(pool.give(i, t1).is_empty());
         }
@@ -91,7 +90,7 @@ mod tests {
         let t2 = t1 + TRIM_PERIOD;
         let removed = pool.give(99, t2);
         assert_eq!(removed.len(), 30);
-        assert_eq!(pool.len(), 21);
+        assert_eq!(pool.count(), 21);
     }
 
     #[test]
@@ -110,7 +109,7 @@ mod tests {
                 .sum();
             assert_eq!(removed, 0, "round {round}");
         }
-        assert_eq!(pool.len(), 2);
+        assert_eq!(pool.count(), 2);
     }
 
     #[test]
@@ -123,7 +122,7 @@ mod tests {
         // The first sweep starts a period; the next one finds all 8 unused through it.
         assert!(pool.trim(t0 + TRIM_PERIOD).is_empty());
         assert_eq!(pool.trim(t0 + TRIM_PERIOD * 2).len(), 8);
-        assert_eq!(pool.len(), 0);
+        assert_eq!(pool.count(), 0);
     }
 
     #[test]
