@@ -437,13 +437,7 @@ async fn instances_are_kept_for_reuse_through_bursts_of_requests() {
     let proxy = Proxy::start(&config(&b1, &[("p", r#"{"remember_path": true}"#)], "")).await;
     let url = proxy.url("/sleep/100");
     for burst in 0..3 {
-        let tasks: Vec<_> = (0..40)
-            .map(|_| {
-                let url = url.clone();
-                tokio::spawn(async move { get(&h1(), &url).await.0 })
-            })
-            .collect();
-        for t in tasks {
+        for t in spawn_gets(&url, 40) {
             assert_eq!(t.await.unwrap(), 200, "burst {burst}");
         }
     }
@@ -466,14 +460,7 @@ async fn idle_instances_are_given_back_once_traffic_stops() {
     // use, every idle instance is destroyed.
     let b1 = Backend::start("b1").await;
     let proxy = Proxy::start(&config(&b1, &[("p", "{}")], "")).await;
-    let url = proxy.url("/sleep/100");
-    let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { get(&h1(), &url).await.0 })
-        })
-        .collect();
-    for t in tasks {
+    for t in spawn_gets(&proxy.url("/sleep/100"), 20) {
         assert_eq!(t.await.unwrap(), 200);
     }
     let idle = r#"weft_filter_instances_idle{filter="p"} "#;

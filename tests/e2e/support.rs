@@ -412,6 +412,17 @@ pub async fn get(client: &TestClient, url: &str) -> (StatusCode, HeaderMap, Byte
     send(client, Request::get(url).body(empty()).unwrap()).await
 }
 
+/// Starts `n` GETs of `url` at once, each on its own connection; their statuses come
+/// from the handles.
+pub fn spawn_gets(url: &str, n: usize) -> Vec<tokio::task::JoinHandle<StatusCode>> {
+    (0..n)
+        .map(|_| {
+            let url = url.to_string();
+            tokio::spawn(async move { get(&h1(), &url).await.0 })
+        })
+        .collect()
+}
+
 /// Certificates for TLS tests: a CA and leaves signed by it.
 pub struct Pki {
     pub ca: rcgen::Certificate,

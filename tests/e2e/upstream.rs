@@ -87,12 +87,7 @@ async fn max_connections_per_endpoint_turns_requests_away_at_the_limit() {
         "[clusters.pool]\nmax_connections_per_endpoint = 2",
     ))
     .await;
-    let slow: Vec<_> = (0..2)
-        .map(|_| {
-            let url = proxy.url("/sleep/2000");
-            tokio::spawn(async move { get(&h1(), &url).await.0 })
-        })
-        .collect();
+    let slow = spawn_gets(&proxy.url("/sleep/2000"), 2);
     assert!(eventually(Duration::from_secs(5), async || backend.hits() == 2).await);
 
     // Both connections are busy: further requests are not queued but answered 503.
