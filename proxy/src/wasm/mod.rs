@@ -331,7 +331,9 @@ impl LoadedFilter {
     /// An instance ready for a request: an idle one, or a new one.
     pub async fn instance(&self, request_id: u64) -> anyhow::Result<FilterInstance> {
         let now = std::time::Instant::now();
-        let reused = self.with_idle(|pool| pool.take(now));
+        let (reused, unneeded) = self.with_idle(|pool| pool.take(now));
+        // Destroyed outside the lock, as in `release`.
+        drop(unneeded);
         let mut inst = match reused {
             Some(i) => i,
             None => self.instantiate().await?,

@@ -33,12 +33,12 @@ impl<T> IdlePool<T> {
         }
     }
 
-    /// The most recently returned instance, if any.
-    pub fn take(&mut self, now: Instant) -> Option<T> {
+    /// The most recently returned instance, if any, and what a trim removed (to be
+    /// dropped by the caller, outside any lock).
+    pub fn take(&mut self, now: Instant) -> (Option<T>, Vec<T>) {
         let got = self.stack.pop();
         self.low = self.low.min(self.stack.len());
-        self.trim(now);
-        got
+        (got, self.trim(now))
     }
 
     /// Returns an instance; what a trim removes is returned to be dropped by the
@@ -81,7 +81,7 @@ mod tests {
         }
         // The next period needs at most 20 at once.
         let t1 = t0 + TRIM_PERIOD + Duration::from_millis(1);
-        let mut held: Vec<_> = (0..20).filter_map(|_| pool.take(t1)).collect();
+        let mut held: Vec<_> = (0..20).filter_map(|_| pool.take(t1).0).collect();
         assert_eq!(pool.count(), 30);
         for i in held.drain(..) {
             assert!(pool.give(i, t1).is_empty());
@@ -101,8 +101,8 @@ mod tests {
         for round in 0..10 {
             now += TRIM_PERIOD / 2;
             // Every instance is taken at some point of each period.
-            let a = pool.take(now);
-            let b = pool.take(now);
+            let a = pool.take(now).0;
+            let b = pool.take(now).0;
             let removed: usize = [a.unwrap_or(round * 2), b.unwrap_or(round * 2 + 1)]
                 .into_iter()
                 .map(|i| pool.give(i, now).len())
@@ -126,11 +126,26 @@ mod tests {
     }
 
     #[test]
+    fn a_take_hands_back_what_its_trim_removed() {
+        let t0 = Instant::now();
+        let mut pool = IdlePool::new(t0);
+        for i in 0..3 {
+            pool.give(i, t0);
+        }
+        // The first trim starts a period: nothing has sat idle through a whole one yet.
+        assert!(pool.trim(t0 + TRIM_PERIOD).is_empty());
+        // A period later the take gets the newest, and hands back the two left idle.
+        let (got, removed) = pool.take(t0 + TRIM_PERIOD * 2);
+        assert_eq!((got, removed), (Some(2), vec![0, 1]));
+        assert_eq!(pool.count(), 0);
+    }
+
+    #[test]
     fn most_recently_returned_is_reused_first() {
         let t0 = Instant::now();
         let mut pool = IdlePool::new(t0);
         pool.give("cold", t0);
         pool.give("hot", t0);
-        assert_eq!(pool.take(t0), Some("hot"));
+        assert_eq!(pool.take(t0).0, Some("hot"));
     }
 }
