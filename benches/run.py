@@ -101,6 +101,6 @@ bench.start_scenario = start_scenario
 if __name__ == "__main__":
     for path in (WEFT, FILTER):
         if not os.path.exists(path):
-            sys.exit(f"{path} is missing: cargo build --profile {PROFILE} -p weft && "
-                     "cargo build --release --target wasm32-wasip2 -p bench-filter")
+            sys.exit(f"{path} is missing: CARGO_TARGET_DIR={TARGET} cargo build --profile {PROFILE} -p weft "
+                     "&& .ci/build-filters")
     bench.main()
