@@ -374,6 +374,49 @@ async fn outbound_calls_reach_another_cluster() {
     );
 }
 
+#[tokio::test]
+async fn a_request_that_goes_away_mid_call_does_not_spoil_the_instance() {
+    // The first request's filter is suspended in an outbound call that takes 30 s
+    // when its client goes away. wasmtime will not enter that instance again: the
+    // completion phase got "cannot enter component instance" (counted as a trap),
+    // and a filter without that phase put the instance back in the pool, where it
+    // failed the next request with 500.
+    let b1 = Backend::start("b1").await;
+    let b2 = Backend::start("b2").await;
+    let other = format!(
+        "[[clusters]]\nname = \"other\"\nendpoints = [\"{}\"]\n",
+        b2.addr
+    );
+    let proxy = Proxy::start(&config(&b1, &[("p", r#"{"call": "other"}"#)], &other)).await;
+    let mut conn = tokio::net::TcpStream::connect(proxy.addr("main"))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut conn, b"GET /sleep/30000 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let open = r#"weft_downstream_connections_open{listener="main"} "#;
+    assert!(
+        eventually(Duration::from_secs(5), async || b2.hits() == 2).await,
+        "the filter's calls never reached the other cluster"
+    );
+    drop(conn);
+    assert!(
+        eventually(Duration::from_secs(5), async || proxy.metric(open).await
+            == 0.0)
+        .await,
+        "the proxy kept the abandoned connection"
+    );
+    for i in 0..3 {
+        let (status, _, v) = info(&proxy, "/info").await;
+        assert_eq!(status, 200, "request {i} after the abandoned one: {v}");
+        assert_eq!(v["headers"]["x-probe-call"], "200 200");
+    }
+    // The client went away: not the filter's failure. Its completion phase cannot
+    // run on the abandoned instance and is skipped, not counted as a trap.
+    let failed = r#"weft_filter_failures_total{filter="p",reason="trap"} "#;
+    assert_eq!(proxy.metric(failed).await, 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_counters_are_atomic_across_concurrent_requests() {
     let b1 = Backend::start("b1").await;

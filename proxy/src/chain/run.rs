@@ -236,6 +236,13 @@ impl ChainRun {
         let Slot::Ready(inst) = &mut *slot else {
             return Ok(None);
         };
+        if inst.abandoned() {
+            // The downstream went away during this filter's last call (only the
+            // completion phase comes after that). The guest's state for the request
+            // went with the call; the instance cannot be entered again.
+            *slot = Slot::Failed;
+            return Ok(None);
+        }
         let call = &mut inst.store.data_mut().call;
         call.phase = Some(phase);
         call.skipped = false;
@@ -243,6 +250,7 @@ impl ChainRun {
         inst.begin_call();
         let started = Instant::now();
         let result = call_guest(inst, phase, input).await;
+        inst.end_call();
         filter.shared.observe(phase, started.elapsed());
         let state = inst.store.data_mut();
         heads.move_out(&mut state.call);

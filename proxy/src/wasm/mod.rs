@@ -261,6 +261,11 @@ pub struct FilterInstance {
     pub store: Store<HostState>,
     pub bindings: Filter,
     uses: u32,
+    /// A call is under way. Still set when the instance comes back means the call
+    /// was abandoned half way (its request went away while the guest was suspended
+    /// on an outbound call or a CPU-time yield): wasmtime will not enter that
+    /// instance again, so `release` drops it.
+    in_call: bool,
 }
 
 impl LoadedFilter {
@@ -348,7 +353,7 @@ impl LoadedFilter {
 
     /// Takes an instance back after its request; worn-out ones are dropped.
     pub fn release(&self, mut inst: FilterInstance) {
-        if inst.uses >= self.shared.limits.instance_reuse {
+        if inst.abandoned() || inst.uses >= self.shared.limits.instance_reuse {
             return;
         }
         inst.store.data_mut().call.reset(0, 0);
@@ -433,6 +438,7 @@ impl LoadedFilter {
             store,
             bindings,
             uses: 0,
+            in_call: false,
         };
         inst.begin_call();
         let configured = inst
@@ -440,6 +446,7 @@ impl LoadedFilter {
             .weft_filter_handler()
             .call_configure(&mut inst.store, &self.shared.config_json)
             .await;
+        inst.end_call();
         match configured {
             Ok(Ok(())) => Ok(inst),
             Ok(Err(msg)) => Err(anyhow!("the filter refused its config: {msg}")),
@@ -458,10 +465,22 @@ fn budget_ticks(cpu: Duration) -> u64 {
 impl FilterInstance {
     /// Resets the CPU budget before a call into the guest.
     pub fn begin_call(&mut self) {
+        self.in_call = true;
         let s = self.store.data_mut();
         s.ticks = 0;
         s.out_of_time = false;
         self.store.set_epoch_deadline(1);
+    }
+
+    /// The call returned (with a result or a trap), so it was not abandoned.
+    pub fn end_call(&mut self) {
+        self.in_call = false;
+    }
+
+    /// A call began and never returned: its future was dropped with the guest
+    /// suspended, which wasmtime unwinds as a trap.
+    pub fn abandoned(&self) -> bool {
+        self.in_call
     }
 }
 

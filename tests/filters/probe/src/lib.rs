@@ -34,7 +34,7 @@ pub struct Config {
     grow: bool,
     /// Writes a request header of this many bytes; the outcome goes to `x-probe-write`.
     write_header_bytes: Option<usize>,
-    /// Calls `GET /info` on this cluster (twice, concurrently) before going on.
+    /// Calls this cluster with the request's own path (twice, concurrently) before going on.
     call: Option<String>,
     /// Counts requests in the shared counter "hits" and reports it in `x-probe-hits`.
     count: bool,
@@ -129,13 +129,18 @@ impl Filter for Probe {
                 .set_header("x-probe-hits", hits.to_string().as_str());
         }
         if let Some(cluster) = &self.cfg.call {
+            let path = ctx.request().path();
             let a = weft_sdk::outbound::send(
                 cluster,
-                Request::get("/info").body(Vec::new()).unwrap_or_default(),
+                Request::get(path.as_str())
+                    .body(Vec::new())
+                    .unwrap_or_default(),
             );
             let b = weft_sdk::outbound::send(
                 cluster,
-                Request::get("/info").body(Vec::new()).unwrap_or_default(),
+                Request::get(path.as_str())
+                    .body(Vec::new())
+                    .unwrap_or_default(),
             );
             let (a, b) = (a.await, b.await);
             let show = |r: Result<
