@@ -98,7 +98,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn one_request(filter: &LoadedFilter, id: u64) -> anyhow::Result<()> {
-    let inst = filter.instance(id).await?;
+    let inst = filter.instance(id, filter.new_part()).await?;
     let inst = request_phase(inst).await?;
     let inst = response_phase(inst).await?;
     filter.release(inst);
@@ -111,7 +111,7 @@ async fn concurrent_requests(filter: &LoadedFilter, id: &mut u64, n: usize) -> a
     let mut held = Vec::with_capacity(n);
     for _ in 0..n {
         *id += 1;
-        held.push(request_phase(filter.instance(*id).await?).await?);
+        held.push(request_phase(filter.instance(*id, filter.new_part()).await?).await?);
     }
     if std::env::var_os("THRASH").is_some() {
         let t = Instant::now();
@@ -137,6 +137,7 @@ async fn request_phase(mut inst: FilterInstance) -> anyhow::Result<FilterInstanc
     }
     let call = &mut inst.store.data_mut().call;
     call.request = Some(req.body(())?);
+    call.values = Some(Default::default());
     call.phase = Some(Phase::RequestHeaders);
     inst.begin_call();
     inst.bindings
@@ -144,6 +145,7 @@ async fn request_phase(mut inst: FilterInstance) -> anyhow::Result<FilterInstanc
         .call_on_request_headers(&mut inst.store, id)
         .await
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    inst.end_call();
     Ok(inst)
 }
 
@@ -165,6 +167,7 @@ async fn response_phase(mut inst: FilterInstance) -> anyhow::Result<FilterInstan
         .call_on_response_headers(&mut inst.store, id)
         .await
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    inst.end_call();
     let added = inst
         .store
         .data()
@@ -172,7 +175,8 @@ async fn response_phase(mut inst: FilterInstance) -> anyhow::Result<FilterInstan
         .response
         .as_ref()
         .and_then(|r| r.headers().get("x-wasm-filter").cloned());
-    anyhow::ensure!(added.is_some(), "the filter did not run");
+    // "seen" only when the request phase's value reached the response phase.
+    anyhow::ensure!(added.is_some_and(|v| v == "seen"), "the filter did not run");
     Ok(inst)
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::{Extensions, StatusCode};
 
 use crate::host::{self, Message, RawConnection};
+use crate::shared::StoreError;
 use crate::view::{RequestView, ResponseView, TrailersView};
 
 /// Everything about the request being filtered.
@@ -16,6 +17,12 @@ use crate::view::{RequestView, ResponseView, TrailersView};
 /// request starts (or after [`Filter::on_complete`](crate::Filter::on_complete)), so
 /// anything a filter stores in [`extensions_mut`](Self::extensions_mut) lives exactly
 /// as long as its request.
+///
+/// Keep per-request state in the extensions, not in the filter's own struct: an
+/// instance of a filter that stores no extensions is shared with other requests
+/// between the phases of one request (the proxy needs far fewer instances that
+/// way). Storing an extension tells the proxy to keep the instance for the request;
+/// [request values](Self::set_value), kept by the proxy, do not.
 ///
 /// ```
 /// use weft_sdk::Context;
@@ -34,6 +41,8 @@ pub struct Context {
     request_id: u64,
     connection: OnceCell<Connection>,
     extensions: Extensions,
+    /// The proxy was asked to keep this instance for the request.
+    pub(crate) kept: bool,
 }
 
 impl fmt::Debug for Context {
@@ -52,6 +61,7 @@ impl Context {
             request_id,
             connection: OnceCell::new(),
             extensions: Extensions::new(),
+            kept: false,
         }
     }
 
@@ -149,6 +159,37 @@ impl Context {
     /// ```
     pub fn extensions_mut(&mut self) -> &mut Extensions {
         &mut self.extensions
+    }
+
+    /// A request value: a fact stored for this request with
+    /// [`set_value`](Self::set_value), by this filter in an earlier phase or by a
+    /// filter before it in the chain. One host call.
+    ///
+    /// ```
+    /// fn tenant(ctx: &weft_sdk::Context) -> Option<String> {
+    ///     String::from_utf8(ctx.value("auth.tenant")?).ok()
+    /// }
+    /// ```
+    pub fn value(&self, key: &str) -> Option<Vec<u8>> {
+        host::request_value(key)
+    }
+
+    /// Stores a request value. The proxy keeps it until the request ends, for every
+    /// filter of the chain to read in any phase (prefix keys with your filter's
+    /// name). Unlike [`extensions`](Self::extensions_mut) it does not tie this
+    /// filter's instance to the request, so it is the cheaper way to carry a small
+    /// fact from one phase to the next. Fails with [`StoreError::TooLarge`] past
+    /// 16 KiB of keys and values in all for the request.
+    ///
+    /// ```
+    /// fn remember_tenant(ctx: &weft_sdk::Context) -> Result<(), weft_sdk::shared::StoreError> {
+    ///     let tenant = ctx.request().header("x-tenant");
+    ///     let tenant = tenant.as_ref().map_or(&b"none"[..], |v| v.as_bytes());
+    ///     ctx.set_value("auth.tenant", tenant)
+    /// }
+    /// ```
+    pub fn set_value(&self, key: &str, value: impl AsRef<[u8]>) -> Result<(), StoreError> {
+        host::set_request_value(key, value.as_ref())
     }
 
     /// Tells the proxy this filter does not implement the running phase.

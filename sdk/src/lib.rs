@@ -70,7 +70,7 @@
 //!
 //! Build it as a component with `crate-type = ["cdylib", "rlib"]` in its `Cargo.toml` and
 //! `cargo build --release --target wasm32-wasip2`: the `.wasm` in
-//! `target/wasm32-wasip2/release/` exports `weft:filter/handler@0.2.0`.
+//! `target/wasm32-wasip2/release/` exports `weft:filter/handler@0.3.0`.
 //!
 //! # How a filter runs
 //!
@@ -78,8 +78,12 @@
 //!   deserialized into [`Filter::Config`]; a bad config is a [`ConfigError`] shown to
 //!   the operator, never a panic.
 //! * Each phase gets `&self` (the long-lived filter) and a [`Context`] that the SDK
-//!   creates fresh for every request, with an [`http::Extensions`] for the filter's own
-//!   per-request values.
+//!   creates fresh for every request. What a phase learns for a later one goes in a
+//!   request value ([`Context::set_value`], kept by the proxy, visible to the chain's
+//!   other filters) or in the context's [`http::Extensions`] (any Rust value; the
+//!   instance then stays with the request until it ends). The proxy shares an instance
+//!   that holds neither with other requests between a request's phases, so per-request
+//!   state never belongs in the filter's own struct.
 //! * A phase that is not implemented tells the proxy to stop calling it.
 //! * Phases are `async fn`s; awaiting an [`outbound::send`] suspends the filter in the
 //!   proxy without holding a thread. Only the SDK's own futures can be awaited.
@@ -141,7 +145,7 @@ pub mod __private {
     pub const fn assert_filter<F: crate::Filter>() {}
 }
 
-/// Exports a [`Filter`] as the component's `weft:filter/handler@0.2.0`.
+/// Exports a [`Filter`] as the component's `weft:filter/handler@0.3.0`.
 ///
 /// Use it once, at the top level of the filter's crate. In a Wasm build it defines the
 /// component's exports; in a native build it only checks that the type is a `Filter`

@@ -34,6 +34,19 @@ impl<F: Filter> Instance<F> {
         &self.filter
     }
 
+    /// Runs one phase of request `id` and, once the filter stores something in the
+    /// request's extensions, asks the proxy to keep this instance for the request
+    /// (otherwise the proxy may run its later phases on another instance).
+    fn phase<R>(&mut self, id: u64, run: impl FnOnce(&F, &mut Context) -> R) -> R {
+        let (filter, ctx) = self.parts(id);
+        let out = run(filter, ctx);
+        if !ctx.kept && !ctx.extensions().is_empty() {
+            host::keep_instance();
+            ctx.kept = true;
+        }
+        out
+    }
+
     /// The filter and the context of request `id`, fresh if a new request started.
     fn parts(&mut self, id: u64) -> (&F, &mut Context) {
         if self.request.as_ref().is_none_or(|c| c.request_id() != id) {
@@ -45,8 +58,9 @@ impl<F: Filter> Instance<F> {
     }
 
     pub(crate) fn on_request_headers(&mut self, id: u64) -> Action {
-        let (filter, ctx) = self.parts(id);
-        block_on("on-request-headers", filter.on_request_headers(ctx))
+        self.phase(id, |f, ctx| {
+            block_on("on-request-headers", f.on_request_headers(ctx))
+        })
     }
 
     pub(crate) fn on_request_body(
@@ -55,21 +69,24 @@ impl<F: Filter> Instance<F> {
         chunk: Vec<u8>,
         end_of_stream: bool,
     ) -> BodyAction {
-        let (filter, ctx) = self.parts(id);
-        block_on(
-            "on-request-body",
-            filter.on_request_body(ctx, chunk, end_of_stream),
-        )
+        self.phase(id, |f, ctx| {
+            block_on(
+                "on-request-body",
+                f.on_request_body(ctx, chunk, end_of_stream),
+            )
+        })
     }
 
     pub(crate) fn on_request_trailers(&mut self, id: u64) -> Action {
-        let (filter, ctx) = self.parts(id);
-        block_on("on-request-trailers", filter.on_request_trailers(ctx))
+        self.phase(id, |f, ctx| {
+            block_on("on-request-trailers", f.on_request_trailers(ctx))
+        })
     }
 
     pub(crate) fn on_response_headers(&mut self, id: u64) -> Action {
-        let (filter, ctx) = self.parts(id);
-        block_on("on-response-headers", filter.on_response_headers(ctx))
+        self.phase(id, |f, ctx| {
+            block_on("on-response-headers", f.on_response_headers(ctx))
+        })
     }
 
     pub(crate) fn on_response_body(
@@ -78,16 +95,18 @@ impl<F: Filter> Instance<F> {
         chunk: Vec<u8>,
         end_of_stream: bool,
     ) -> BodyAction {
-        let (filter, ctx) = self.parts(id);
-        block_on(
-            "on-response-body",
-            filter.on_response_body(ctx, chunk, end_of_stream),
-        )
+        self.phase(id, |f, ctx| {
+            block_on(
+                "on-response-body",
+                f.on_response_body(ctx, chunk, end_of_stream),
+            )
+        })
     }
 
     pub(crate) fn on_response_trailers(&mut self, id: u64) -> Action {
-        let (filter, ctx) = self.parts(id);
-        block_on("on-response-trailers", filter.on_response_trailers(ctx))
+        self.phase(id, |f, ctx| {
+            block_on("on-response-trailers", f.on_response_trailers(ctx))
+        })
     }
 
     pub(crate) fn on_complete(&mut self, id: u64, info: &Completion) {

@@ -715,6 +715,79 @@ impl<F: Filter> TestHost<F> {
         self.host.borrow().skipped.contains(&phase)
     }
 
+    /// Whether the filter asked the proxy to keep its instance for the current
+    /// request, which the SDK does once the filter stores request extensions.
+    /// Without it the proxy may run other requests on the instance between this
+    /// request's phases.
+    ///
+    /// ```
+    /// # use weft_sdk::{testing::TestHost, Action, ConfigError, Context, Filter};
+    /// struct Remember;
+    /// impl Filter for Remember {
+    ///     type Config = ();
+    ///     fn configure(_: ()) -> Result<Self, ConfigError> { Ok(Remember) }
+    ///     async fn on_request_headers(&self, ctx: &mut Context) -> Action {
+    ///         let path = ctx.request().path();
+    ///         if path != "/" {
+    ///             ctx.extensions_mut().insert(path);
+    ///         }
+    ///         Action::Continue
+    ///     }
+    /// }
+    /// let mut t = TestHost::<Remember>::new(())?;
+    /// t.on_request_headers();
+    /// assert!(!t.keeps_instance());
+    /// t.request(weft_sdk::http::Request::get("/a").body(())?);
+    /// t.on_request_headers();
+    /// assert!(t.keeps_instance());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn keeps_instance(&self) -> bool {
+        self.host.borrow().kept
+    }
+
+    /// A request value the filter stored with
+    /// [`Context::set_value`](crate::Context::set_value).
+    ///
+    /// ```
+    /// # use weft_sdk::{testing::TestHost, Action, ConfigError, Context, Filter};
+    /// struct Tag;
+    /// impl Filter for Tag {
+    ///     type Config = ();
+    ///     fn configure(_: ()) -> Result<Self, ConfigError> { Ok(Tag) }
+    ///     async fn on_request_headers(&self, ctx: &mut Context) -> Action {
+    ///         let _ = ctx.set_value("tag.seen", b"yes");
+    ///         Action::Continue
+    ///     }
+    /// }
+    /// let mut t = TestHost::<Tag>::new(())?;
+    /// t.on_request_headers();
+    /// assert_eq!(t.request_value("tag.seen").as_deref(), Some(&b"yes"[..]));
+    /// # Ok::<(), ConfigError>(())
+    /// ```
+    pub fn request_value(&self, key: &str) -> Option<Vec<u8>> {
+        self.host.borrow().values.get(key).cloned()
+    }
+
+    /// Sets a request value for the current request, as a filter earlier in the
+    /// chain would have.
+    ///
+    /// ```
+    /// # use weft_sdk::{testing::TestHost, ConfigError, Filter};
+    /// # struct Nop;
+    /// # impl Filter for Nop { type Config = (); fn configure(_: ()) -> Result<Self, ConfigError> { Ok(Nop) } }
+    /// # let mut t = TestHost::<Nop>::new(())?;
+    /// t.set_request_value("auth.tenant", b"acme");
+    /// # Ok::<(), ConfigError>(())
+    /// ```
+    pub fn set_request_value(&mut self, key: &str, value: impl AsRef<[u8]>) -> &mut Self {
+        self.host
+            .borrow_mut()
+            .values
+            .insert(key.to_owned(), value.as_ref().to_vec());
+        self
+    }
+
     /// Every log line the filter wrote (at or above the [log level](Self::set_log_level)).
     ///
     /// ```

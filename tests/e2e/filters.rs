@@ -496,13 +496,63 @@ async fn instances_are_kept_for_reuse_through_bursts_of_requests() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_values_carry_facts_across_phases_without_holding_instances() {
+    // "a" stores each request's path as a request value, "b" reports it in the
+    // response, "c" keeps the path in its own per-request state (extensions). 40
+    // slow requests overlap: every response must carry its own path from both.
+    // "a" and "b" hold nothing between calls, so their instances serve the other
+    // requests meanwhile; "c" keeps one instance per request in flight.
+    let b1 = Backend::start("b1").await;
+    let proxy = Proxy::start(&config(
+        &b1,
+        &[
+            ("a", r#"{"set_value": "probe.path"}"#),
+            ("b", r#"{"report_value": "probe.path"}"#),
+            ("c", r#"{"remember_path": true}"#),
+        ],
+        "",
+    ))
+    .await;
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let url = proxy.url(&format!("/sleep/{}", 300 + i));
+            tokio::spawn(async move {
+                let (status, headers, _) = get(&h1(), &url).await;
+                (i, status, headers)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (i, status, headers) = t.await.unwrap();
+        let path = format!("/sleep/{}", 300 + i);
+        assert_eq!(status, 200);
+        assert_eq!(headers["x-probe-value"], path.as_str(), "request value");
+        assert_eq!(headers["x-probe-path"], path.as_str(), "extension");
+    }
+    let created = async |f: &str| {
+        proxy
+            .metric(&format!(
+                "weft_filter_instances_created_total{{filter=\"{f}\"}} "
+            ))
+            .await
+    };
+    let (a, b, c) = (created("a").await, created("b").await, created("c").await);
+    assert!(a < 20.0 && b < 20.0, "a made {a} instances, b {b}");
+    assert!(
+        c >= 20.0,
+        "c keeps an instance per request in flight; made {c}"
+    );
+}
+
 #[tokio::test]
 async fn idle_instances_are_given_back_once_traffic_stops() {
     // A burst leaves its instances idle in the pool. With no request coming to trim
     // them on use, the sweep must: within two trim periods (10 s each) of the last
-    // use, every idle instance is destroyed.
+    // use, every idle instance is destroyed. The filter keeps per-request state, so
+    // each request of the burst holds an instance of its own.
     let b1 = Backend::start("b1").await;
-    let proxy = Proxy::start(&config(&b1, &[("p", "{}")], "")).await;
+    let proxy = Proxy::start(&config(&b1, &[("p", r#"{"remember_path": true}"#)], "")).await;
     for t in spawn_gets(&proxy.url("/sleep/100"), 20) {
         assert_eq!(t.await.unwrap(), 200);
     }
@@ -868,13 +918,14 @@ async fn a_filter_without_a_free_instance_is_unavailable_503_when_fail_closed() 
         ("closed", StatusCode::SERVICE_UNAVAILABLE),
         ("open", StatusCode::OK),
     ] {
-        // One filter instance in the whole process: while a request holds it, the
-        // next cannot get one (the pooling allocator is full).
+        // One filter instance in the whole process: while a request holds it (the
+        // filter keeps per-request state), the next cannot get one (the pooling
+        // allocator is full).
         let proxy = Proxy::start_with_runtime(
             "filter_instances = 1\n",
             &config(
                 &b1,
-                &[("p", r#"{"tag": "t"}"#)],
+                &[("p", r#"{"tag": "t", "remember_path": true}"#)],
                 &format!("failure = \"{policy}\"\n"),
             ),
         )

@@ -1,13 +1,14 @@
 //! The benchmark filter: reads the request header `x-bench-in` and adds
 //! `x-wasm-filter: seen` (or `1`) to the response — the same work as the proxy-wasm
 //! filter the Envoy anchor runs, so the two measure the cost of the host/guest path.
+//! What it saw crosses from the request phase to the response phase as a request
+//! value, kept by the proxy, so the filter's instance serves other requests in between.
 
 use weft_sdk::{Action, ConfigError, Context, Filter};
 
 pub struct Bench;
 
-#[derive(Clone, Copy)]
-struct Saw(bool);
+const SAW: &str = "bench.saw";
 
 impl Filter for Bench {
     type Config = ();
@@ -17,13 +18,14 @@ impl Filter for Bench {
     }
 
     async fn on_request_headers(&self, ctx: &mut Context) -> Action {
-        let saw = ctx.request().header("x-bench-in").is_some();
-        ctx.extensions_mut().insert(Saw(saw));
+        if ctx.request().header("x-bench-in").is_some() {
+            let _ = ctx.set_value(SAW, b"1");
+        }
         Action::Continue
     }
 
     async fn on_response_headers(&self, ctx: &mut Context) -> Action {
-        let saw = ctx.extensions().get::<Saw>().is_some_and(|s| s.0);
+        let saw = ctx.value(SAW).is_some();
         let _ = ctx
             .response()
             .set_header("x-wasm-filter", if saw { "seen" } else { "1" });
@@ -52,6 +54,7 @@ mod tests {
         assert_eq!(action, Action::Continue);
         let resp = t.current_response().ok_or("no response")?;
         assert_eq!(resp.headers()["x-wasm-filter"], "seen");
+        assert!(!t.keeps_instance());
         Ok(())
     }
 }

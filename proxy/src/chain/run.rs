@@ -25,7 +25,7 @@ use crate::proxy::body::Body;
 use crate::server::ConnInfo;
 use crate::snapshot::Snapshot;
 use crate::wasm::bindings::{Action, BodyAction, BodyMode, Completion, LocalResponse, Upstream};
-use crate::wasm::state::{Call, Phase};
+use crate::wasm::state::{Call, Part, Phase, RequestValues};
 use crate::wasm::{describe_trap, failure_reason, FilterInstance};
 
 /// How many times filters may send one request again.
@@ -36,7 +36,12 @@ pub const MAX_RETRIES: u32 = 5;
 #[allow(clippy::large_enum_variant)]
 enum Slot {
     Unused,
+    /// The request holds this instance until it ends (or until the filter's next
+    /// call returns holding nothing).
     Ready(FilterInstance),
+    /// The filter took part and holds nothing for the request between calls: its
+    /// instance went back to the pool, and its next call takes any instance.
+    Parked(Part),
     /// Failed (fail-open) or could not start: skipped for the rest of the request.
     Failed,
 }
@@ -46,6 +51,8 @@ pub struct ChainRun {
     request_id: u64,
     conn: Arc<ConnInfo>,
     snapshot: Arc<Snapshot>,
+    /// The request values its filters set (`context.set-request-value`).
+    values: Arc<Mutex<RequestValues>>,
     slots: Vec<tokio::sync::Mutex<Slot>>,
     /// The request as sent upstream, readable (not writable) in response phases.
     request_head: Mutex<Option<Request<()>>>,
@@ -195,6 +202,7 @@ impl ChainRun {
             request_id,
             conn,
             snapshot,
+            values: Arc::default(),
             slots,
             request_head: Mutex::new(None),
             local: Mutex::new(None),
@@ -215,12 +223,18 @@ impl ChainRun {
             return Ok(None);
         }
         let mut slot = self.slots[i].lock().await;
-        if matches!(*slot, Slot::Unused) {
-            match filter.instance(self.request_id).await {
+        let part = match &*slot {
+            Slot::Unused => Some(filter.new_part()),
+            Slot::Parked(part) => Some(*part),
+            Slot::Ready(_) | Slot::Failed => None,
+        };
+        if let Some(part) = part {
+            match filter.instance(self.request_id, part).await {
                 Ok(mut inst) => {
                     let call = &mut inst.store.data_mut().call;
                     call.conn = Some(self.conn.clone());
                     call.snapshot = Some(self.snapshot.clone());
+                    call.values = Some(self.values.clone());
                     *slot = Slot::Ready(inst);
                 }
                 Err(e) => {
@@ -259,7 +273,17 @@ impl ChainRun {
             filter.shared.note_skipped(phase);
         }
         match result {
-            Ok(out) => Ok(Some(out)),
+            Ok(out) => {
+                // Share the instance with other requests until this one's next call,
+                // unless the filter keeps something for this request in it.
+                let part = state.call.holds_nothing().then_some(state.call.part);
+                if let Some(part) = part.filter(|_| filter.reusable(inst)) {
+                    if let Slot::Ready(inst) = std::mem::replace(&mut *slot, Slot::Parked(part)) {
+                        filter.release(inst);
+                    }
+                }
+                Ok(Some(out))
+            }
             Err(trap) => {
                 let failure = Failure {
                     reason: failure_reason(&trap, state),
@@ -352,12 +376,15 @@ impl ChainRun {
     /// Reads the body mode filter `i` chose in its headers phase.
     async fn note_body_mode(&self, i: usize, request: bool, plan: &mut BodyPlan) {
         let slot = self.slots[i].lock().await;
-        let Slot::Ready(inst) = &*slot else { return };
-        let call = &inst.store.data().call;
+        let part = match &*slot {
+            Slot::Ready(inst) => &inst.store.data().call.part,
+            Slot::Parked(part) => part,
+            Slot::Unused | Slot::Failed => return,
+        };
         let mode = if request {
-            call.request_body
+            part.request_body
         } else {
-            call.response_body
+            part.response_body
         };
         if mode != BodyMode::Skip {
             let limit = self.chain.filters[i].shared.limits.body_bytes.as_usize();

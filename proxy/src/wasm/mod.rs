@@ -3,13 +3,18 @@
 //! filter, and instances from the pooling allocator, each with its own store,
 //! memory cap and CPU budget.
 //!
-//! Instance policy: an instance serves one request at a time and is reused for up
-//! to `instance_reuse` requests, then replaced; an instance that trapped is never
-//! reused. Between requests the host clears everything it holds for the request,
-//! and the SDK drops its per-request state when a new request id arrives, so a
-//! request sees nothing of the previous one unless the filter keeps it on purpose
-//! (the shared-state API, or statics). `instance_reuse = 1` gives every request a
-//! fresh instance, at the cost measured in docs/benchmarks.md.
+//! Instance policy: an instance serves one call at a time and is replaced after
+//! `instance_reuse` uses; an instance that trapped, or whose call was abandoned, is
+//! never entered again. A request keeps the instance it first called for the rest of
+//! its phases only when the filter holds state for it (the SDK tells the proxy with
+//! `keep-instance` once the filter stores request extensions) or an outbound call is
+//! pending; otherwise the instance goes back to the pool after each call, so the
+//! number of instances follows concurrent calls, not concurrent requests (200 for 4
+//! filters under 50 slow requests otherwise). Between uses the host clears what it
+//! holds for the request, and the SDK drops its per-request state when another
+//! request id arrives, so a request sees nothing of another unless the filter keeps
+//! it on purpose (the shared-state API, or statics). `instance_reuse = 1` gives
+//! every request fresh instances, at the cost measured in docs/benchmarks.md.
 
 pub mod bindings;
 mod host;
@@ -38,7 +43,7 @@ use crate::telemetry::metrics::{
 use bindings::{Filter, FilterPre};
 use pool::IdlePool;
 use shared::SharedStore;
-use state::{Call, HostState, Phase};
+use state::{Call, HostState, Part, Phase};
 
 /// How often the epoch advances: the granularity of CPU budgets and of yielding.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
@@ -146,10 +151,10 @@ impl Host {
     /// Checks that a component implements the world and prepares fast instantiation.
     pub fn prepare(&self, component: &Component) -> anyhow::Result<FilterPre<HostState>> {
         let pre = self.linker.instantiate_pre(component).map_err(|e| {
-            anyhow!("it does not fit the weft:filter@0.2.0 world this proxy serves: {e:#}")
+            anyhow!("it does not fit the weft:filter@0.3.0 world this proxy serves: {e:#}")
         })?;
         FilterPre::new(pre)
-            .map_err(|e| anyhow!("it does not export weft:filter/handler@0.2.0: {e:#}"))
+            .map_err(|e| anyhow!("it does not export weft:filter/handler@0.3.0: {e:#}"))
     }
 }
 
@@ -333,8 +338,17 @@ impl LoadedFilter {
         Ok(filter)
     }
 
-    /// An instance ready for a request: an idle one, or a new one.
-    pub async fn instance(&self, request_id: u64) -> anyhow::Result<FilterInstance> {
+    /// What the proxy tracks for a request this filter has not been called for yet.
+    pub fn new_part(&self) -> Part {
+        Part {
+            header_budget: self.shared.limits.header_bytes.as_usize(),
+            ..Part::default()
+        }
+    }
+
+    /// An instance ready for a call of request `request_id`, in which the filter's
+    /// part so far is `part`: an idle instance, or a new one.
+    pub async fn instance(&self, request_id: u64, part: Part) -> anyhow::Result<FilterInstance> {
         let now = std::time::Instant::now();
         let (reused, unneeded) = self.with_idle(|pool| pool.take(now));
         // Destroyed outside the lock, as in `release`.
@@ -344,19 +358,22 @@ impl LoadedFilter {
             None => self.instantiate().await?,
         };
         inst.uses += 1;
-        inst.store
-            .data_mut()
-            .call
-            .reset(request_id, self.shared.limits.header_bytes.as_usize());
+        inst.store.data_mut().call.reset(request_id, part);
         Ok(inst)
     }
 
-    /// Takes an instance back after its request; worn-out ones are dropped.
+    /// Whether `inst` would go back to the idle pool if released now.
+    pub fn reusable(&self, inst: &FilterInstance) -> bool {
+        !inst.abandoned() && inst.uses < self.shared.limits.instance_reuse
+    }
+
+    /// Takes an instance back after its request (or its call, when the filter holds
+    /// nothing for the request); worn-out ones are dropped.
     pub fn release(&self, mut inst: FilterInstance) {
-        if inst.abandoned() || inst.uses >= self.shared.limits.instance_reuse {
+        if !self.reusable(&inst) {
             return;
         }
-        inst.store.data_mut().call.reset(0, 0);
+        inst.store.data_mut().call.reset(0, Part::default());
         let now = std::time::Instant::now();
         let unneeded = self.with_idle(|pool| pool.give(inst, now));
         // Destroyed outside the lock: returning their memory to the pool takes a while.

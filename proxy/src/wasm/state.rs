@@ -4,7 +4,7 @@
 //! writes the proxy's own header maps without copying them.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http::{HeaderMap, Request, Response};
 use tokio::task::JoinHandle;
@@ -66,6 +66,57 @@ impl Phase {
     }
 }
 
+/// What the proxy tracks about one filter's part in one request, across its calls.
+/// It lives in the instance during a call and in the request's chain run between
+/// calls when the instance goes back to the pool (see `chain::run`).
+#[derive(Clone, Copy, Default)]
+pub struct Part {
+    /// Header bytes the filter may still write for this request.
+    pub header_budget: usize,
+    /// Body modes the filter chose in this request's header phases.
+    pub request_body: BodyMode,
+    pub response_body: BodyMode,
+    pub next_call: u32,
+    pub calls_made: u32,
+}
+
+/// Keys and values of all request values together, per request.
+pub const MAX_REQUEST_VALUE_BYTES: usize = 16 * 1024;
+
+/// A request's values (`context.request-value`), shared by the filters of its chain.
+/// A handful of keys per request: a list is faster than a map at that size.
+#[derive(Default)]
+pub struct RequestValues {
+    entries: Vec<(String, Vec<u8>)>,
+    bytes: usize,
+}
+
+impl RequestValues {
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Sets `key`, unless that takes the request past `MAX_REQUEST_VALUE_BYTES`
+    /// (then false, and nothing changes).
+    pub fn set(&mut self, key: String, value: Vec<u8>) -> bool {
+        let old = self.entries.iter().position(|(k, _)| *k == key);
+        let freed = old.map_or(0, |i| self.entries[i].0.len() + self.entries[i].1.len());
+        let bytes = self.bytes - freed + key.len() + value.len();
+        if bytes > MAX_REQUEST_VALUE_BYTES {
+            return false;
+        }
+        self.bytes = bytes;
+        match old {
+            Some(i) => self.entries[i].1 = value,
+            None => self.entries.push((key, value)),
+        }
+        true
+    }
+}
+
 /// The request a call belongs to. Empty between requests.
 #[derive(Default)]
 pub struct Call {
@@ -79,30 +130,34 @@ pub struct Call {
     pub response_writable: bool,
     pub conn: Option<Arc<ConnInfo>>,
     pub snapshot: Option<Arc<Snapshot>>,
-    /// Header bytes the filter may still write for this request.
-    pub header_budget: usize,
-    /// Body modes the filter chose in this request's header phases.
-    pub request_body: BodyMode,
-    pub response_body: BodyMode,
+    pub values: Option<Arc<Mutex<RequestValues>>>,
+    pub part: Part,
+    /// Set by `keep-instance`: the guest holds state for this request, so the
+    /// request keeps this instance until it ends.
+    pub keep: bool,
     /// Set by `skip-phase`: the running phase is not implemented.
     pub skipped: bool,
     pub outbound: HashMap<u32, JoinHandle<Result<CallResponse, CallError>>>,
-    pub next_call: u32,
-    pub calls_made: u32,
 }
 
 impl Call {
     /// Forgets everything about the previous request.
-    pub fn reset(&mut self, request_id: u64, header_budget: usize) {
+    pub fn reset(&mut self, request_id: u64, part: Part) {
         for (_, pending) in self.outbound.drain() {
             pending.abort();
         }
         *self = Call {
             request_id,
-            header_budget,
+            part,
             outbound: std::mem::take(&mut self.outbound),
             ..Call::default()
         };
+    }
+
+    /// Whether the instance may serve other requests before this one's next call:
+    /// the guest keeps nothing for the request and no outbound call is pending.
+    pub fn holds_nothing(&self) -> bool {
+        !self.keep && self.outbound.is_empty()
     }
 }
 
@@ -133,5 +188,28 @@ impl WasiView for HostState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_values_replace_and_stay_within_their_budget() {
+        let mut v = RequestValues::default();
+        assert!(v.set("a".into(), b"1".to_vec()));
+        assert!(v.set("a".into(), b"22".to_vec()));
+        assert_eq!(v.get("a"), Some(b"22".as_slice()));
+        assert_eq!(v.get("b"), None);
+        // Replacing frees what the old value took.
+        let big = vec![0u8; MAX_REQUEST_VALUE_BYTES - 1];
+        assert!(v.set("a".into(), big.clone()));
+        assert_eq!(v.bytes, MAX_REQUEST_VALUE_BYTES);
+        assert!(!v.set("b".into(), Vec::new()));
+        assert_eq!(v.get("b"), None);
+        assert!(v.set("a".into(), Vec::new()));
+        assert!(v.set("b".into(), big[1..].to_vec()));
+        assert_eq!(v.bytes, MAX_REQUEST_VALUE_BYTES);
     }
 }

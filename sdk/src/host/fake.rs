@@ -61,6 +61,10 @@ pub(crate) struct FakeHost {
     pub(crate) monotonic_ns: u64,
     rng: u64,
     pub(crate) skipped: Vec<Phase>,
+    /// Whether the filter asked to keep its instance for the current request.
+    pub(crate) kept: bool,
+    /// The current request's values, as the proxy keeps them.
+    pub(crate) values: HashMap<String, Vec<u8>>,
     pub(crate) metrics: Vec<MetricDef>,
     pub(crate) counters: HashMap<String, i64>,
     /// Value and expiry (on the monotonic clock, in ns).
@@ -97,6 +101,8 @@ impl Default for FakeHost {
             monotonic_ns: 1_000_000_000,
             rng: 0x853c_49e6_748f_ea9b,
             skipped: Vec::new(),
+            kept: false,
+            values: HashMap::new(),
             metrics: Vec::new(),
             counters: HashMap::new(),
             store: HashMap::new(),
@@ -129,6 +135,8 @@ impl FakeHost {
         self.maps = Default::default();
         self.request_body_mode = BodyMode::Skip;
         self.response_body_mode = BodyMode::Skip;
+        self.kept = false;
+        self.values.clear();
     }
 
     /// Whether the running phase may change this message, as the proxy would allow.
@@ -393,6 +401,29 @@ pub(crate) fn random_bytes(len: u32) -> Vec<u8> {
             out.extend_from_slice(&word[..n]);
         }
         out
+    })
+}
+pub(crate) fn keep_instance() {
+    with(|h| h.kept = true)
+}
+/// The proxy's budget for one request's values (keys and values together).
+const MAX_REQUEST_VALUE_BYTES: usize = 16 * 1024;
+pub(crate) fn request_value(key: &str) -> Option<Vec<u8>> {
+    with(|h| h.values.get(key).cloned())
+}
+pub(crate) fn set_request_value(key: &str, value: &[u8]) -> Result<(), StoreError> {
+    with(|h| {
+        let others: usize = h
+            .values
+            .iter()
+            .filter(|(k, _)| *k != key)
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        if others + key.len() + value.len() > MAX_REQUEST_VALUE_BYTES {
+            return Err(StoreError::TooLarge);
+        }
+        h.values.insert(key.to_owned(), value.to_vec());
+        Ok(())
     })
 }
 pub(crate) fn skip_phase() {

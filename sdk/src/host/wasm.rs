@@ -130,6 +130,15 @@ pub(crate) fn random_bytes(len: u32) -> Vec<u8> {
 pub(crate) fn skip_phase() {
     context::skip_phase()
 }
+pub(crate) fn keep_instance() {
+    context::keep_instance()
+}
+pub(crate) fn request_value(key: &str) -> Option<Vec<u8>> {
+    context::request_value(key)
+}
+pub(crate) fn set_request_value(key: &str, value: &[u8]) -> Result<(), StoreError> {
+    store_result(context::set_request_value(key, value))
+}
 
 // ---- metrics ----
 

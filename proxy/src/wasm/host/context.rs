@@ -3,7 +3,7 @@
 
 use ring::rand::SecureRandom;
 
-use crate::wasm::bindings::weft::filter::context::{ConnectionInfo, Host, TlsInfo};
+use crate::wasm::bindings::weft::filter::context::{ConnectionInfo, Host, StoreError, TlsInfo};
 use crate::wasm::bindings::Level;
 use crate::wasm::state::HostState;
 
@@ -25,6 +25,31 @@ impl Host for HostState {
 
     fn request_id(&mut self) -> R<u64> {
         Ok(self.call.request_id)
+    }
+
+    fn keep_instance(&mut self) -> R<()> {
+        self.call.keep = true;
+        Ok(())
+    }
+
+    fn request_value(&mut self, key: String) -> R<Option<Vec<u8>>> {
+        Ok(self.call.values.as_ref().and_then(|v| {
+            let values = v.lock().unwrap_or_else(|p| p.into_inner());
+            values.get(&key).map(<[u8]>::to_vec)
+        }))
+    }
+
+    fn set_request_value(&mut self, key: String, value: Vec<u8>) -> R<Result<(), StoreError>> {
+        let Some(values) = &self.call.values else {
+            // Outside a request (`configure`): nothing to keep it with.
+            return Ok(Err(StoreError::Full));
+        };
+        let mut values = values.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(if values.set(key, value) {
+            Ok(())
+        } else {
+            Err(StoreError::TooLarge)
+        })
     }
 
     fn log(&mut self, level: Level, message: String) -> R<()> {

@@ -47,10 +47,10 @@ impl HostState {
 
     /// Charges a write against the filter's header budget.
     fn charge(&mut self, len: usize) -> Result<(), HeaderError> {
-        if len > self.call.header_budget {
+        if len > self.call.part.header_budget {
             return Err(HeaderError::TooLarge);
         }
-        self.call.header_budget -= len;
+        self.call.part.header_budget -= len;
         Ok(())
     }
 
@@ -248,8 +248,10 @@ impl Host for HostState {
 
     fn set_body_mode(&mut self, msg: Message, mode: BodyMode) -> R<Result<(), HeaderError>> {
         match (msg, self.call.phase) {
-            (Message::Request, Some(Phase::RequestHeaders)) => self.call.request_body = mode,
-            (Message::Response, Some(Phase::ResponseHeaders)) => self.call.response_body = mode,
+            (Message::Request, Some(Phase::RequestHeaders)) => self.call.part.request_body = mode,
+            (Message::Response, Some(Phase::ResponseHeaders)) => {
+                self.call.part.response_body = mode
+            }
             _ => return Ok(Err(HeaderError::Immutable)),
         }
         Ok(Ok(()))

@@ -19,7 +19,7 @@ type R<T> = wasmtime::Result<T>;
 impl Host for HostState {
     fn send(&mut self, cluster: String, req: CallRequest) -> R<Result<CallId, CallError>> {
         let limit = self.filter.limits.outbound_calls;
-        if self.call.calls_made >= limit {
+        if self.call.part.calls_made >= limit {
             return Ok(Err(CallError::Limit(format!(
                 "at most {limit} calls per request"
             ))));
@@ -89,9 +89,9 @@ impl Host for HostState {
                     .unwrap_or(Err(CallError::Timeout))
             }
         });
-        let id = self.call.next_call;
-        self.call.next_call += 1;
-        self.call.calls_made += 1;
+        let id = self.call.part.next_call;
+        self.call.part.next_call += 1;
+        self.call.part.calls_made += 1;
         self.call.outbound.insert(id, task);
         Ok(Ok(id))
     }

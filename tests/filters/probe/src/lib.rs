@@ -40,6 +40,10 @@ pub struct Config {
     count: bool,
     /// Keeps the request path in per-request state and reports it in the response.
     remember_path: bool,
+    /// Stores the request path as the request value of this key.
+    set_value: Option<String>,
+    /// Reports the request value of this key in the response's `x-probe-value`.
+    report_value: Option<String>,
     /// Records the completion status in the shared store key "last-status".
     record_completion: bool,
     /// Adds a response trailer `x-probe-trailer` (the response must have trailers).
@@ -161,6 +165,9 @@ impl Filter for Probe {
             let path = ctx.request().path();
             ctx.extensions_mut().insert(SeenPath(path));
         }
+        if let Some(key) = &self.cfg.set_value {
+            let _ = ctx.set_value(key, ctx.request().path());
+        }
         if self.cfg.report_last_status {
             let last = weft_sdk::shared::get("last-status").unwrap_or_default();
             return Action::respond(StatusCode::OK).body(last).into();
@@ -211,6 +218,10 @@ impl Filter for Probe {
         }
         if let Some(SeenPath(p)) = ctx.extensions().get::<SeenPath>() {
             let _ = ctx.response().set_header("x-probe-path", p.as_str());
+        }
+        if let Some(key) = &self.cfg.report_value {
+            let value = ctx.value(key).unwrap_or_else(|| b"none".to_vec());
+            let _ = ctx.response().set_header("x-probe-value", value.as_slice());
         }
         if let Some(m) = mode(&self.cfg.response_body) {
             let _ = ctx.response().set_body_mode(m);
