@@ -46,8 +46,8 @@ pub enum StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            StoreError::Full => "shared store is full",
-            StoreError::TooLarge => "key or value too large for the shared store",
+            StoreError::Full => "the store is full",
+            StoreError::TooLarge => "key or value too large for the store",
             StoreError::Conflict => "compare-and-swap found another value",
         })
     }

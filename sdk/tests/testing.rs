@@ -78,6 +78,75 @@ fn every_request_gets_a_fresh_context() -> TestResult {
 }
 
 #[test]
+fn extensions_keep_the_instance_for_their_request_only() -> TestResult {
+    let mut t = TestHost::<Remember>::new(())?;
+    t.request(Request::get("/a").body(())?);
+    assert!(!t.keeps_instance());
+    t.on_request_headers();
+    assert!(t.keeps_instance(), "stored an extension");
+    t.request(Request::get("/b").body(())?);
+    assert!(!t.keeps_instance(), "a new request starts unkept");
+    Ok(())
+}
+
+/// Carries the request path to the response phase in a request value.
+struct Carry;
+
+impl Filter for Carry {
+    type Config = ();
+
+    fn configure(_: ()) -> Result<Self, ConfigError> {
+        Ok(Carry)
+    }
+
+    async fn on_request_headers(&self, ctx: &mut Context) -> Action {
+        match ctx.set_value("carry.path", ctx.request().path()) {
+            Ok(()) => Action::Continue,
+            Err(e) => Action::respond(StatusCode::INTERNAL_SERVER_ERROR)
+                .body(e.to_string())
+                .into(),
+        }
+    }
+
+    async fn on_response_headers(&self, ctx: &mut Context) -> Action {
+        let path = ctx.value("carry.path").unwrap_or_default();
+        let _ = ctx.response().set_header("x-path", path.as_slice());
+        Action::Continue
+    }
+}
+
+#[test]
+fn request_values_cross_phases_within_a_budget() -> TestResult {
+    let mut t = TestHost::<Carry>::new(())?;
+    t.request(Request::get("/a").body(())?).on_request_headers();
+    assert_eq!(t.request_value("carry.path").as_deref(), Some(&b"/a"[..]));
+    t.response(Response::builder().status(200).body(())?);
+    t.on_response_headers();
+    assert_eq!(
+        t.current_response().ok_or("no response")?.headers()["x-path"],
+        "/a"
+    );
+    assert!(
+        !t.keeps_instance(),
+        "request values do not keep the instance"
+    );
+
+    // A new request starts without the old one's values.
+    t.request(Request::get("/b").body(())?);
+    assert_eq!(t.request_value("carry.path"), None);
+
+    // 16 KiB of keys and values per request, as in the proxy ("/b" is the value).
+    let exact = 16 * 1024 - "other".len() - "carry.path".len() - "/b".len();
+    t.set_request_value("other", vec![0u8; exact]);
+    assert_eq!(t.on_request_headers(), Action::Continue, "fits exactly");
+    t.request(Request::get("/b").body(())?);
+    t.set_request_value("other", vec![0u8; exact + 1]);
+    assert_ne!(t.on_request_headers(), Action::Continue, "one byte over");
+    assert_eq!(t.request_value("carry.path"), None);
+    Ok(())
+}
+
+#[test]
 fn the_context_is_dropped_after_completion() -> TestResult {
     let mut t = TestHost::<Remember>::new(())?;
     t.request(Request::get("/a").body(())?).on_request_headers();
