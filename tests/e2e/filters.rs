@@ -28,6 +28,14 @@ fn config(backend: &Backend, filters: &[(&str, &str)], extra: &str) -> String {
     text
 }
 
+/// A cluster named `name` whose one endpoint is `backend`, for a filter to call or route to.
+fn cluster_decl(name: &str, backend: &Backend) -> String {
+    format!(
+        "[[clusters]]\nname = \"{name}\"\nendpoints = [\"{}\"]\n",
+        backend.addr
+    )
+}
+
 #[tokio::test]
 async fn hello_filter_checks_the_key_and_tags_responses() {
     let backend = Backend::start("b1").await;
@@ -90,10 +98,7 @@ async fn info(proxy: &Proxy, path: &str) -> (StatusCode, http::HeaderMap, serde_
 async fn request_verdicts_continue_respond_and_route() {
     let b1 = Backend::start("b1").await;
     let b2 = Backend::start("b2").await;
-    let other = format!(
-        "[[clusters]]\nname = \"other\"\nendpoints = [\"{}\"]\n",
-        b2.addr
-    );
+    let other = cluster_decl("other", &b2);
     // continue, with a header set on the way
     let proxy = Proxy::start(&config(
         &b1,
@@ -354,10 +359,7 @@ async fn completion_hook_sees_the_final_status() {
 async fn outbound_calls_reach_another_cluster() {
     let b1 = Backend::start("b1").await;
     let b2 = Backend::start("b2").await;
-    let other = format!(
-        "[[clusters]]\nname = \"other\"\nendpoints = [\"{}\"]\n",
-        b2.addr
-    );
+    let other = cluster_decl("other", &b2);
     let proxy = Proxy::start(&config(&b1, &[("p", r#"{"call": "other"}"#)], &other)).await;
     let (status, _, v) = info(&proxy, "/info").await;
     assert_eq!(status, 200);
@@ -383,10 +385,7 @@ async fn a_request_that_goes_away_mid_call_does_not_spoil_the_instance() {
     // failed the next request with 500.
     let b1 = Backend::start("b1").await;
     let b2 = Backend::start("b2").await;
-    let other = format!(
-        "[[clusters]]\nname = \"other\"\nendpoints = [\"{}\"]\n",
-        b2.addr
-    );
+    let other = cluster_decl("other", &b2);
     let proxy = Proxy::start(&config(&b1, &[("p", r#"{"call": "other"}"#)], &other)).await;
     let mut conn = tokio::net::TcpStream::connect(proxy.addr("main"))
         .await
