@@ -276,8 +276,8 @@ impl ChainRun {
             Ok(out) => {
                 // Share the instance with other requests until this one's next call,
                 // unless the filter keeps something for this request in it.
-                let part = state.call.holds_nothing().then_some(state.call.part);
-                if let Some(part) = part.filter(|_| filter.reusable(inst)) {
+                let (holds_nothing, part) = (state.call.holds_nothing(), state.call.part);
+                if holds_nothing && filter.reusable(inst) {
                     if let Slot::Ready(inst) = std::mem::replace(&mut *slot, Slot::Parked(part)) {
                         filter.release(inst);
                     }
