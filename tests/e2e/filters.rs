@@ -416,6 +416,62 @@ async fn a_request_that_goes_away_mid_call_does_not_spoil_the_instance() {
     assert_eq!(proxy.metric(failed).await, 0.0);
 }
 
+#[tokio::test]
+async fn an_abandoned_call_never_puts_its_instance_back_in_the_pool() {
+    // The test above goes through the completion phase; a filter without one (the
+    // benchmark's) gives its instance back straight from the request's end. Driven
+    // through the host here: a call to a spinning probe is dropped once it has
+    // yielded at an epoch tick, as a request's future is when its client leaves.
+    use std::sync::Arc;
+    use weft::config::{FilterConfig, RuntimeConfig};
+    use weft::telemetry::metrics::Metrics;
+    use weft::wasm::shared::SharedStore;
+    use weft::wasm::{Host, LoadedFilter};
+
+    let runtime = RuntimeConfig {
+        module_cache: None,
+        filter_instances: 4,
+        ..RuntimeConfig::default()
+    };
+    let host = Host::new(&runtime).unwrap();
+    let module = filter_wasm("probe_filter");
+    let cfg: FilterConfig = toml::from_str(&format!(
+        "name = \"p\"\nmodule = {:?}\nconfig = {{ spin = true }}\n[limits]\ncpu_time = \"60s\"\n",
+        module.display().to_string()
+    ))
+    .unwrap();
+    let filter = LoadedFilter::load(
+        &host,
+        &cfg,
+        module,
+        Arc::new(Metrics::new()),
+        Arc::new(SharedStore::new(16)),
+    )
+    .await
+    .unwrap();
+    let mut inst = filter.instance(1, filter.new_part()).await.unwrap();
+    inst.begin_call();
+    let call = inst
+        .bindings
+        .weft_filter_handler()
+        .call_on_request_headers(&mut inst.store, 1);
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), call).await;
+    assert!(gave_up.is_err(), "the spinning call returned");
+    filter.release(inst);
+
+    // The next request must get a working instance, not the abandoned one (which
+    // fails every call with "cannot enter component instance").
+    let mut next = filter.instance(2, filter.new_part()).await.unwrap();
+    next.begin_call();
+    let answered = next
+        .bindings
+        .weft_filter_handler()
+        .call_on_response_headers(&mut next.store, 2)
+        .await;
+    next.end_call();
+    assert!(answered.is_ok(), "{:#}", answered.err().unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_counters_are_atomic_across_concurrent_requests() {
     let b1 = Backend::start("b1").await;
