@@ -17,6 +17,7 @@ use crate::chain::ChainBuilder;
 use crate::config::{self, ConfigError, LoadedConfig, RuntimeConfig};
 use crate::runtime::Runtime;
 use crate::server::drain::{Drain, DrainController};
+use crate::server::sockets::{Binding, Plan, Socket};
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::{Metrics, Outcome, OutcomeLabels};
 use crate::workers::Workers;
@@ -59,17 +60,12 @@ pub enum ReloadError {
     Refused(String),
 }
 
-struct BoundListener {
-    address: SocketAddr,
-    local: SocketAddr,
-    stop: watch::Sender<bool>,
-}
-
 /// A running proxy.
 pub struct App {
     pub runtime: Arc<Runtime>,
     source: ConfigSource,
-    listeners: Mutex<HashMap<String, BoundListener>>,
+    /// Each listener's socket binding (`server/sockets.rs`).
+    listeners: Mutex<HashMap<String, Arc<Binding>>>,
     reload_lock: tokio::sync::Mutex<()>,
     /// Taken by `shutdown`; hands out the `Drain` tokens tasks hold.
     drain: Mutex<Option<DrainController>>,
@@ -98,7 +94,14 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let chains = ChainBuilder::new(metrics.clone(), &loaded.config.runtime)
             .context("starting the filter engine")?;
-        let snapshot = Snapshot::build(loaded, None, &metrics, &chains).await?;
+        let mut snapshot = Snapshot::build(loaded, None, &metrics, &chains).await?;
+        let plan = Plan::make(
+            &HashMap::new(),
+            &snapshot.config.config.listeners,
+            &snapshot.config.source,
+        )
+        .await?;
+        snapshot.sockets = plan.owners(&snapshot);
         let admin_address = snapshot.config.config.admin.listen();
         // Watched whatever the setting: `watch_config` may be turned on by a reload,
         // and the watcher reloads only while it is on.
@@ -120,8 +123,7 @@ impl App {
             started,
         });
         let snap = app.runtime.snapshot();
-        let bound = app.bind_new_listeners(&snap).await?;
-        app.activate_listeners(&snap, bound);
+        app.activate_listeners(plan);
         if let Some(addr) = admin_address {
             let listener = TcpListener::bind(addr)
                 .await
@@ -180,7 +182,7 @@ impl App {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
-            .map(|l| l.local)
+            .map(|l| l.socket.local)
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -235,7 +237,7 @@ impl App {
                 loaded.source.display()
             ));
         }
-        let next = Snapshot::build(
+        let mut next = Snapshot::build(
             loaded,
             Some(&old),
             &self.runtime.metrics,
@@ -243,131 +245,88 @@ impl App {
         )
         .await
         .map_err(|e| e.to_string())?;
-        let bound = self
-            .bind_new_listeners(&next)
+        let current = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let plan = Plan::make(&current, &next.config.config.listeners, &next.config.source)
             .await
             .map_err(|e| format!("{e:#}"))?;
+        drop(current);
+        next.sockets = plan.owners(&next);
         let generation = next.generation;
         let needs_restart = self.started.start_only_changes(&next.config.config.runtime);
         self.runtime.publish(next);
-        let snap = self.runtime.snapshot();
-        self.activate_listeners(&snap, bound);
+        self.activate_listeners(plan);
         Ok(Reloaded {
             generation,
             needs_restart,
         })
     }
 
-    /// Binds the listeners of `snap` that are not bound yet (or moved), so that a
-    /// port that cannot be bound refuses the config before anything changes.
-    async fn bind_new_listeners(
-        &self,
-        snap: &Snapshot,
-    ) -> anyhow::Result<Vec<(String, TcpListener)>> {
-        let mut fresh = Vec::new();
-        for l in &snap.config.config.listeners {
-            let same = self
-                .listeners
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&l.name)
-                .is_some_and(|b| b.address == l.address);
-            if same {
-                continue;
-            }
-            let listener = TcpListener::bind(l.address).await.with_context(|| {
-                format!(
-                    "{}: listeners: cannot bind {:?} to {}",
-                    snap.config.source.display(),
-                    l.name,
-                    l.address
-                )
-            })?;
-            fresh.push((l.name.clone(), listener));
+    /// Installs the bindings of a published plan: those it dropped retire (their
+    /// connections close, their sockets stop accepting unless handed over) and the
+    /// sockets it bound start accepting.
+    fn activate_listeners(&self, plan: Plan) {
+        for (name, from) in &plan.handed_over {
+            tracing::info!(listener = %name, from = %from, "listening on a socket handed over by another listener");
         }
-        Ok(fresh)
-    }
-
-    /// Starts accepting on freshly bound listeners and stops those the config dropped.
-    fn activate_listeners(&self, snap: &Snapshot, fresh: Vec<(String, TcpListener)>) {
-        let mut bound = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        bound.retain(|name, b| {
-            let keep = snap
-                .config
-                .config
-                .listeners
-                .iter()
-                .any(|l| l.name == *name && l.address == b.address);
-            if !keep {
-                let _ = b.stop.send(true);
-            }
-            keep
-        });
+        let old = std::mem::replace(
+            &mut *self.listeners.lock().unwrap_or_else(|p| p.into_inner()),
+            plan.bindings,
+        );
+        drop(old);
         let Some(token) = self.drain_token() else {
             return;
         };
-        for (name, listener) in fresh {
-            let Some(cfg) = snap.config.config.listeners.iter().find(|l| l.name == name) else {
-                continue;
-            };
-            let local = listener.local_addr().unwrap_or(cfg.address);
-            let (stop, stopped) = watch::channel(false);
-            tracing::info!(listener = %name, address = %local, protocol = ?cfg.protocol, tls = cfg.tls.is_some(), "listening");
-            self.spawn_accept_loops(name.as_str().into(), listener, stopped, token.clone());
-            bound.insert(
-                name,
-                BoundListener {
-                    address: cfg.address,
-                    local,
-                    stop,
-                },
-            );
+        for (socket, listener) in plan.fresh {
+            let snap = self.runtime.snapshot();
+            if let Some(owner) = snap.sockets.get(&socket.local) {
+                let l = &owner.listener.config;
+                tracing::info!(listener = %owner.listener.name, address = %socket.local, protocol = ?l.protocol, tls = l.tls.is_some(), "listening");
+            }
+            self.spawn_accept_loops(&socket, listener, token.clone());
         }
     }
 
     /// Starts accepting on `listener`: on this runtime alone, or on every worker, each
     /// with its own copy of the socket registered with its own runtime.
-    fn spawn_accept_loops(
-        &self,
-        name: Arc<str>,
-        listener: TcpListener,
-        stopped: watch::Receiver<bool>,
-        token: Drain,
-    ) {
-        let rt = &self.runtime;
+    fn spawn_accept_loops(&self, socket: &Socket, listener: TcpListener, token: Drain) {
+        let (rt, local) = (&self.runtime, socket.local);
         if self.workers.handles().is_empty() {
+            let stopped = socket.stopped();
             tokio::spawn(crate::server::accept_loop(
                 listener,
-                name,
+                local,
                 rt.clone(),
                 stopped,
                 token,
             ));
             return;
         }
-        let socket = match listener.into_std() {
+        let shared = match listener.into_std() {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(listener = %name, error = %e, "cannot hand the listening socket to the workers");
+                tracing::error!(address = %local, error = %e, "cannot hand the listening socket to the workers");
                 return;
             }
         };
         let here = tokio::runtime::Handle::current();
         for handle in std::iter::once(&here).chain(self.workers.handles()) {
-            let copy = match socket.try_clone() {
+            let copy = match shared.try_clone() {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(listener = %name, error = %e, "a worker cannot share the listening socket");
+                    tracing::warn!(address = %local, error = %e, "a worker cannot share the listening socket");
                     continue;
                 }
             };
-            let (rt, name, stopped, token) =
-                (rt.clone(), name.clone(), stopped.clone(), token.clone());
+            let (rt, stopped, token) = (rt.clone(), socket.stopped(), token.clone());
             handle.spawn(async move {
                 match TcpListener::from_std(copy) {
-                    Ok(l) => crate::server::accept_loop(l, name, rt, stopped, token).await,
+                    Ok(l) => crate::server::accept_loop(l, local, rt, stopped, token).await,
                     Err(e) => {
-                        tracing::warn!(listener = %name, error = %e, "a worker cannot accept on the listener")
+                        tracing::warn!(address = %local, error = %e, "a worker cannot accept on the socket")
                     }
                 }
             });

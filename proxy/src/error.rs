@@ -75,6 +75,8 @@ pub enum ProxyError {
     },
     #[error("response body larger than {0} bytes for a filter that buffers it")]
     ResponseTooLarge(usize),
+    #[error("the upstream switched protocols without a valid handshake: {0}")]
+    BadUpgrade(&'static str),
 }
 
 impl ProxyError {
@@ -90,6 +92,7 @@ impl ProxyError {
             | UpstreamTls { .. }
             | Handshake { .. }
             | Upstream { .. }
+            | BadUpgrade(_)
             | ResponseTooLarge(_) => StatusCode::BAD_GATEWAY,
             ConnectTimeout(_) | Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             DownstreamBody(_) | BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -135,6 +138,7 @@ impl ProxyError {
             HeadersTooLarge { .. } => "request headers too large",
             Filter { .. } => "filter failure",
             ResponseTooLarge(_) => "response too large",
+            BadUpgrade(_) => "upstream bad upgrade",
         }
     }
 

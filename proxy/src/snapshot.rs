@@ -2,15 +2,19 @@
 //! with one swap. Requests hold the snapshot they started with until they end.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 
 use crate::chain::{Chain, ChainBuilder};
 use crate::config::{ConfigError, ListenerConfig, LoadedConfig, Problem};
 use crate::route::{HostMatch, Route, RouteTable, Target};
-use crate::telemetry::metrics::{Metrics, RouteStats};
+use crate::server::sockets::SocketOwner;
+use crate::telemetry::metrics::{ListenerLabels, Metrics, RouteStats};
 use crate::tls;
 use crate::upstream::Cluster;
 
@@ -21,6 +25,9 @@ pub struct Snapshot {
     pub chains: HashMap<String, Arc<Chain>>,
     /// Counts snapshots published by this process (1 for the first).
     pub generation: u64,
+    /// The listener each bound socket serves; filled in by `App` once the
+    /// listeners are bound, before the snapshot is published.
+    pub sockets: HashMap<SocketAddr, SocketOwner>,
 }
 
 /// What a listener needs per connection and per request.
@@ -30,6 +37,9 @@ pub struct ListenerRuntime {
     pub routes: RouteTable,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub http: auto::Builder<TokioExecutor>,
+    /// Connections accepted, and open now.
+    pub connections: Counter,
+    pub connections_open: Gauge,
     stats: HashMap<String, RouteStats>,
     no_cluster_stats: RouteStats,
 }
@@ -105,6 +115,7 @@ impl Snapshot {
             clusters,
             chains: built_chains,
             generation,
+            sockets: HashMap::new(),
         })
     }
 }
@@ -203,17 +214,18 @@ fn build_listener(
     http.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(lim.max_concurrent_streams)
+        // WebSockets over HTTP/2 (RFC 8441): `proxy::tunnel::ExtendedConnect`.
+        .enable_connect_protocol()
         // h2 refuses a header list over this while decoding it, telling neither hyper
         // nor us; so it gets twice the limit, and `proxy::forward` answers 431 (and
         // counts it in `limit_hits`) for lists between the limit and the ceiling.
         .max_header_list_size(
             u32::try_from(lim.max_header_bytes.0.saturating_mul(2)).unwrap_or(u32::MAX),
         );
-    // No extended CONNECT (RFC 8441, WebSocket over HTTP/2): the proxy would take it
-    // for a plain CONNECT and splice WebSocket frames onto a bare TCP connection to
-    // an upstream waiting for an HTTP/1.1 handshake. Not offering it, clients open
-    // WebSockets over HTTP/1.1, whose upgrades are forwarded.
 
+    let labels = ListenerLabels {
+        listener: l.name.clone(),
+    };
     let stats = clusters
         .keys()
         .map(|c| (c.clone(), metrics.route_stats(&l.name, c)))
@@ -224,6 +236,8 @@ fn build_listener(
         routes: RouteTable { routes, fallback },
         tls,
         http,
+        connections: metrics.connections.get_or_create(&labels).clone(),
+        connections_open: metrics.connections_open.get_or_create(&labels).clone(),
         stats,
         no_cluster_stats: metrics.route_stats(&l.name, "-"),
     })

@@ -423,6 +423,132 @@ async fn listeners_are_bound_and_released_by_reload() {
     );
 }
 
+/// Two listeners, each at its address and sending to its own backend.
+fn named_listeners(listeners: &[(&str, String, &str)], a: &Backend, b: &Backend) -> String {
+    let mut text = format!(
+        "[[clusters]]\nname = \"a\"\nendpoints = [\"{}\"]\n\n[[clusters]]\nname = \"b\"\nendpoints = [\"{}\"]\n",
+        a.addr, b.addr
+    );
+    for (name, address, cluster) in listeners {
+        text.push_str(&format!(
+            "\n[[listeners]]\nname = \"{name}\"\naddress = \"{address}\"\ncluster = \"{cluster}\"\n"
+        ));
+    }
+    text
+}
+
+/// One request on a connection of its own, reporting the backend that answered.
+async fn fresh_get(addr: SocketAddr) -> Result<String, String> {
+    answering_backend(&h1(), &format!("http://{addr}/")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_trade_addresses_and_take_over_renamed_ones_in_one_reload() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let any = "127.0.0.1:0".to_string();
+    let proxy = Proxy::start(&named_listeners(
+        &[("one", any.clone(), "a"), ("two", any, "b")],
+        &a,
+        &b,
+    ))
+    .await;
+    let (p1, p2) = (proxy.addr("one"), proxy.addr("two"));
+    assert_eq!(fresh_get(p1).await.as_deref(), Ok("a"));
+    assert_eq!(fresh_get(p2).await.as_deref(), Ok("b"));
+
+    // An idle keep-alive connection of "one", which is about to move.
+    let mut idle = tokio::net::TcpStream::connect(p1).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    idle.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+
+    // Clients open a connection per request to both addresses throughout: each
+    // socket stays open across the reloads, so none may be refused or fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let load: Vec<_> = [p1, p2, p1, p2]
+        .into_iter()
+        .map(|addr| {
+            let (stop, failures) = (stop.clone(), failures.clone());
+            tokio::spawn(async move {
+                let mut sent = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    if let Err(e) = fresh_get(addr).await {
+                        failures.lock().unwrap().push(format!("{addr}: {e}"));
+                    }
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+
+    // The two listeners trade addresses: binding either anew would fail while the
+    // other holds it, so each takes over the other's socket.
+    proxy.write_config(&named_listeners(
+        &[("one", p2.to_string(), "a"), ("two", p1.to_string(), "b")],
+        &a,
+        &b,
+    ));
+    let (status, body) = reload(&proxy).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(proxy.app.listener_addr("one"), Some(p2));
+    assert_eq!(proxy.app.listener_addr("two"), Some(p1));
+    assert_eq!(fresh_get(p1).await.as_deref(), Ok("b"));
+    assert_eq!(fresh_get(p2).await.as_deref(), Ok("a"));
+
+    // The connection "one" accepted at its old address belongs to a binding that is
+    // gone: it is closed rather than served by whichever listener owns it now.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the moved listener's idle connection stayed open"
+    );
+
+    // A rename: "three" takes the socket "two" lets go of.
+    proxy.write_config(&named_listeners(
+        &[("one", p2.to_string(), "a"), ("three", p1.to_string(), "a")],
+        &a,
+        &b,
+    ));
+    let (status, body) = reload(&proxy).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(proxy.app.listener_addr("three"), Some(p1));
+    assert!(proxy.app.listener_addr("two").is_none());
+    assert_eq!(fresh_get(p1).await.as_deref(), Ok("a"));
+
+    stop.store(true, Ordering::Relaxed);
+    let mut sent = 0;
+    for l in load {
+        sent += l.await.unwrap();
+    }
+    let failures = std::mem::take(&mut *failures.lock().unwrap());
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(sent > 10, "the load barely ran: {sent} requests");
+
+    // A removed listener's socket closes, also after a handover.
+    proxy.write_config(&named_listeners(&[("one", p2.to_string(), "a")], &a, &b));
+    let (status, body) = reload(&proxy).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        eventually(Duration::from_secs(5), async || refuses_connections(p1)
+            .await)
+        .await,
+        "the socket nobody owns still accepts connections"
+    );
+    assert_eq!(fresh_get(p2).await.as_deref(), Ok("a"));
+}
+
 #[tokio::test]
 async fn unchanged_clusters_keep_their_connections() {
     let a = Backend::start_with("a", Proto::Http1, None).await;

@@ -300,14 +300,9 @@ async fn upgraded_connection_closes_after_the_cluster_idle_timeout() {
     );
 }
 
-#[tokio::test]
-async fn websocket_over_http2_is_not_taken_for_a_raw_tunnel() {
-    // RFC 8441 puts a WebSocket on an HTTP/2 stream with an extended CONNECT. The
-    // upstream speaks WebSocket over HTTP/1.1 only and expects its handshake first:
-    // the proxy must not splice the client's frames onto a bare TCP connection.
-    let server = WsEcho::start().await;
-    let plain = Backend::start("plain").await;
-    let proxy = Proxy::start(&format!(
+/// A proxy whose listener sends `/plain...` to `plain` and the rest to `ws`.
+async fn ws_and_plain(ws: SocketAddr, plain: SocketAddr) -> Proxy {
+    Proxy::start(&format!(
         r#"
 [[listeners]]
 name = "main"
@@ -319,21 +314,85 @@ cluster = "plain"
 
 [[clusters]]
 name = "ws"
-endpoints = ["{}"]
+endpoints = ["{ws}"]
 [[clusters]]
 name = "plain"
-endpoints = ["{}"]
-"#,
-        server.addr, plain.addr
+endpoints = ["{plain}"]
+"#
     ))
-    .await;
-    let addr = proxy.addr("main");
+    .await
+}
+
+/// An HTTP/2 connection to `addr` that has seen the proxy's SETTINGS (extended
+/// CONNECT may only be sent once the server has offered it).
+async fn h2_session(addr: SocketAddr) -> http2::SendRequest<TestBody> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
         .await
         .unwrap();
     tokio::spawn(conn);
-    // One ordinary exchange, so the proxy's SETTINGS have arrived.
+    let ok = sender
+        .send_request(
+            Request::get(format!("http://{addr}/plain"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    sender
+}
+
+/// An extended CONNECT (RFC 8441) for `path` speaking `protocol`.
+fn extended_connect(addr: SocketAddr, path: &str, protocol: &'static str) -> Request<TestBody> {
+    let mut req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("http://{addr}{path}"))
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-protocol", "chat")
+        .body(empty())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static(protocol));
+    req
+}
+
+#[tokio::test]
+async fn websocket_over_http2_reaches_an_http1_upstream() {
+    // RFC 8441 puts a WebSocket on an HTTP/2 stream with an extended CONNECT. The
+    // upstream speaks WebSocket over HTTP/1.1 and expects its handshake first: the
+    // proxy makes it, checks the answer, and gives the client its 200.
+    let server = WsEcho::start().await;
+    let plain = Backend::start("plain").await;
+    let proxy = ws_and_plain(server.addr, plain.addr).await;
+    let addr = proxy.addr("main");
+    let mut sender = h2_session(addr).await;
+
+    let resp = sender
+        .send_request(extended_connect(addr, "/chat?room=1", "websocket"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for hop in ["sec-websocket-accept", "upgrade", "connection"] {
+        assert!(
+            resp.headers().get(hop).is_none(),
+            "{hop} reached the HTTP/2 client"
+        );
+    }
+    let upgraded = hyper::upgrade::on(resp).await.unwrap();
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    ws.send(Message::text("over h2")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("over h2"));
+    let big = vec![7u8; 200_000];
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(big));
+
+    // The same HTTP/2 connection goes on carrying ordinary requests beside the tunnel.
     let ok = sender
         .send_request(
             Request::get(format!("http://{addr}/plain"))
@@ -344,27 +403,56 @@ endpoints = ["{}"]
         .unwrap();
     assert_eq!(ok.status(), 200);
 
-    let mut req = Request::builder()
-        .method(Method::CONNECT)
-        .uri(format!("http://{addr}/chat"))
-        .header("sec-websocket-version", "13")
-        .body(empty())
-        .unwrap();
-    req.extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
-    let outcome = sender.send_request(req).await;
-    if let Ok(resp) = &outcome {
-        assert!(
-            !resp.status().is_success(),
-            "extended CONNECT answered {} as if a WebSocket were open",
-            resp.status()
-        );
-    }
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    let closed = eventually(Duration::from_secs(5), async || {
+        !server.seen.lock().unwrap().closes.is_empty()
+    })
+    .await;
+    assert!(closed, "the close frame did not reach the upstream");
+    let seen = server.seen.lock().unwrap();
     assert_eq!(
-        server.accepted.load(Ordering::SeqCst),
-        0,
-        "the upstream got a raw tunnel instead of a WebSocket handshake"
+        seen.closes[0].as_ref().map(|f| f.reason.as_str()),
+        Some("bye")
     );
+    let (path, headers) = &seen.handshakes[0];
+    assert_eq!(path, "/chat");
+    assert_eq!(headers["upgrade"], "websocket");
+    assert_eq!(headers["sec-websocket-protocol"], "chat");
+    assert!(headers.contains_key("sec-websocket-key"));
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn websocket_over_http2_refuses_an_upstream_that_skips_the_handshake() {
+    // An upstream that switches protocols without answering the WebSocket key is not
+    // a WebSocket server: the HTTP/2 client gets 502, not a tunnel to it.
+    let plain = Backend::start("plain").await;
+    let proxy = ws_and_plain(plain.addr, plain.addr).await;
+    let addr = proxy.addr("main");
+    let mut sender = h2_session(addr).await;
+    // `/upgrade` is the backend's raw echo, which answers any upgrade with 101.
+    let resp = sender
+        .send_request(extended_connect(addr, "/upgrade", "websocket"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+
+    // Any other protocol has no handshake to check: the raw echo carries its bytes.
+    let resp = sender
+        .send_request(extended_connect(addr, "/upgrade", "echo"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    io.write_all(b"ping over a stream").await.unwrap();
+    let mut back = [0u8; 18];
+    io.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping over a stream");
 }
 
 #[tokio::test]

@@ -29,14 +29,20 @@ use crate::upstream::pool::Lease;
 use crate::upstream::{Cluster, Endpoint, Want};
 use body::{Body, Recorder, RequestBody, Tape};
 use exchange::{BodyTimeouts, Exchange, ResponseBody};
+use tunnel::ExtendedConnect;
 
 /// Serves one request; every failure becomes a response with the right status.
 pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<ResponseBody> {
     let snap = conn.runtime.snapshot();
     let listener = match snap.listeners.get(&*conn.listener) {
         Some(l) => l.clone(),
-        // The listener was removed by a reload; its open connections drain on what they had.
-        None => return local::bare(StatusCode::SERVICE_UNAVAILABLE, "listener removed"),
+        // The listener was removed or renamed by a reload; its connections are closing
+        // (`server::serve`). One whose first request was on its way is served by the
+        // listener that owns its socket now, if any.
+        None => match snap.sockets.get(&conn.socket) {
+            Some(owner) => owner.listener.clone(),
+            None => return local::bare(StatusCode::SERVICE_UNAVAILABLE, "listener removed"),
+        },
     };
     let mut ex = Box::new(Exchange::new(
         conn,
@@ -81,7 +87,8 @@ async fn forward(
             return Err(ProxyError::HeadersTooLarge { size, limit });
         }
     }
-    if req.method() == Method::CONNECT {
+    let extended_connect = ExtendedConnect::is(&req);
+    if req.method() == Method::CONNECT && !extended_connect {
         return tunnel::connect(req, lr, ex).await;
     }
     let target = lr
@@ -91,11 +98,15 @@ async fn forward(
     // Answers given before the upstream is chosen count under the route's cluster.
     ex.cluster = target.cluster.clone();
 
-    let upgrade = headers::is_upgrade(req.version(), req.headers());
+    let upgrade = extended_connect || headers::is_upgrade(req.version(), req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
     let mut head = Request::from_parts(parts, ());
     headers::strip_hop_by_hop(head.headers_mut(), upgrade);
+    let extended_connect = match extended_connect {
+        true => Some(ExtendedConnect::rewrite(&mut head)?),
+        false => None,
+    };
     let https = ex.conn.tls.is_some();
     let version = head.version();
     headers::add_forwarding(
@@ -197,7 +208,7 @@ async fn forward(
         if let Some(downstream) = on_upgrade {
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 return Ok((
-                    tunnel::splice_upgrade(downstream, resp, ex),
+                    tunnel::splice_upgrade(downstream, resp, extended_connect.as_ref(), ex)?,
                     BodyTimeouts::default(),
                 ));
             }

@@ -1,6 +1,8 @@
 //! Byte tunnels: HTTP/1.1 upgrades (WebSocket) once the upstream switched
-//! protocols, `CONNECT` to a routed cluster, and plain TCP listeners. Each tunnel
-//! ends when either side closes or no byte moves for the idle timeout.
+//! protocols, WebSockets over HTTP/2 (RFC 8441's extended `CONNECT`, carried to the
+//! upstream as an HTTP/1.1 upgrade), `CONNECT` to a routed cluster, and plain TCP
+//! listeners. Each tunnel ends when either side closes or no byte moves for the
+//! idle timeout.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,8 +12,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use base64::Engine as _;
+use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use hyper::ext::Protocol;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -27,14 +32,101 @@ use crate::server::drain::Drain;
 use crate::snapshot::ListenerRuntime;
 use crate::telemetry::metrics::Limit;
 
+/// An HTTP/2 client's extended CONNECT (RFC 8441), turned into the HTTP/1.1
+/// upgrade it stands for: upgrades reach upstreams over HTTP/1.1, where WebSocket
+/// servers expect their handshake. Filters and the upstream see `GET` with
+/// `Upgrade: <protocol>`; the client gets `200` once the upstream answers `101`.
+pub struct ExtendedConnect {
+    /// The `Sec-WebSocket-Key` the proxy sent, for a WebSocket.
+    key: Option<HeaderValue>,
+}
+
+impl ExtendedConnect {
+    /// Whether `req` is an extended CONNECT.
+    pub fn is(req: &Request<Incoming>) -> bool {
+        req.method() == Method::CONNECT
+            && req.version() == Version::HTTP_2
+            && req.extensions().get::<Protocol>().is_some()
+    }
+
+    /// Rewrites the head of an extended CONNECT (`is` said so) as an HTTP/1.1 upgrade
+    /// request.
+    pub fn rewrite(head: &mut Request<()>) -> Result<ExtendedConnect, ProxyError> {
+        let protocol = head
+            .extensions_mut()
+            .remove::<Protocol>()
+            .ok_or_else(|| ProxyError::BadRequest("CONNECT without :protocol".into()))?;
+        let upgrade = HeaderValue::from_str(protocol.as_str()).map_err(|_| {
+            ProxyError::BadRequest(format!("bad :protocol {:?}", protocol.as_str()))
+        })?;
+        *head.method_mut() = Method::GET;
+        let headers = head.headers_mut();
+        headers.insert(UPGRADE, upgrade);
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        // HTTP/2 WebSockets have no key (RFC 8441 §5): the proxy makes the one the
+        // HTTP/1.1 handshake needs, and checks the upstream's answer to it.
+        let key = protocol
+            .as_str()
+            .eq_ignore_ascii_case("websocket")
+            .then(|| {
+                let nonce: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+                let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+                HeaderValue::from_str(&key).unwrap_or(HeaderValue::from_static(""))
+            });
+        match &key {
+            Some(k) => headers.insert(SEC_WEBSOCKET_KEY, k.clone()),
+            None => headers.remove(SEC_WEBSOCKET_KEY),
+        };
+        Ok(ExtendedConnect { key })
+    }
+
+    /// Checks the upstream's `101` against the handshake sent, and makes it the
+    /// client's `200` (RFC 8441 §5: success is any 2xx; HTTP/1.1's handshake headers
+    /// stay on their hop).
+    fn answer(&self, parts: &mut http::response::Parts) -> Result<(), ProxyError> {
+        if let Some(key) = &self.key {
+            let expected = websocket_accept(key.as_bytes());
+            if parts
+                .headers
+                .get(SEC_WEBSOCKET_ACCEPT)
+                .map(HeaderValue::as_bytes)
+                != Some(expected.as_bytes())
+            {
+                return Err(ProxyError::BadUpgrade(
+                    "Sec-WebSocket-Accept does not match the key sent",
+                ));
+            }
+        }
+        parts.status = StatusCode::OK;
+        for name in [SEC_WEBSOCKET_ACCEPT, UPGRADE, CONNECTION] {
+            parts.headers.remove(name);
+        }
+        Ok(())
+    }
+}
+
+/// RFC 6455 §4.2.2: base64(SHA-1(key + the WebSocket GUID)).
+fn websocket_accept(key: &[u8]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key);
+    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
+}
+
 /// Joins the client's and the upstream's upgraded connections once both are ready,
-/// and returns the 101 response for the client.
+/// and returns the response for the client: the upstream's 101, or for an HTTP/2
+/// client's extended CONNECT a 200.
 pub fn splice_upgrade(
     downstream: OnUpgrade,
     mut resp: Response<Incoming>,
+    extended: Option<&ExtendedConnect>,
     ex: &Exchange,
-) -> Response<Body> {
+) -> Result<Response<Body>, ProxyError> {
     let upstream = hyper::upgrade::on(&mut resp);
+    let (mut parts, _) = resp.into_parts();
+    if let Some(x) = extended {
+        x.answer(&mut parts)?;
+    }
     let idle = ex
         .cluster
         .as_ref()
@@ -50,8 +142,7 @@ pub fn splice_upgrade(
             Err(e) => tracing::debug!(%listener, error = %e, "upgrade did not complete"),
         }
     });
-    let (parts, _) = resp.into_parts();
-    Response::from_parts(parts, Body::Empty)
+    Ok(Response::from_parts(parts, Body::Empty))
 }
 
 /// `CONNECT host:port`: routed like any request (by authority), then a TCP (or TLS,

@@ -4,6 +4,7 @@
 //! (which does their TLS handshake too).
 
 pub mod drain;
+pub mod sockets;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::ListenerProtocol;
 use crate::runtime::Runtime;
 use crate::snapshot::ListenerRuntime;
-use crate::telemetry::metrics::{Limit, ListenerLabels};
+use crate::telemetry::metrics::Limit;
 use drain::Drain;
 
 /// What the TLS handshake of a connection established.
@@ -40,6 +41,8 @@ pub struct ConnInfo {
     pub listener: Arc<str>,
     pub remote: SocketAddr,
     pub local: SocketAddr,
+    /// The listening socket that accepted the connection (its bound address).
+    pub socket: SocketAddr,
     pub tls: Option<TlsInfo>,
     pub state: ConnState,
 }
@@ -81,19 +84,16 @@ impl ConnState {
     }
 }
 
-/// Accepts connections until the listener is removed from the config or shutdown begins.
+/// Accepts connections on the socket bound to `local` until no listener uses it
+/// any more or shutdown begins. Each connection is served by the listener the
+/// current snapshot gives the socket to.
 pub async fn accept_loop(
     listener: TcpListener,
-    name: Arc<str>,
+    local: SocketAddr,
     rt: Arc<Runtime>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     drain: Drain,
 ) {
-    let labels = ListenerLabels {
-        listener: name.to_string(),
-    };
-    let open = rt.metrics.connections_open.get_or_create(&labels).clone();
-    let accepted = rt.metrics.connections.get_or_create(&labels).clone();
     let mut shutdown = drain.clone();
     loop {
         let (tcp, remote) = tokio::select! {
@@ -101,7 +101,7 @@ pub async fn accept_loop(
                 Ok(c) => c,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tracing::warn!(address = %local, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -110,29 +110,29 @@ pub async fn accept_loop(
             _ = shutdown.signaled() => break,
         };
         let snap = rt.snapshot();
-        let Some(lr) = snap.listeners.get(&*name).cloned() else {
-            break;
+        // None: the socket is on its way out (its stop signal follows); the
+        // connection is closed, as one still in its backlog would be.
+        let Some(owner) = snap.sockets.get(&local) else {
+            continue;
         };
-        accepted.inc();
-        if open.get() >= lr.config.limits.max_connections as i64 {
-            rt.metrics.limit_hit(&name, Limit::max_connections);
-            tracing::debug!(listener = %name, %remote, "connection refused: max_connections reached");
+        let lr = owner.listener.clone();
+        let removed = owner.retired.clone();
+        drop(snap);
+        lr.connections.inc();
+        if lr.connections_open.get() >= lr.config.limits.max_connections as i64 {
+            rt.metrics.limit_hit(&lr.name, Limit::max_connections);
+            tracing::debug!(listener = %lr.name, %remote, "connection refused: max_connections reached");
             drop(tcp);
             continue;
         }
-        let local = tcp
-            .local_addr()
-            .unwrap_or_else(|_| listener.local_addr().unwrap_or(remote));
-        let open = open.clone();
+        let open = lr.connections_open.clone();
         open.inc();
         let rt = rt.clone();
         let drain = drain.clone();
-        let name = name.clone();
-        let removed = stop.clone();
         tokio::spawn(async move {
             match lr.config.protocol {
                 ListenerProtocol::Http => {
-                    serve_http(tcp, remote, local, lr, rt, name, drain, removed).await
+                    serve_http(tcp, remote, local, lr, rt, drain, removed).await
                 }
                 ListenerProtocol::Tcp => {
                     crate::proxy::tunnel::serve_tcp(tcp, remote, lr, rt, drain).await
@@ -141,7 +141,7 @@ pub async fn accept_loop(
             open.dec();
         });
     }
-    tracing::info!(listener = %name, "listener stopped accepting");
+    tracing::info!(address = %local, "socket stopped accepting");
 }
 
 /// Resolves when the listener is told to stop (the guard `wait_for` returns is not
@@ -151,24 +151,24 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
 }
 
 /// `removed` turns true when a reload drops (or moves) the listener.
-#[allow(clippy::too_many_arguments)]
 async fn serve_http(
     tcp: TcpStream,
     remote: SocketAddr,
-    local: SocketAddr,
+    socket: SocketAddr,
     lr: Arc<ListenerRuntime>,
     rt: Arc<Runtime>,
-    name: Arc<str>,
     drain: Drain,
     removed: tokio::sync::watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().unwrap_or(socket);
     let Some(tls) = &lr.tls else {
         let info = ConnInfo {
             runtime: rt,
-            listener: name,
+            listener: lr.name.clone(),
             remote,
             local,
+            socket,
             tls: None,
             state: ConnState::default(),
         };
@@ -179,13 +179,13 @@ async fn serve_http(
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            tracing::debug!(listener = %name, %remote, error = %e, "TLS handshake failed");
-            rt.metrics.limit_hit(&name, Limit::tls_handshake);
+            tracing::debug!(listener = %lr.name, %remote, error = %e, "TLS handshake failed");
+            rt.metrics.limit_hit(&lr.name, Limit::tls_handshake);
             return;
         }
         Err(_) => {
-            tracing::debug!(listener = %name, %remote, "TLS handshake timed out");
-            rt.metrics.limit_hit(&name, Limit::tls_handshake);
+            tracing::debug!(listener = %lr.name, %remote, "TLS handshake timed out");
+            rt.metrics.limit_hit(&lr.name, Limit::tls_handshake);
             return;
         }
     };
@@ -202,14 +202,18 @@ async fn serve_http(
     };
     let info = ConnInfo {
         runtime: rt,
-        listener: name,
+        listener: lr.name.clone(),
         remote,
         local,
+        socket,
         tls: Some(info),
         state: ConnState::default(),
     };
     serve(TokioIo::new(stream), Arc::new(info), &lr, drain, removed).await
 }
+
+/// How long a connection retired before its first request waits for that request.
+const RETIRE_FIRST_REQUEST_WAIT_MS: u64 = 1000;
 
 /// Runs hyper on one connection, closing it when idle too long, at shutdown, or
 /// when its listener is removed (requests in flight finish; then the client, told
@@ -246,6 +250,8 @@ async fn serve<I>(
     let rt = &info.runtime;
     let started_ms = rt.now_ms();
     let mut closing = false;
+    // Set when a reload retired the connection's listener binding.
+    let mut retiring = false;
     // Set when a header timeout asked the connection to close: it is cut then.
     let mut cutting = false;
     let check_every = [header_time, idle].into_iter().flatten().min();
@@ -260,9 +266,22 @@ async fn serve<I>(
                 }
                 return;
             }
-            () = timer.as_mut(), if check_every.is_some() && (!closing || cutting) => {
+            () = timer.as_mut(), if (check_every.is_some() || retiring) && (!closing || cutting) => {
                 if cutting {
                     return;
+                }
+                if retiring {
+                    if info.state.requests.load(Ordering::Relaxed) > 0
+                        || info.state.h2.load(Ordering::Relaxed)
+                        || rt.now_ms().saturating_sub(started_ms) >= RETIRE_FIRST_REQUEST_WAIT_MS
+                    {
+                        tracing::debug!(listener = %info.listener, remote = %info.remote, "closing connection: listener removed");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    } else {
+                        timer.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(5));
+                    }
+                    continue;
                 }
                 let now = rt.now_ms();
                 let st = &info.state;
@@ -307,10 +326,12 @@ async fn serve<I>(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = stopped(&mut removed), if !closing => {
-                tracing::debug!(listener = %info.listener, remote = %info.remote, "closing connection: listener removed");
-                conn.as_mut().graceful_shutdown();
-                closing = true;
+            () = stopped(&mut removed), if !closing && !retiring => {
+                // A connection accepted just before the reload may have its first
+                // request on the way: closing it now would reset that request, so it
+                // is answered first (with `Connection: close`).
+                retiring = true;
+                timer.as_mut().reset(tokio::time::Instant::now());
             }
         }
     }

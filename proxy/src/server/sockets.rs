@@ -1,0 +1,157 @@
+//! Listening sockets across reloads. A socket outlives the listener config that
+//! opened it: a reload that keeps a listener's address keeps its socket, and one
+//! that gives an address to another listener (a rename, two listeners trading
+//! ports) hands the open socket over instead of binding the address again, which
+//! would fail while the old socket is open. Connections waiting in the socket's
+//! backlog are not lost either way.
+//!
+//! Each snapshot maps every socket to the listener that owns it (`Snapshot::sockets`),
+//! so an accepted connection always meets the listener config published with that
+//! mapping, whichever accept loop took it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::ListenerConfig;
+use crate::snapshot::{ListenerRuntime, Snapshot};
+
+/// One bound listening socket. Its accept loops stop when the last listener
+/// holding it lets go.
+pub struct Socket {
+    pub local: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+impl Socket {
+    /// Turns true when no listener uses the socket any more.
+    pub fn stopped(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// A listener on its socket. When a reload drops it (the listener is removed, moves
+/// to another address, or its socket goes to another listener), its connections
+/// are told to close once their requests in flight are answered.
+pub struct Binding {
+    /// The configured address (port 0 means "any": see `socket.local`).
+    pub address: SocketAddr,
+    pub socket: Arc<Socket>,
+    retire: watch::Sender<bool>,
+}
+
+impl Drop for Binding {
+    fn drop(&mut self) {
+        self.retire.send_replace(true);
+    }
+}
+
+/// The listener a socket's connections belong to, as one snapshot sees it.
+pub struct SocketOwner {
+    pub listener: Arc<ListenerRuntime>,
+    /// Turns true when the binding is dropped by a later reload.
+    pub retired: watch::Receiver<bool>,
+}
+
+/// The bindings a config needs, and the sockets bound for it that have no accept
+/// loops yet. Dropping a plan (a refused reload) closes those sockets and leaves
+/// the running bindings as they were.
+pub struct Plan {
+    pub bindings: HashMap<String, Arc<Binding>>,
+    pub fresh: Vec<(Arc<Socket>, TcpListener)>,
+    /// (listener, the listener whose socket it takes over).
+    pub handed_over: Vec<(String, String)>,
+}
+
+impl Plan {
+    /// Binds what `listeners` need that `current` cannot give. A listener whose
+    /// address is unchanged keeps its binding; an address held by a binding the new
+    /// config lets go is handed over; anything else is bound anew, and an address
+    /// that cannot be bound refuses the whole config.
+    pub async fn make(
+        current: &HashMap<String, Arc<Binding>>,
+        listeners: &[ListenerConfig],
+        file: &Path,
+    ) -> anyhow::Result<Plan> {
+        let kept = |name: &str, b: &Binding| {
+            listeners
+                .iter()
+                .any(|l| l.name == name && l.address == b.address)
+        };
+        let mut plan = Plan {
+            bindings: HashMap::new(),
+            fresh: Vec::new(),
+            handed_over: Vec::new(),
+        };
+        for l in listeners {
+            if let Some(b) = current.get(&l.name).filter(|b| b.address == l.address) {
+                plan.bindings.insert(l.name.clone(), b.clone());
+                continue;
+            }
+            // Port 0 asks for a new port: never someone else's socket.
+            let free = (l.address.port() != 0)
+                .then(|| {
+                    current.iter().find(|(name, b)| {
+                        (b.address == l.address || b.socket.local == l.address)
+                            && !kept(name, b)
+                            && !plan.handed_over.iter().any(|(_, from)| from == *name)
+                    })
+                })
+                .flatten();
+            let socket = match free {
+                Some((from, b)) => {
+                    plan.handed_over.push((l.name.clone(), from.clone()));
+                    b.socket.clone()
+                }
+                None => {
+                    let listener = TcpListener::bind(l.address).await.with_context(|| {
+                        format!(
+                            "{}: listeners: cannot bind {:?} to {}",
+                            file.display(),
+                            l.name,
+                            l.address
+                        )
+                    })?;
+                    let socket = Arc::new(Socket {
+                        local: listener.local_addr().unwrap_or(l.address),
+                        stop: watch::channel(false).0,
+                    });
+                    plan.fresh.push((socket.clone(), listener));
+                    socket
+                }
+            };
+            let binding = Binding {
+                address: l.address,
+                socket,
+                retire: watch::channel(false).0,
+            };
+            plan.bindings.insert(l.name.clone(), Arc::new(binding));
+        }
+        Ok(plan)
+    }
+
+    /// Which listener of `snap` owns each socket of the plan.
+    pub fn owners(&self, snap: &Snapshot) -> HashMap<SocketAddr, SocketOwner> {
+        self.bindings
+            .iter()
+            .filter_map(|(name, b)| {
+                let owner = SocketOwner {
+                    listener: snap.listeners.get(name)?.clone(),
+                    retired: b.retire.subscribe(),
+                };
+                Some((b.socket.local, owner))
+            })
+            .collect()
+    }
+}
