@@ -99,8 +99,8 @@ impl App {
             &HashMap::new(),
             &snapshot.config.config.listeners,
             &snapshot.config.source,
-        )
-        .await?;
+            workers.count(),
+        )?;
         snapshot.sockets = plan.owners(&snapshot);
         let admin_address = snapshot.config.config.admin.listen();
         // Watched whatever the setting: `watch_config` may be turned on by a reload,
@@ -250,9 +250,13 @@ impl App {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let plan = Plan::make(&current, &next.config.config.listeners, &next.config.source)
-            .await
-            .map_err(|e| format!("{e:#}"))?;
+        let plan = Plan::make(
+            &current,
+            &next.config.config.listeners,
+            &next.config.source,
+            self.workers.count(),
+        )
+        .map_err(|e| format!("{e:#}"))?;
         drop(current);
         next.sockets = plan.owners(&next);
         let generation = next.generation;
@@ -280,48 +284,41 @@ impl App {
         let Some(token) = self.drain_token() else {
             return;
         };
-        for (socket, listener) in plan.fresh {
+        for (socket, copies) in plan.fresh {
             let snap = self.runtime.snapshot();
             if let Some(owner) = snap.sockets.get(&socket.local) {
                 let l = &owner.listener.config;
                 tracing::info!(listener = %owner.listener.name, address = %socket.local, protocol = ?l.protocol, tls = l.tls.is_some(), "listening");
             }
-            self.spawn_accept_loops(&socket, listener, token.clone());
+            self.spawn_accept_loops(&socket, copies, token.clone());
         }
     }
 
-    /// Starts accepting on `listener`: on this runtime alone, or on every worker, each
-    /// with its own copy of the socket registered with its own runtime.
-    fn spawn_accept_loops(&self, socket: &Socket, listener: TcpListener, token: Drain) {
-        let (rt, local) = (&self.runtime, socket.local);
-        if self.workers.handles().is_empty() {
-            let stopped = socket.stopped();
+    /// Starts accepting on a socket bound for every worker: each copy registered with
+    /// its own worker's runtime (this one first).
+    fn spawn_accept_loops(&self, socket: &Socket, copies: Vec<TcpListener>, token: Drain) {
+        let local = socket.local;
+        let mut copies = copies.into_iter();
+        if let Some(first) = copies.next() {
+            let (rt, stopped) = (self.runtime.clone(), socket.stopped());
             tokio::spawn(crate::server::accept_loop(
-                listener,
+                first,
                 local,
-                rt.clone(),
+                rt,
                 stopped,
-                token,
+                token.clone(),
             ));
-            return;
         }
-        let shared = match listener.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(address = %local, error = %e, "cannot hand the listening socket to the workers");
-                return;
-            }
-        };
-        let here = tokio::runtime::Handle::current();
-        for handle in std::iter::once(&here).chain(self.workers.handles()) {
-            let copy = match shared.try_clone() {
+        for (handle, copy) in self.workers.handles().iter().zip(copies) {
+            let (rt, stopped, token) = (self.runtime.clone(), socket.stopped(), token.clone());
+            // Registered with this runtime's reactor when bound: move it to the worker's.
+            let copy = match copy.into_std() {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(address = %local, error = %e, "a worker cannot share the listening socket");
+                    tracing::error!(address = %local, error = %e, "cannot hand a listening socket to a worker");
                     continue;
                 }
             };
-            let (rt, stopped, token) = (rt.clone(), socket.stopped(), token.clone());
             handle.spawn(async move {
                 match TcpListener::from_std(copy) {
                     Ok(l) => crate::server::accept_loop(l, local, rt, stopped, token).await,

@@ -1,7 +1,7 @@
 //! Worker threads, one per core, each running its own single-threaded tokio
 //! runtime (as nginx's workers and Envoy's worker threads each run their own event
-//! loop). Every worker accepts from the same listening sockets and serves the
-//! connections it accepts from start to end, so a request never changes thread:
+//! loop). Every worker accepts from its own listening socket of each address
+//! (`server/sockets.rs`) and serves the connections it accepts from start to end, so a request never changes thread:
 //! no work-stealing queues, no cross-thread wake-ups, and the filter instances and
 //! buffers a request touches stay in that core's caches.
 //!
@@ -63,6 +63,11 @@ impl Workers {
             stop,
             threads: Mutex::new(threads),
         })
+    }
+
+    /// How many workers serve connections, the main runtime included.
+    pub fn count(&self) -> usize {
+        self.handles.len() + 1
     }
 
     /// The runtimes of the extra workers (not the main one).

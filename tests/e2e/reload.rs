@@ -549,6 +549,83 @@ async fn listeners_trade_addresses_and_take_over_renamed_ones_in_one_reload() {
     assert_eq!(fresh_get(p2).await.as_deref(), Ok("a"));
 }
 
+/// Listening TCP sockets on 127.0.0.1:`port` (from `/proc/net/tcp`).
+fn listening_sockets(port: u16) -> usize {
+    let local = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A")
+        })
+        .count()
+}
+
+/// `n` requests at once, each on a connection of its own: the backends that answered.
+async fn fresh_gets(addr: SocketAddr, n: usize) -> Vec<Result<String, String>> {
+    let gets = futures_util::future::join_all((0..n).map(|_| fresh_get(addr)));
+    tokio::time::timeout(Duration::from_secs(10), gets)
+        .await
+        .unwrap_or_else(|_| vec![Err("some connections were never answered".into())])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_accepts_on_its_own_socket_of_every_address() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let any = "127.0.0.1:0".to_string();
+    let proxy = Proxy::start_on_workers(
+        1,
+        &named_listeners(&[("one", any.clone(), "a"), ("two", any, "b")], &a, &b),
+    )
+    .await;
+    let (p1, p2) = (proxy.addr("one"), proxy.addr("two"));
+    // One socket per worker (SO_REUSEPORT): the kernel spreads new connections over
+    // them, so every connection below lands on one of the two accept queues, and a
+    // worker that did not accept would leave some unanswered.
+    assert_eq!(listening_sockets(p1.port()), 2);
+    assert_eq!(listening_sockets(p2.port()), 2);
+    let answers = fresh_gets(p1, 100).await;
+    assert!(
+        answers.iter().all(|r| r.as_deref() == Ok("a")),
+        "{answers:?}"
+    );
+
+    // Trading addresses hands both sockets of each address over.
+    proxy.write_config(&named_listeners(
+        &[("one", p2.to_string(), "a"), ("two", p1.to_string(), "b")],
+        &a,
+        &b,
+    ));
+    let (status, body) = reload(&proxy).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(listening_sockets(p1.port()), 2);
+    let answers = fresh_gets(p1, 100).await;
+    assert!(
+        answers.iter().all(|r| r.as_deref() == Ok("b")),
+        "{answers:?}"
+    );
+    let answers = fresh_gets(p2, 100).await;
+    assert!(
+        answers.iter().all(|r| r.as_deref() == Ok("a")),
+        "{answers:?}"
+    );
+
+    // A removed listener closes every worker's socket.
+    proxy.write_config(&named_listeners(&[("one", p2.to_string(), "a")], &a, &b));
+    let (status, body) = reload(&proxy).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        eventually(Duration::from_secs(5), async || listening_sockets(
+            p1.port()
+        ) == 0)
+        .await,
+        "a worker's socket of the removed listener is still open"
+    );
+}
+
 #[tokio::test]
 async fn unchanged_clusters_keep_their_connections() {
     let a = Backend::start_with("a", Proto::Http1, None).await;

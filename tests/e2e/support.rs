@@ -318,10 +318,22 @@ impl Proxy {
     }
 
     pub async fn try_start(config: &str) -> anyhow::Result<Proxy> {
+        Self::try_start_on(weft::workers::Workers::none(), config).await
+    }
+
+    /// Starts a proxy served by `extra` worker threads besides the test's runtime.
+    pub async fn start_on_workers(extra: usize, config: &str) -> Proxy {
+        let workers = weft::workers::Workers::spawn(extra).unwrap();
+        Self::try_start_on(workers, config)
+            .await
+            .unwrap_or_else(|e| panic!("proxy did not start: {e:#}"))
+    }
+
+    async fn try_start_on(workers: weft::workers::Workers, config: &str) -> anyhow::Result<Proxy> {
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("weft.toml");
         std::fs::write(&config_path, format!("{}{config}", preamble(dir.path())))?;
-        let app = App::start(ConfigSource::File(config_path.clone())).await?;
+        let app = App::start_on(ConfigSource::File(config_path.clone()), workers).await?;
         Ok(Proxy {
             app,
             dir,

@@ -1,11 +1,14 @@
 //! One request's pass through a chain: which instance each filter uses, the calls
 //! of each phase in order, and what the verdicts mean for the request.
 //!
-//! Each filter gets an instance on its first call for the request and keeps it for
-//! the rest of the request (so the SDK's per-request state lives across phases);
-//! instances go back to their pool when the run is dropped. A filter that fails is
-//! dealt with by its failure policy: fail-closed fails the request, fail-open skips
-//! the filter for the rest of the request.
+//! Each call takes an idle instance of its filter and gives it back when it returns,
+//! unless the filter keeps something for the request in it (the SDK's per-request
+//! extensions, or an outbound call in flight): then the request holds that instance
+//! until its next call returns holding nothing, or until the run is dropped. What
+//! the proxy itself keeps per filter per request (header budget, body modes) lives
+//! in the slot meanwhile. A filter that fails is dealt with by its failure policy:
+//! fail-closed fails the request, fail-open skips the filter for the rest of the
+//! request.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -8,6 +8,11 @@
 //! Each snapshot maps every socket to the listener that owns it (`Snapshot::sockets`),
 //! so an accepted connection always meets the listener config published with that
 //! mapping, whichever accept loop took it.
+//!
+//! With several workers an address gets one listening socket per worker, bound with
+//! `SO_REUSEPORT` (as nginx's `reuseport` and Envoy's default on Linux): the kernel
+//! spreads new connections over the workers' accept queues, and a connection wakes
+//! one worker, not all of them, as one shared socket would.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 use crate::config::ListenerConfig;
@@ -65,11 +70,11 @@ pub struct SocketOwner {
 }
 
 /// The bindings a config needs, and the sockets bound for it that have no accept
-/// loops yet. Dropping a plan (a refused reload) closes those sockets and leaves
-/// the running bindings as they were.
+/// loops yet (one per worker). Dropping a plan (a refused reload) closes those
+/// sockets and leaves the running bindings as they were.
 pub struct Plan {
     pub bindings: HashMap<String, Arc<Binding>>,
-    pub fresh: Vec<(Arc<Socket>, TcpListener)>,
+    pub fresh: Vec<(Arc<Socket>, Vec<TcpListener>)>,
     /// (listener, the listener whose socket it takes over).
     pub handed_over: Vec<(String, String)>,
 }
@@ -78,11 +83,13 @@ impl Plan {
     /// Binds what `listeners` need that `current` cannot give. A listener whose
     /// address is unchanged keeps its binding; an address held by a binding the new
     /// config lets go is handed over; anything else is bound anew, and an address
-    /// that cannot be bound refuses the whole config.
-    pub async fn make(
+    /// that cannot be bound refuses the whole config. `workers` sockets are bound
+    /// for each new address.
+    pub fn make(
         current: &HashMap<String, Arc<Binding>>,
         listeners: &[ListenerConfig],
         file: &Path,
+        workers: usize,
     ) -> anyhow::Result<Plan> {
         let kept = |name: &str, b: &Binding| {
             listeners
@@ -115,7 +122,7 @@ impl Plan {
                     b.socket.clone()
                 }
                 None => {
-                    let listener = TcpListener::bind(l.address).await.with_context(|| {
+                    let copies = bind(l.address, workers).with_context(|| {
                         format!(
                             "{}: listeners: cannot bind {:?} to {}",
                             file.display(),
@@ -124,10 +131,10 @@ impl Plan {
                         )
                     })?;
                     let socket = Arc::new(Socket {
-                        local: listener.local_addr().unwrap_or(l.address),
+                        local: copies[0].local_addr().unwrap_or(l.address),
                         stop: watch::channel(false).0,
                     });
-                    plan.fresh.push((socket.clone(), listener));
+                    plan.fresh.push((socket.clone(), copies));
                     socket
                 }
             };
@@ -155,3 +162,30 @@ impl Plan {
             .collect()
     }
 }
+
+/// Binds `address` once per worker: a plain listening socket for one worker, a
+/// `SO_REUSEPORT` group for several (port 0 is chosen by the first and shared by
+/// the rest).
+fn bind(address: SocketAddr, workers: usize) -> std::io::Result<Vec<TcpListener>> {
+    let group = workers > 1;
+    let mut copies: Vec<TcpListener> = Vec::with_capacity(workers.max(1));
+    let mut at = address;
+    for _ in 0..workers.max(1) {
+        let socket = match at {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        if group {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(at)?;
+        let listener = socket.listen(BACKLOG)?;
+        at = listener.local_addr()?;
+        copies.push(listener);
+    }
+    Ok(copies)
+}
+
+/// The accept queue of each socket (what tokio's `TcpListener::bind` uses).
+const BACKLOG: u32 = 1024;
