@@ -1,4 +1,5 @@
-//! The `weft` command line: `run`, `check` and `proxy`.
+//! The `weft` command line: `run`, `check` and `proxy` (and `compile-filter`, which
+//! the proxy runs as a child process: `wasm/compile.rs`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,15 @@ pub enum Command {
     },
     /// A reverse proxy from flags alone, no config file.
     Proxy(ProxyArgs),
+    /// Compiles a filter into the module cache: what the proxy runs in a child
+    /// process, so that the compiler's memory never stays in the serving one.
+    #[command(hide = true)]
+    CompileFilter {
+        #[arg(long)]
+        filter_instances: u32,
+        module: PathBuf,
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -72,6 +82,24 @@ pub struct ProxyArgs {
 /// Runs the command; the process exits with the returned code.
 pub fn main(cli: Cli) -> ExitCode {
     telemetry::init_logging(cli.log_format, &cli.log);
+    if let Command::CompileFilter {
+        filter_instances,
+        module,
+        out,
+    } = &cli.command
+    {
+        // The parent reads the reason from stderr as it is.
+        return match crate::wasm::compile::compile_to_file(*filter_instances, module, out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        crate::wasm::compile::compile_in_child_processes(exe);
+    }
     let result = match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => match config::load(&config) {
@@ -82,6 +110,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Ok(loaded) => serve(ConfigSource::Fixed(Box::new(loaded)), args.workers),
             Err(e) => Err(e),
         },
+        Command::CompileFilter { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

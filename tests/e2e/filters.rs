@@ -925,6 +925,58 @@ async fn weft_check_loads_modules_and_their_config() {
 }
 
 #[tokio::test]
+async fn the_binary_compiles_new_modules_in_a_child_process() {
+    // With an empty module cache the proxy compiles its filters in a child process
+    // that writes the cache and exits: the compiler's working memory (several MiB)
+    // never enters the serving process, which ends up as it would from a warm cache.
+    let b1 = Backend::start("b1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("weft.toml");
+    let text = format!(
+        "{}{}",
+        preamble(dir.path()),
+        config(&b1, &[("p", r#"{"tag": "x"}"#)], "")
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    let cfg_arg = cfg.to_str().unwrap();
+    let cached = || {
+        std::fs::read_dir(dir.path().join("cache"))
+            .map(|d| d.filter_map(Result::ok).count())
+            .unwrap_or(0)
+    };
+    assert_eq!(cached(), 0);
+    let cold = Child::spawn(&["run", "--config", cfg_arg]).await;
+    assert_eq!(cached(), 1, "the compiled module was not cached");
+    let url = format!("http://{}/", cold.listener_addr("main"));
+    let (status, headers, _) = get(&h1(), &url).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-probe"], "x");
+    let cold_anon = rss_anon_kib(cold.pid());
+    drop(cold);
+
+    let warm = Child::spawn(&["run", "--config", cfg_arg]).await;
+    let warm_anon = rss_anon_kib(warm.pid());
+    assert!(
+        cold_anon < warm_anon + 2048,
+        "compiling left {} KiB more in the proxy than loading the cache ({cold_anon} against {warm_anon})",
+        cold_anon.saturating_sub(warm_anon)
+    );
+    drop(warm);
+
+    // A module that does not compile: the child's reason reaches the operator.
+    let broken = dir.path().join("broken.wasm");
+    std::fs::write(&broken, b"\0asm not really").unwrap();
+    let probe = filter_wasm("probe_filter").display().to_string();
+    std::fs::write(&cfg, text.replace(&probe, &broken.display().to_string())).unwrap();
+    let (status, _, err) = crate::ops_support::run_weft(&["check", "--config", cfg_arg]).await;
+    assert!(!status.success());
+    assert!(
+        err.contains("filters[0]") && err.contains("broken.wasm is not a valid component"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn a_thousand_reloads_leave_memory_flat() {
     let b1 = Backend::start("b1").await;
     let dir = tempfile::tempdir().unwrap();

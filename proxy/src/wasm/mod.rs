@@ -17,6 +17,7 @@
 //! every request fresh instances, at the cost measured in docs/benchmarks.md.
 
 pub mod bindings;
+pub mod compile;
 mod host;
 pub mod pool;
 pub mod shared;
@@ -30,10 +31,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _};
 use prometheus_client::metrics::histogram::Histogram;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
-    UpdateDeadline,
-};
+use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::config::{FailurePolicy, FilterConfig, FilterLimits, RuntimeConfig};
@@ -56,33 +54,15 @@ pub struct Host {
     pub engine: Engine,
     linker: Linker<HostState>,
     cache_dir: Option<PathBuf>,
+    /// The setting the engine was made with, for a compiler process to make the same.
+    filter_instances: u32,
     compiled: Mutex<std::collections::HashMap<String, Component>>,
 }
 
 impl Host {
     pub fn new(runtime: &RuntimeConfig) -> anyhow::Result<Arc<Host>> {
-        let mut cfg = wasmtime::Config::new();
-        cfg.wasm_component_model(true);
-        cfg.epoch_interruption(true);
-        cfg.cranelift_opt_level(wasmtime::OptLevel::Speed);
-        // Fiber stacks for filter calls; Rust filters need little.
-        cfg.async_stack_size(1 << 20);
-        cfg.max_wasm_stack(512 << 10);
-        let instances = runtime.filter_instances.max(1);
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(instances)
-            .total_core_instances(instances.saturating_mul(4))
-            .max_core_instances_per_component(16)
-            .total_memories(instances)
-            .total_tables(instances.saturating_mul(2))
-            .total_stacks(instances)
-            .max_memory_size(MAX_FILTER_MEMORY as usize)
-            // Keep a little of each recycled slot mapped so the next instance
-            // starts without page faults, but give the rest back.
-            .linear_memory_keep_resident(64 << 10)
-            .async_stack_keep_resident(16 << 10);
-        cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&cfg).map_err(|e| wt("configuring wasmtime", e))?;
+        let engine = Engine::new(&compile::engine_config(runtime))
+            .map_err(|e| wt("configuring wasmtime", e))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| wt("linking WASI", e))?;
         Filter::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
@@ -98,6 +78,7 @@ impl Host {
                 .clone()
                 .filter(|p| !p.as_os_str().is_empty()),
             compiled: Default::default(),
+            filter_instances: runtime.filter_instances,
         });
         spawn_epoch_ticker(Arc::downgrade(&host));
         Ok(host)
@@ -126,18 +107,18 @@ impl Host {
             // this same engine configuration (the key includes its compatibility hash).
             unsafe { Component::deserialize_file(&self.engine, p) }.ok()
         });
-        let component = match from_disk {
-            Some(c) => c,
-            None => {
-                let c = Component::new(&self.engine, &bytes)
-                    .map_err(|e| anyhow!("{} is not a valid component: {e:#}", path.display()))?;
-                if let Some(p) = &cached {
-                    if let Err(e) = write_cache(p, &c) {
-                        tracing::warn!(path = %p.display(), error = %e, "cannot cache the compiled filter");
+        let component = match (from_disk, &cached) {
+            (Some(c), _) => c,
+            (None, Some(out)) => {
+                match compile::in_child(&self.engine, self.filter_instances, path, out) {
+                    compile::Outcome::Compiled(c) => c,
+                    compile::Outcome::Failed(e) => return Err(e),
+                    compile::Outcome::NoChild => {
+                        compile::here(&self.engine, &bytes, path, cached.as_deref())?
                     }
                 }
-                c
             }
+            (None, None) => compile::here(&self.engine, &bytes, path, None)?,
         };
         let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
         // Bound the in-memory cache: a proxy reloaded with ever new modules would grow.
@@ -165,19 +146,6 @@ fn content_key(engine: &Engine, bytes: &[u8]) -> String {
     engine.precompile_compatibility_hash().hash(&mut h);
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("{hex}-{:016x}", h.finish())
-}
-
-fn write_cache(path: &Path, component: &Component) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(
-        &tmp,
-        component.serialize().map_err(|e| wt("serializing", e))?,
-    )?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 /// Advances the epoch every tick while the host lives.
