@@ -131,7 +131,10 @@ impl Plan {
                         )
                     })?;
                     let socket = Arc::new(Socket {
-                        local: copies[0].local_addr().unwrap_or(l.address),
+                        local: copies
+                            .first()
+                            .and_then(|c| c.local_addr().ok())
+                            .unwrap_or(l.address),
                         stop: watch::channel(false).0,
                     });
                     plan.fresh.push((socket.clone(), copies));
