@@ -284,8 +284,8 @@ impl App {
         let Some(token) = self.drain_token() else {
             return;
         };
+        let snap = self.runtime.snapshot();
         for (socket, copies) in plan.fresh {
-            let snap = self.runtime.snapshot();
             if let Some(owner) = snap.sockets.get(&socket.local) {
                 let l = &owner.listener.config;
                 tracing::info!(listener = %owner.listener.name, address = %socket.local, protocol = ?l.protocol, tls = l.tls.is_some(), "listening");

@@ -437,6 +437,18 @@ fn named_listeners(listeners: &[(&str, String, &str)], a: &Backend, b: &Backend)
     text
 }
 
+/// Writes `named_listeners(listeners, a, b)` and reloads it, which must be accepted.
+async fn apply_listeners(
+    proxy: &Proxy,
+    listeners: &[(&str, String, &str)],
+    a: &Backend,
+    b: &Backend,
+) {
+    proxy.write_config(&named_listeners(listeners, a, b));
+    let (status, body) = reload(proxy).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 /// One request on a connection of its own, reporting the backend that answered.
 async fn fresh_get(addr: SocketAddr) -> Result<String, String> {
     answering_backend(&h1(), &format!("http://{addr}/")).await
@@ -489,13 +501,13 @@ async fn listeners_trade_addresses_and_take_over_renamed_ones_in_one_reload() {
 
     // The two listeners trade addresses: binding either anew would fail while the
     // other holds it, so each takes over the other's socket.
-    proxy.write_config(&named_listeners(
+    apply_listeners(
+        &proxy,
         &[("one", p2.to_string(), "a"), ("two", p1.to_string(), "b")],
         &a,
         &b,
-    ));
-    let (status, body) = reload(&proxy).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    )
+    .await;
     assert_eq!(proxy.app.listener_addr("one"), Some(p2));
     assert_eq!(proxy.app.listener_addr("two"), Some(p1));
     assert_eq!(fresh_get(p1).await.as_deref(), Ok("b"));
@@ -511,13 +523,13 @@ async fn listeners_trade_addresses_and_take_over_renamed_ones_in_one_reload() {
     );
 
     // A rename: "three" takes the socket "two" lets go of.
-    proxy.write_config(&named_listeners(
+    apply_listeners(
+        &proxy,
         &[("one", p2.to_string(), "a"), ("three", p1.to_string(), "a")],
         &a,
         &b,
-    ));
-    let (status, body) = reload(&proxy).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    )
+    .await;
     assert_eq!(proxy.app.listener_addr("three"), Some(p1));
     assert!(proxy.app.listener_addr("two").is_none());
     assert_eq!(fresh_get(p1).await.as_deref(), Ok("a"));
@@ -537,9 +549,7 @@ async fn listeners_trade_addresses_and_take_over_renamed_ones_in_one_reload() {
     assert!(sent > 10, "the load barely ran: {sent} requests");
 
     // A removed listener's socket closes, also after a handover.
-    proxy.write_config(&named_listeners(&[("one", p2.to_string(), "a")], &a, &b));
-    let (status, body) = reload(&proxy).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    apply_listeners(&proxy, &[("one", p2.to_string(), "a")], &a, &b).await;
     assert!(
         eventually(Duration::from_secs(5), async || refuses_connections(p1)
             .await)
@@ -594,13 +604,13 @@ async fn each_worker_accepts_on_its_own_socket_of_every_address() {
     );
 
     // Trading addresses hands both sockets of each address over.
-    proxy.write_config(&named_listeners(
+    apply_listeners(
+        &proxy,
         &[("one", p2.to_string(), "a"), ("two", p1.to_string(), "b")],
         &a,
         &b,
-    ));
-    let (status, body) = reload(&proxy).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    )
+    .await;
     assert_eq!(listening_sockets(p1.port()), 2);
     let answers = fresh_gets(p1, 100).await;
     assert!(
@@ -614,9 +624,7 @@ async fn each_worker_accepts_on_its_own_socket_of_every_address() {
     );
 
     // A removed listener closes every worker's socket.
-    proxy.write_config(&named_listeners(&[("one", p2.to_string(), "a")], &a, &b));
-    let (status, body) = reload(&proxy).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    apply_listeners(&proxy, &[("one", p2.to_string(), "a")], &a, &b).await;
     assert!(
         eventually(Duration::from_secs(5), async || listening_sockets(
             p1.port()
