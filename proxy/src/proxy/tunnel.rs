@@ -70,9 +70,9 @@ impl ExtendedConnect {
             .eq_ignore_ascii_case("websocket")
             .then(|| {
                 let nonce: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
-                let key = base64::engine::general_purpose::STANDARD.encode(nonce);
-                HeaderValue::from_str(&key).unwrap_or(HeaderValue::from_static(""))
-            });
+                base64::engine::general_purpose::STANDARD.encode(nonce)
+            })
+            .and_then(|key| HeaderValue::from_str(&key).ok());
         match &key {
             Some(k) => headers.insert(SEC_WEBSOCKET_KEY, k.clone()),
             None => headers.remove(SEC_WEBSOCKET_KEY),
