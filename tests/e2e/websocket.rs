@@ -478,14 +478,13 @@ async fn websocket_outlives_the_listener_idle_timeout() {
     );
 }
 
-#[tokio::test]
-async fn secure_websocket_through_a_tls_listener_to_a_tls_upstream() {
-    let pki = Pki::new();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
+/// A TLS listener (certificate for `ws.test`) in front of a TLS WebSocket upstream
+/// (`backend.test`) that prefers h2.
+async fn tls_websocket_proxy(pki: &Pki, dir: &std::path::Path) -> (Proxy, WsEcho) {
+    let ca = dir.join("ca.pem");
     std::fs::write(&ca, &pki.ca_pem).unwrap();
     let edge = pki.leaf(&["ws.test"], &[]);
-    let (cert, key) = pki.write(dir.path(), "edge", &edge);
+    let (cert, key) = pki.write(dir, "edge", &edge);
     // The upstream prefers h2: only an HTTP/1.1-only ALPN offer from the proxy
     // gets a connection a WebSocket handshake can use.
     let upstream = pki.leaf(&["backend.test"], &[]);
@@ -513,6 +512,66 @@ server_name = "backend.test"
         ca.display()
     ))
     .await;
+    (proxy, server)
+}
+
+#[tokio::test]
+async fn websocket_over_http2_and_tls_as_browsers_open_it() {
+    // A browser's wss:// on an HTTP/2 connection: ALPN h2, then an extended CONNECT.
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, server) = tls_websocket_proxy(&pki, dir.path()).await;
+    let tcp = TcpStream::connect(proxy.addr("main")).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(pki.client_config(&[b"h2"]))
+        .connect(
+            rustls::pki_types::ServerName::try_from("ws.test").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // Any answer will do: it means the proxy's SETTINGS, which offer extended
+    // CONNECT, have arrived.
+    let _ = sender
+        .send_request(Request::get("https://ws.test/").body(empty()).unwrap())
+        .await;
+    let mut req = Request::builder()
+        .method(Method::CONNECT)
+        .uri("https://ws.test/secure-h2")
+        .header("sec-websocket-version", "13")
+        .body(empty())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(hyper::upgrade::on(resp).await.unwrap()),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    ws.send(Message::text("wss over h2")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("wss over h2")
+    );
+    ws.close(None).await.unwrap();
+    let seen = server.seen.lock().unwrap();
+    let (path, h) = seen.handshakes.last().unwrap();
+    assert_eq!(path, "/secure-h2");
+    assert_eq!(h["x-forwarded-proto"], "https");
+}
+
+#[tokio::test]
+async fn secure_websocket_through_a_tls_listener_to_a_tls_upstream() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, server) = tls_websocket_proxy(&pki, dir.path()).await;
     let tcp = TcpStream::connect(proxy.addr("main")).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(pki.client_config(&[b"http/1.1"]))
         .connect(
