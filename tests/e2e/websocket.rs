@@ -343,11 +343,11 @@ async fn h2_session(addr: SocketAddr) -> http2::SendRequest<TestBody> {
     sender
 }
 
-/// An extended CONNECT (RFC 8441) for `path` speaking `protocol`.
-fn extended_connect(addr: SocketAddr, path: &str, protocol: &'static str) -> Request<TestBody> {
+/// An extended CONNECT (RFC 8441) for `uri` speaking `protocol`.
+fn extended_connect(uri: &str, protocol: &'static str) -> Request<TestBody> {
     let mut req = Request::builder()
         .method(Method::CONNECT)
-        .uri(format!("http://{addr}{path}"))
+        .uri(uri)
         .header("sec-websocket-version", "13")
         .header("sec-websocket-protocol", "chat")
         .body(empty())
@@ -355,6 +355,35 @@ fn extended_connect(addr: SocketAddr, path: &str, protocol: &'static str) -> Req
     req.extensions_mut()
         .insert(hyper::ext::Protocol::from_static(protocol));
     req
+}
+
+/// The client side of a WebSocket on the stream an extended CONNECT opened.
+async fn websocket_on(
+    resp: http::Response<hyper::body::Incoming>,
+) -> tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>> {
+    let upgraded = hyper::upgrade::on(resp).await.unwrap();
+    tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await
+}
+
+/// A TLS connection to `addr` for `ws.test`, offering `alpn`.
+async fn tls_to(
+    pki: &Pki,
+    addr: SocketAddr,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(pki.client_config(alpn))
+        .connect(
+            rustls::pki_types::ServerName::try_from("ws.test").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -369,7 +398,10 @@ async fn websocket_over_http2_reaches_an_http1_upstream() {
     let mut sender = h2_session(addr).await;
 
     let resp = sender
-        .send_request(extended_connect(addr, "/chat?room=1", "websocket"))
+        .send_request(extended_connect(
+            &format!("http://{addr}/chat?room=1"),
+            "websocket",
+        ))
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
@@ -379,13 +411,7 @@ async fn websocket_over_http2_reaches_an_http1_upstream() {
             "{hop} reached the HTTP/2 client"
         );
     }
-    let upgraded = hyper::upgrade::on(resp).await.unwrap();
-    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-        TokioIo::new(upgraded),
-        tokio_tungstenite::tungstenite::protocol::Role::Client,
-        None,
-    )
-    .await;
+    let mut ws = websocket_on(resp).await;
     ws.send(Message::text("over h2")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("over h2"));
     let big = vec![7u8; 200_000];
@@ -437,14 +463,17 @@ async fn websocket_over_http2_refuses_an_upstream_that_skips_the_handshake() {
     let mut sender = h2_session(addr).await;
     // `/upgrade` is the backend's raw echo, which answers any upgrade with 101.
     let resp = sender
-        .send_request(extended_connect(addr, "/upgrade", "websocket"))
+        .send_request(extended_connect(
+            &format!("http://{addr}/upgrade"),
+            "websocket",
+        ))
         .await
         .unwrap();
     assert_eq!(resp.status(), 502);
 
     // Any other protocol has no handshake to check: the raw echo carries its bytes.
     let resp = sender
-        .send_request(extended_connect(addr, "/upgrade", "echo"))
+        .send_request(extended_connect(&format!("http://{addr}/upgrade"), "echo"))
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
@@ -521,14 +550,7 @@ async fn websocket_over_http2_and_tls_as_browsers_open_it() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let (proxy, server) = tls_websocket_proxy(&pki, dir.path()).await;
-    let tcp = TcpStream::connect(proxy.addr("main")).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(pki.client_config(&[b"h2"]))
-        .connect(
-            rustls::pki_types::ServerName::try_from("ws.test").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let tls = tls_to(&pki, proxy.addr("main"), &[b"h2"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
         .await
@@ -539,22 +561,12 @@ async fn websocket_over_http2_and_tls_as_browsers_open_it() {
     let _ = sender
         .send_request(Request::get("https://ws.test/").body(empty()).unwrap())
         .await;
-    let mut req = Request::builder()
-        .method(Method::CONNECT)
-        .uri("https://ws.test/secure-h2")
-        .header("sec-websocket-version", "13")
-        .body(empty())
+    let resp = sender
+        .send_request(extended_connect("https://ws.test/secure-h2", "websocket"))
+        .await
         .unwrap();
-    req.extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
-    let resp = sender.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
-    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-        TokioIo::new(hyper::upgrade::on(resp).await.unwrap()),
-        tokio_tungstenite::tungstenite::protocol::Role::Client,
-        None,
-    )
-    .await;
+    let mut ws = websocket_on(resp).await;
     ws.send(Message::text("wss over h2")).await.unwrap();
     assert_eq!(
         ws.next().await.unwrap().unwrap(),
@@ -572,14 +584,7 @@ async fn secure_websocket_through_a_tls_listener_to_a_tls_upstream() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let (proxy, server) = tls_websocket_proxy(&pki, dir.path()).await;
-    let tcp = TcpStream::connect(proxy.addr("main")).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(pki.client_config(&[b"http/1.1"]))
-        .connect(
-            rustls::pki_types::ServerName::try_from("ws.test").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let tls = tls_to(&pki, proxy.addr("main"), &[b"http/1.1"]).await;
     let (mut ws, resp) = tokio_tungstenite::client_async("wss://ws.test/secure", tls)
         .await
         .expect("WebSocket handshake over TLS through the proxy");
