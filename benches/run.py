@@ -8,6 +8,8 @@ Weft's scenarios added next to its anchors:
   W0  weft proxy, no filter
   W1  weft proxy + the bench filter (same work as Envoy's proxy-wasm filter in C)
   W4  weft proxy + a chain of 4 bench filters
+  W1P, W4P  as W1 and W4 with the filter in its two-phase form (state in a request value,
+       the header set in the response phase: two calls per request, as proxy-wasm needs)
   WF  weft proxy + 1 bench filter, a fresh instance per request (instance_reuse = 1)
 
 Usage (after `bash ../shared/bench/run-anchors.sh` has installed Envoy, oha, wrk, nginx):
@@ -34,11 +36,12 @@ FILTER = os.path.join(TARGET, "wasm32-wasip2", "release", "bench_filter.wasm")
 LISTEN = "127.0.0.1:18120"
 
 
-def weft_argv(filters, extra_env=None):
+def weft_argv(filters, two_phase=False):
     argv = [WEFT, "--log", "warn", "proxy", "--listen", LISTEN, "--to", f"http://127.0.0.1:{bench.BACKEND_PORT}",
             "--workers", "1"]
+    spec = FILTER + ('={"two_phase": true}' if two_phase else "")
     for _ in range(filters):
-        argv += ["--filter", FILTER]
+        argv += ["--filter", spec]
     return argv
 
 
@@ -75,6 +78,8 @@ WEFT_SCENARIOS = {
     "W0": ("W0 weft, no filter", lambda rd: weft_argv(0), None),
     "W1": ("W1 weft + 1 Wasm filter", lambda rd: weft_argv(1), ("x-wasm-filter", "seen")),
     "W4": ("W4 weft + 4 Wasm filters", lambda rd: weft_argv(4), ("x-wasm-filter", "seen")),
+    "W1P": ("W1P weft + 1 Wasm filter, two phases", lambda rd: weft_argv(1, True), ("x-wasm-filter", "seen")),
+    "W4P": ("W4P weft + 4 Wasm filters, two phases", lambda rd: weft_argv(4, True), ("x-wasm-filter", "seen")),
     "WF": ("WF weft + 1 Wasm filter, fresh instance per request", lambda rd: weft_config(rd, 1), ("x-wasm-filter", "seen")),
 }
 

@@ -89,9 +89,26 @@ impl Context {
 
     /// The response: status, headers and body mode.
     ///
+    /// In the request-headers phase there is no response yet: reads find nothing,
+    /// and header writes (set, append, remove) are kept and made on the response the
+    /// client gets for this request, whoever makes it (the upstream, a filter's local
+    /// response, or the proxy's error), before the response phases run. A filter
+    /// that only adds response headers can so do all its work in one call, and
+    /// leave the response phases to the SDK's defaults (which the proxy then never
+    /// calls).
+    ///
     /// ```
     /// fn status(ctx: &weft_sdk::Context) -> Option<weft_sdk::http::StatusCode> {
     ///     ctx.response().status()
+    /// }
+    ///
+    /// // In on_request_headers: tag whatever response this request gets.
+    /// fn tag(ctx: &weft_sdk::Context) -> Result<(), weft_sdk::HeaderError> {
+    ///     let id = ctx.request().header("x-request-id");
+    ///     match id {
+    ///         Some(id) => ctx.response().set_header("x-request-id", id),
+    ///         None => Ok(()),
+    ///     }
     /// }
     /// ```
     pub fn response(&self) -> ResponseView<'_> {
@@ -192,8 +209,26 @@ impl Context {
         host::set_request_value(key, value.as_ref())
     }
 
-    /// Tells the proxy this filter does not implement the running phase.
-    pub(crate) fn skip_phase(&mut self) {
+    /// Tells the proxy this filter has nothing to do in the running phase, for any
+    /// request: the proxy stops calling it for that phase (until the chain is built
+    /// again by a reload). The trait's default methods call it; call it yourself when
+    /// your config decides that a phase you implement is not needed.
+    ///
+    /// ```
+    /// # use weft_sdk::{Action, ConfigError, Context, Filter};
+    /// struct Cors { expose_on_response: bool }
+    /// impl Filter for Cors {
+    ///     type Config = ();
+    ///     fn configure(_: ()) -> Result<Self, ConfigError> { Ok(Cors { expose_on_response: false }) }
+    ///     async fn on_response_headers(&self, ctx: &mut Context) -> Action {
+    ///         if !self.expose_on_response {
+    ///             ctx.skip_phase();
+    ///         }
+    ///         Action::Continue
+    ///     }
+    /// }
+    /// ```
+    pub fn skip_phase(&mut self) {
         host::skip_phase()
     }
 }

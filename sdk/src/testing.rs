@@ -379,6 +379,9 @@ impl<F: Filter> TestHost<F> {
     /// Sets the upstream's response (status and headers; the body is ignored: feed it
     /// with [`on_response_body`](Self::on_response_body)).
     ///
+    /// As in the proxy, the response gets the response headers the filter wrote in
+    /// the request-headers phase.
+    ///
     /// ```
     /// # use weft_sdk::{testing::TestHost, ConfigError, Filter};
     /// # struct Nop;
@@ -394,6 +397,7 @@ impl<F: Filter> TestHost<F> {
         h.status = Some(parts.status.as_u16());
         h.maps[slot(Message::Response)] = parts.headers;
         h.response_body_mode = BodyMode::Skip;
+        h.receive_response();
         drop(h);
         self
     }
@@ -503,6 +507,7 @@ impl<F: Filter> TestHost<F> {
             let mut h = self.host.borrow_mut();
             if h.status.is_none() {
                 h.status = Some(StatusCode::OK.as_u16());
+                h.receive_response();
             }
         }
         self.run(Phase::ResponseHeaders, |i, id| i.on_response_headers(id))

@@ -199,12 +199,12 @@ impl Filter for Rewrite {
             Err(HeaderError::InvalidValue)
         );
         assert_eq!(req.set_path("no-slash"), Err(HeaderError::InvalidValue));
-        // No response yet.
+        // No response yet: writes to it are kept for the response to come.
         assert_eq!(ctx.response().status(), None);
-        assert_eq!(
-            ctx.response().set_header("x-a", "b"),
-            Err(HeaderError::Immutable)
-        );
+        assert_eq!(ctx.response().set_header("x-a", "b"), Ok(()));
+        assert_eq!(ctx.response().append_header("x-a", "c"), Ok(()));
+        assert_eq!(ctx.response().remove_header("server"), Ok(()));
+        assert_eq!(ctx.response().header("x-a"), None);
 
         let writes = [
             req.set_path("/v2/items?id=3"),
@@ -290,7 +290,18 @@ fn a_filter_reads_and_rewrites_the_request_and_response() -> TestResult {
     assert!(sent.headers().get("x-drop").is_none());
     assert_eq!(sent.headers()["content-length"], "5");
 
-    t.response(Response::builder().status(200).body(())?);
+    t.response(
+        Response::builder()
+            .status(200)
+            .header("server", "upstream")
+            .header("x-a", "upstream")
+            .body(())?,
+    );
+    // The request phase's writes were made on the response as it arrived.
+    let arrived = t.current_response().ok_or("no response")?;
+    let x_a: Vec<_> = arrived.headers().get_all("x-a").iter().collect();
+    assert_eq!(x_a, ["b", "c"]);
+    assert!(arrived.headers().get("server").is_none());
     assert_eq!(t.on_response_headers(), Action::Continue);
     assert_eq!(t.response_body_mode(), BodyMode::Stream);
     assert_eq!(

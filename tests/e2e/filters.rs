@@ -195,6 +195,68 @@ async fn response_verdicts_replace_and_retry() {
     );
 }
 
+fn probe_tags(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all("x-probe")
+        .iter()
+        .map(|v| v.to_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn response_headers_written_in_the_request_phase_reach_every_response() {
+    let b1 = Backend::start("b1").await;
+    let early = (
+        "early",
+        r#"{"early_tag": "early", "early_remove": "x-backend"}"#,
+    );
+    // The upstream's response gets them before the response phases run: the later
+    // filter's response-phase tag comes after, and the removed header is gone.
+    let proxy = Proxy::start(&config(&b1, &[early, ("late", r#"{"tag": "late"}"#)], "")).await;
+    let (status, headers, _) = get(&h1(), &proxy.url("/")).await;
+    assert_eq!(status, 200);
+    assert_eq!(probe_tags(&headers), ["early", "late"]);
+    assert!(headers.get("x-backend").is_none(), "{headers:?}");
+
+    // A later filter's local response gets them too.
+    let proxy = Proxy::start(&config(&b1, &[early, ("deny", r#"{"respond": 403}"#)], "")).await;
+    let (status, headers, _) = get(&h1(), &proxy.url("/")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(probe_tags(&headers), ["local", "early"]);
+
+    // So does the proxy's own error when the upstream cannot be reached.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let cfg = config(&b1, &[early], "").replace(&b1.addr.to_string(), &dead_addr.to_string());
+    let proxy = Proxy::start(&cfg).await;
+    let (status, headers, _) = get(&h1(), &proxy.url("/")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(probe_tags(&headers), ["early"]);
+
+    // A retried request's final response has them once.
+    let failing = status_server(503).await;
+    let cluster = format!(
+        "[[clusters]]\nname = \"flaky\"\nendpoints = [\"{}\", \"{}\"]\n[clusters.outlier]\nconsecutive_failures = 0\n",
+        failing.0, b1.addr
+    );
+    let cfg = config(
+        &b1,
+        &[(
+            "p",
+            r#"{"early_tag": "early", "retry_on": 503, "route": "flaky"}"#,
+        )],
+        &cluster,
+    );
+    let proxy = Proxy::start(&cfg).await;
+    for _ in 0..4 {
+        let (status, headers, _) = get(&h1(), &proxy.url("/")).await;
+        assert_eq!(status, 200);
+        assert_eq!(probe_tags(&headers), ["early"]);
+    }
+    assert!(failing.1.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+}
+
 /// A server that answers every request with `status`; returns its address and a hit counter.
 async fn status_server(
     status: u16,

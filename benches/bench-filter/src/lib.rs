@@ -1,34 +1,66 @@
 //! The benchmark filter: reads the request header `x-bench-in` and adds
 //! `x-wasm-filter: seen` (or `1`) to the response — the same work as the proxy-wasm
 //! filter the Envoy anchor runs, so the two measure the cost of the host/guest path.
-//! What it saw crosses from the request phase to the response phase as a request
-//! value, kept by the proxy, so the filter's instance serves other requests in between.
+//!
+//! By default it does all of it in one call: in the request-headers phase it writes
+//! the response header, which the proxy makes on the response when it arrives, and
+//! leaves the response phases to the SDK's defaults. With `{"two_phase": true}` it
+//! works as a proxy-wasm filter must: it remembers what it saw in a request value
+//! (kept by the proxy, so the filter's instance serves other requests in between) and
+//! sets the header in the response-headers phase, two calls per request.
 
+use serde::Deserialize;
 use weft_sdk::{Action, ConfigError, Context, Filter};
 
-pub struct Bench;
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Set the header in the response-headers phase rather than from the request's.
+    #[serde(default)]
+    two_phase: bool,
+}
+
+pub struct Bench {
+    two_phase: bool,
+}
 
 const SAW: &str = "bench.saw";
+const HEADER: &str = "x-wasm-filter";
+
+fn tag(saw: bool) -> &'static str {
+    if saw {
+        "seen"
+    } else {
+        "1"
+    }
+}
 
 impl Filter for Bench {
-    type Config = ();
+    type Config = Config;
 
-    fn configure(_: ()) -> Result<Self, ConfigError> {
-        Ok(Bench)
+    fn configure(config: Config) -> Result<Self, ConfigError> {
+        Ok(Bench {
+            two_phase: config.two_phase,
+        })
     }
 
     async fn on_request_headers(&self, ctx: &mut Context) -> Action {
-        if ctx.request().header("x-bench-in").is_some() {
+        let saw = ctx.request().header("x-bench-in").is_some();
+        if !self.two_phase {
+            let _ = ctx.response().set_header(HEADER, tag(saw));
+        } else if saw {
             let _ = ctx.set_value(SAW, b"1");
         }
         Action::Continue
     }
 
     async fn on_response_headers(&self, ctx: &mut Context) -> Action {
-        let saw = ctx.value(SAW).is_some();
-        let _ = ctx
-            .response()
-            .set_header("x-wasm-filter", if saw { "seen" } else { "1" });
+        if self.two_phase {
+            let saw = ctx.value(SAW).is_some();
+            let _ = ctx.response().set_header(HEADER, tag(saw));
+        } else {
+            ctx.skip_phase();
+        }
         Action::Continue
     }
 }
@@ -39,11 +71,10 @@ weft_sdk::export_filter!(Bench);
 mod tests {
     use super::*;
     use weft_sdk::http::{Request, Response};
-    use weft_sdk::testing::TestHost;
+    use weft_sdk::testing::{Phase, TestHost};
 
-    #[test]
-    fn tags_the_response_with_what_it_saw() -> Result<(), Box<dyn std::error::Error>> {
-        let mut t = TestHost::<Bench>::new(())?;
+    fn run(config: serde_json::Value) -> Result<TestHost<Bench>, Box<dyn std::error::Error>> {
+        let mut t = TestHost::<Bench>::new(config)?;
         let action = t
             .request(Request::get("/").header("x-bench-in", "1").body(())?)
             .on_request_headers();
@@ -55,6 +86,20 @@ mod tests {
         let resp = t.current_response().ok_or("no response")?;
         assert_eq!(resp.headers()["x-wasm-filter"], "seen");
         assert!(!t.keeps_instance());
+        Ok(t)
+    }
+
+    #[test]
+    fn tags_the_response_from_the_request_phase() -> Result<(), Box<dyn std::error::Error>> {
+        let t = run(serde_json::json!(null))?;
+        assert_eq!(t.skipped(), [Phase::ResponseHeaders]);
+        Ok(())
+    }
+
+    #[test]
+    fn two_phase_tags_the_response_in_its_own_phase() -> Result<(), Box<dyn std::error::Error>> {
+        let t = run(serde_json::json!({"two_phase": true}))?;
+        assert!(t.skipped().is_empty());
         Ok(())
     }
 }

@@ -28,7 +28,7 @@ use crate::proxy::body::Body;
 use crate::server::ConnInfo;
 use crate::snapshot::Snapshot;
 use crate::wasm::bindings::{Action, BodyAction, BodyMode, Completion, LocalResponse, Upstream};
-use crate::wasm::state::{Call, Part, Phase, RequestValues};
+use crate::wasm::state::{Call, HeaderEdit, Part, Phase, RequestValues};
 use crate::wasm::{describe_trap, failure_reason, FilterInstance};
 
 /// How many times filters may send one request again.
@@ -113,6 +113,8 @@ struct Heads<'a> {
     response_writable: bool,
     request_trailers: Option<&'a mut HeaderMap>,
     response_trailers: Option<&'a mut HeaderMap>,
+    /// Request-headers phase: response edits for the response to come.
+    response_edits: Option<&'a mut Vec<HeaderEdit>>,
 }
 
 impl Heads<'_> {
@@ -122,6 +124,7 @@ impl Heads<'_> {
         call.response_writable = self.response_writable;
         call.request_trailers = self.request_trailers.as_deref_mut().map(std::mem::take);
         call.response_trailers = self.response_trailers.as_deref_mut().map(std::mem::take);
+        call.response_edits = self.response_edits.as_deref_mut().map(std::mem::take);
     }
 
     fn move_out(&mut self, call: &mut Call) {
@@ -136,6 +139,9 @@ impl Heads<'_> {
         }
         if let Some(t) = self.response_trailers.as_deref_mut() {
             *t = call.response_trailers.take().unwrap_or_default();
+        }
+        if let Some(e) = self.response_edits.as_deref_mut() {
+            *e = call.response_edits.take().unwrap_or_default();
         }
     }
 }
@@ -334,16 +340,19 @@ impl ChainRun {
         )
     }
 
-    /// The request-headers phase, first filter to last.
+    /// The request-headers phase, first filter to last. Response headers the
+    /// filters write here are added to `response_edits`, for the response to come.
     pub async fn on_request_headers(
         &self,
         head: &mut Request<()>,
+        response_edits: &mut Vec<HeaderEdit>,
     ) -> Result<RequestDecision, ProxyError> {
         let mut decision = RequestDecision::default();
         for i in 0..self.chain.filters.len() {
             let phase = Phase::RequestHeaders;
             let mut heads = Heads {
                 request: Some(head),
+                response_edits: Some(response_edits),
                 ..Heads::default()
             };
             let out = self.invoke(i, phase, Input::Headers, &mut heads).await;

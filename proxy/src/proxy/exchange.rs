@@ -22,6 +22,7 @@ use crate::snapshot::ListenerRuntime;
 use crate::telemetry::access::{self, AccessRecord};
 use crate::upstream::pool::Lease;
 use crate::upstream::{Cluster, Endpoint};
+use crate::wasm::state::HeaderEdit;
 
 /// Runs when an exchange is settled (the filters' completion phase).
 pub type CompletionHook = Box<dyn FnOnce(&Exchange) + Send>;
@@ -49,6 +50,11 @@ pub struct Exchange {
     /// Set when the response body was sent to its end.
     pub complete: bool,
     pub on_complete: Option<CompletionHook>,
+    /// Response headers the request-headers phase wrote before there was a response.
+    pub response_edits: Vec<HeaderEdit>,
+    /// Whether the response being answered already has them (an upstream response
+    /// gets them before the response phases run).
+    pub response_edited: bool,
 }
 
 impl Exchange {
@@ -78,10 +84,20 @@ impl Exchange {
             error: None,
             complete: false,
             on_complete: None,
+            response_edits: Vec::new(),
+            response_edited: false,
         }
     }
 
     /// Marks the request as sent to `ep`, counting it as pending there.
+    /// Makes on `headers` the response edits of the request phases, unless the
+    /// response already had them.
+    pub fn edit_response(&self, headers: &mut http::HeaderMap) {
+        if !self.response_edited {
+            HeaderEdit::apply(&self.response_edits, headers);
+        }
+    }
+
     pub fn set_endpoint(&mut self, ep: Arc<Endpoint>) {
         ep.pending.fetch_add(1, Ordering::Relaxed);
         if let Some(old) = self.endpoint.replace(ep) {

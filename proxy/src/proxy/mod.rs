@@ -27,6 +27,7 @@ use crate::snapshot::{ListenerRuntime, Snapshot};
 use crate::telemetry::metrics::Limit;
 use crate::upstream::pool::Lease;
 use crate::upstream::{Cluster, Endpoint, Want};
+use crate::wasm::state::HeaderEdit;
 use body::{Body, Recorder, RequestBody, Tape};
 use exchange::{BodyTimeouts, Exchange, ResponseBody};
 use tunnel::ExtendedConnect;
@@ -52,7 +53,8 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Res
         req.version(),
     ));
     match forward(req, &snap, &listener, &mut ex).await {
-        Ok((resp, timeouts)) => {
+        Ok((mut resp, timeouts)) => {
+            ex.edit_response(resp.headers_mut());
             ex.status = resp.status().as_u16();
             let (mut parts, body) = resp.into_parts();
             // The client's protocol, not the upstream's, decides how the response is framed.
@@ -63,7 +65,15 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Res
             };
             Response::from_parts(parts, ResponseBody::new(body, ex, timeouts))
         }
-        Err(e) => local::error(e, ex),
+        Err(e) => {
+            let edits = match ex.response_edited {
+                true => Vec::new(),
+                false => std::mem::take(&mut ex.response_edits),
+            };
+            let mut resp = local::error(e, ex);
+            HeaderEdit::apply(&edits, resp.headers_mut());
+            resp
+        }
     }
 }
 
@@ -136,7 +146,9 @@ async fn forward(
                 tokio::spawn(async move { hook_run.on_complete(info).await });
             }));
         }
-        decision = run.on_request_headers(&mut head).await?;
+        decision = run
+            .on_request_headers(&mut head, &mut ex.response_edits)
+            .await?;
         if let Some(resp) = decision.respond.take() {
             return Ok((resp, BodyTimeouts::default()));
         }
@@ -227,6 +239,10 @@ async fn forward(
             ex.lease = Some(lease);
         }
         if let Some(run) = &run {
+            // What the request phases wrote for the response, before the response
+            // phases see it.
+            ex.edit_response(rhead.headers_mut());
+            ex.response_edited = true;
             let replay = match &tape {
                 Some(t)
                     if ex.retries < MAX_RETRIES
@@ -245,6 +261,7 @@ async fn forward(
             {
                 ResponseDecision::Retry => {
                     ex.retries += 1;
+                    ex.response_edited = false;
                     // The unread response is dropped with its connection.
                     ex.lease = None;
                     tracing::debug!(cluster = %cluster.name, retry = ex.retries, "a filter asked to retry the request");

@@ -57,6 +57,10 @@ pub fn engine_config(runtime: &RuntimeConfig) -> wasmtime::Config {
         .linear_memory_keep_resident(64 << 10)
         .async_stack_keep_resident(16 << 10);
     cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // Names the filters' compiled functions in /tmp/perf-PID.map, for `perf report`.
+    if std::env::var_os("WEFT_WASM_PERFMAP").is_some() {
+        cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     cfg
 }
 

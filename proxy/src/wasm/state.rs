@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use tokio::task::JoinHandle;
 use wasmtime::component::ResourceTable;
 use wasmtime::StoreLimits;
@@ -117,6 +117,36 @@ impl RequestValues {
     }
 }
 
+/// A change to the response that a request-headers phase asked for before the
+/// response existed; the proxy makes it when the response is there (see
+/// `proxy::handle`), before the response phases, so a filter that only adds
+/// response headers needs no response-phase call.
+#[derive(Clone, Debug)]
+pub enum HeaderEdit {
+    Set(HeaderName, HeaderValue),
+    Append(HeaderName, HeaderValue),
+    Remove(HeaderName),
+}
+
+impl HeaderEdit {
+    /// Makes `edits`, in the order they were asked for.
+    pub fn apply(edits: &[HeaderEdit], headers: &mut HeaderMap) {
+        for edit in edits {
+            match edit {
+                HeaderEdit::Set(n, v) => {
+                    headers.insert(n.clone(), v.clone());
+                }
+                HeaderEdit::Append(n, v) => {
+                    headers.append(n.clone(), v.clone());
+                }
+                HeaderEdit::Remove(n) => {
+                    headers.remove(n);
+                }
+            }
+        }
+    }
+}
+
 /// The request a call belongs to. Empty between requests.
 #[derive(Default)]
 pub struct Call {
@@ -128,6 +158,8 @@ pub struct Call {
     pub response_trailers: Option<HeaderMap>,
     /// Whether the response head may still change (false once it is sent).
     pub response_writable: bool,
+    /// In the request-headers phase: the response edits the chain asked for so far.
+    pub response_edits: Option<Vec<HeaderEdit>>,
     pub conn: Option<Arc<ConnInfo>>,
     pub snapshot: Option<Arc<Snapshot>>,
     pub values: Option<Arc<Mutex<RequestValues>>>,

@@ -70,6 +70,9 @@ pub(crate) struct FakeHost {
     /// Value and expiry (on the monotonic clock, in ns).
     pub(crate) store: HashMap<String, (Vec<u8>, Option<u64>)>,
     pub(crate) handlers: HashMap<String, Handler>,
+    /// Response headers written in the request-headers phase, made on the response
+    /// when it arrives (as the proxy does).
+    response_edits: Vec<(HeaderName, Option<HeaderValue>, bool)>,
     pending: HashMap<u32, Result<RawResponse, CallError>>,
     next_call: u32,
     pub(crate) calls: Vec<OutboundCall>,
@@ -107,6 +110,7 @@ impl Default for FakeHost {
             counters: HashMap::new(),
             store: HashMap::new(),
             handlers: HashMap::new(),
+            response_edits: Vec::new(),
             pending: HashMap::new(),
             next_call: 1,
             calls: Vec::new(),
@@ -137,6 +141,39 @@ impl FakeHost {
         self.response_body_mode = BodyMode::Skip;
         self.kept = false;
         self.values.clear();
+        self.response_edits.clear();
+    }
+
+    /// A response arrived: it gets the edits the request-headers phase asked for.
+    pub(crate) fn receive_response(&mut self) {
+        let headers = &mut self.maps[slot(Message::Response)];
+        for (name, value, append) in &self.response_edits {
+            match (value, append) {
+                (Some(v), true) => {
+                    headers.append(name.clone(), v.clone());
+                }
+                (Some(v), false) => {
+                    headers.insert(name.clone(), v.clone());
+                }
+                (None, _) => {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+
+    /// Keeps a response-header write of the request-headers phase for the response to
+    /// come; false when the write is not one.
+    fn keep_for_response(
+        &mut self,
+        msg: Message,
+        edit: (HeaderName, Option<HeaderValue>, bool),
+    ) -> bool {
+        if !matches!(msg, Message::Response) || self.phase != Some(Phase::RequestHeaders) {
+            return false;
+        }
+        self.response_edits.push(edit);
+        true
     }
 
     /// Whether the running phase may change this message, as the proxy would allow.
@@ -328,6 +365,9 @@ pub(crate) fn headers(msg: Message) -> Vec<(String, Vec<u8>)> {
 pub(crate) fn set_header(msg: Message, name: &str, value: &[u8]) -> Result<(), HeaderError> {
     let (name, value) = (valid_name(name)?, valid_value(value)?);
     with(|h| {
+        if h.keep_for_response(msg, (name.clone(), Some(value.clone()), false)) {
+            return Ok(());
+        }
         h.writable(msg)?;
         h.maps[slot(msg)].insert(name, value);
         Ok(())
@@ -336,6 +376,9 @@ pub(crate) fn set_header(msg: Message, name: &str, value: &[u8]) -> Result<(), H
 pub(crate) fn append_header(msg: Message, name: &str, value: &[u8]) -> Result<(), HeaderError> {
     let (name, value) = (valid_name(name)?, valid_value(value)?);
     with(|h| {
+        if h.keep_for_response(msg, (name.clone(), Some(value.clone()), true)) {
+            return Ok(());
+        }
         h.writable(msg)?;
         h.maps[slot(msg)].append(name, value);
         Ok(())
@@ -344,6 +387,9 @@ pub(crate) fn append_header(msg: Message, name: &str, value: &[u8]) -> Result<()
 pub(crate) fn remove_header(msg: Message, name: &str) -> Result<(), HeaderError> {
     let name = valid_name(name)?;
     with(|h| {
+        if h.keep_for_response(msg, (name.clone(), None, false)) {
+            return Ok(());
+        }
         h.writable(msg)?;
         h.maps[slot(msg)].remove(name);
         Ok(())

@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
 use crate::wasm::bindings::weft::filter::http::Host;
 use crate::wasm::bindings::{BodyMode, HeaderError, Message};
-use crate::wasm::state::{HostState, Phase};
+use crate::wasm::state::{HeaderEdit, HostState, Phase};
 
 type R<T> = wasmtime::Result<T>;
 
@@ -52,6 +52,21 @@ impl HostState {
         }
         self.call.part.header_budget -= len;
         Ok(())
+    }
+
+    /// Whether a write to `msg` is kept for the response to come: response headers
+    /// written in the request-headers phase.
+    fn for_the_response(&self, msg: Message) -> bool {
+        msg == Message::Response
+            && self.call.phase == Some(Phase::RequestHeaders)
+            && self.call.response_edits.is_some()
+    }
+
+    /// Keeps an edit for the response to come.
+    fn keep_edit(&mut self, edit: HeaderEdit) {
+        if let Some(edits) = self.call.response_edits.as_mut() {
+            edits.push(edit);
+        }
     }
 
     fn request_writable(&self) -> bool {
@@ -241,6 +256,10 @@ impl Host for HostState {
         let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
             return Ok(Err(HeaderError::InvalidName));
         };
+        if self.for_the_response(msg) {
+            self.keep_edit(HeaderEdit::Remove(name));
+            return Ok(Ok(()));
+        }
         Ok(self.header_map_mut(msg).map(|h| {
             h.remove(name);
         }))
@@ -267,6 +286,14 @@ impl HostState {
         append: bool,
     ) -> Result<(), HeaderError> {
         let (name, value) = name_value(name, value)?;
+        if self.for_the_response(msg) {
+            self.charge(name.as_str().len() + value.len())?;
+            self.keep_edit(match append {
+                true => HeaderEdit::Append(name, value),
+                false => HeaderEdit::Set(name, value),
+            });
+            return Ok(());
+        }
         // Writable at all? Only then charge the budget.
         self.header_map_mut(msg)?;
         self.charge(name.as_str().len() + value.len())?;

@@ -15,6 +15,11 @@ pub struct Config {
     tag: Option<String>,
     /// Sets this request header.
     set_request_header: Option<(String, String)>,
+    /// In the request-headers phase, appends this to the `x-probe` header of the
+    /// response to come (whoever makes it).
+    early_tag: Option<String>,
+    /// In the request-headers phase, removes this header from the response to come.
+    early_remove: Option<String>,
     /// Answers requests locally with this status.
     respond: Option<u16>,
     /// Routes requests to this cluster (with `hash_key` if given).
@@ -115,6 +120,12 @@ impl Filter for Probe {
         }
         if let Some((k, v)) = &self.cfg.set_request_header {
             let _ = ctx.request().set_header(k.as_str(), v.as_str());
+        }
+        if let Some(tag) = &self.cfg.early_tag {
+            let _ = ctx.response().append_header("x-probe", tag.as_str());
+        }
+        if let Some(name) = &self.cfg.early_remove {
+            let _ = ctx.response().remove_header(name.as_str());
         }
         if let Some(n) = self.cfg.write_header_bytes {
             let outcome = match ctx
