@@ -90,9 +90,10 @@ impl Context {
     /// The response: status, headers and body mode.
     ///
     /// In the request-headers phase there is no response yet: reads find nothing,
-    /// and header writes (set, append, remove) are kept and made on the response the
-    /// client gets for this request, whoever makes it (the upstream, a filter's local
-    /// response, or the proxy's error), before the response phases run. A filter
+    /// and header writes (set, append, remove) are kept and made on the response that
+    /// comes next: the upstream's, before the response phases run; the local response
+    /// a request phase answers with; or the proxy's error (not a local response a
+    /// response phase writes, which says all it means to). A filter
     /// that only adds response headers can so do all its work in one call, and
     /// leave the response phases to the SDK's defaults (which the proxy then never
     /// calls).

@@ -137,8 +137,14 @@ impl Wake for Flag {
 /// again. A future that is pending without a wake-up would wait forever: that fails the
 /// phase (a trap, which the proxy turns into an error for this request only).
 pub(crate) fn block_on<T>(phase: &str, future: impl Future<Output = T>) -> T {
+    thread_local! {
+        // One flag per thread (a Wasm instance has one), made once: a phase that
+        // completes in one poll then costs no allocation.
+        static FLAG: Arc<Flag> = Arc::new(Flag(AtomicBool::new(false)));
+    }
     let mut future = pin!(future);
-    let flag = Arc::new(Flag(AtomicBool::new(false)));
+    let flag = FLAG.with(Arc::clone);
+    flag.0.store(false, Ordering::Relaxed);
     let waker = Waker::from(flag.clone());
     let mut cx = task::Context::from_waker(&waker);
     loop {
