@@ -1,7 +1,7 @@
 //! Header rules of an intermediary: hop-by-hop headers stay on their hop, and the
 //! forwarding headers (`X-Forwarded-For`, `Forwarded`, `Via`) say where a request came from.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::header::{
     HeaderName, HeaderValue, CONNECTION, FORWARDED, TE, TRANSFER_ENCODING, UPGRADE, VIA,
@@ -15,42 +15,72 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+/// The hop-by-hop headers every message loses (but `Upgrade` on an upgrade, and
+/// `TE: trailers`), besides `Connection` and the headers it names.
+fn fixed_hop_by_hop() -> [&'static HeaderName; 5] {
+    [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+        &TE,
+    ]
+}
+
 /// Removes hop-by-hop headers: `Connection` and the headers it names, `Keep-Alive`,
 /// `Proxy-Connection`, `Transfer-Encoding`, `Upgrade` (unless this hop is an upgrade
 /// being forwarded) and `TE` other than `trailers` (which gRPC needs end to end).
+///
+/// It runs twice per request, so it looks before it removes: one pass over the
+/// message's few names (standard names compare as integers) instead of a hashed
+/// removal of every name it might have.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
+    let mut present = [false; 5];
+    let mut connection = false;
+    for name in headers.keys() {
+        connection |= name == CONNECTION;
+        for (seen, hop) in present.iter_mut().zip(fixed_hop_by_hop()) {
+            *seen |= name == hop;
+        }
+    }
+    if connection {
+        // RFC 9110 §7.6.1: every field named as a connection option goes, even
+        // "close". Keep-Alive goes below anyway.
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("").split(','))
+            .map(str::trim)
+            .filter(|t| {
+                let spared = t.is_empty()
+                    || t.eq_ignore_ascii_case("keep-alive")
+                    || (upgrading && t.eq_ignore_ascii_case("upgrade"));
+                !spared
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
         headers.remove(CONNECTION);
-        for value in named {
-            for token in value
-                .to_str()
-                .unwrap_or("")
-                .split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-            {
-                if upgrading && token.eq_ignore_ascii_case("upgrade") {
-                    continue;
-                }
-                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                    if !(upgrading && name == UPGRADE) {
-                        headers.remove(name);
-                    }
-                }
-            }
+        for name in named {
+            headers.remove(name);
         }
         if upgrading {
             headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         }
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(TRANSFER_ENCODING);
-    if !upgrading {
+    let [keep_alive, proxy_connection, transfer_encoding, upgrade, te] = present;
+    if keep_alive {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if proxy_connection {
+        headers.remove(&PROXY_CONNECTION);
+    }
+    if transfer_encoding {
+        headers.remove(TRANSFER_ENCODING);
+    }
+    if upgrade && !upgrading {
         headers.remove(UPGRADE);
     }
-    if let Some(te) = headers.get(TE) {
+    if let Some(te) = headers.get(TE).filter(|_| te) {
         let trailers = te
             .to_str()
             .unwrap_or("")
@@ -76,28 +106,48 @@ pub fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
         })
 }
 
+/// A client's address as `X-Forwarded-For` writes it, formatted once per connection
+/// rather than once per request.
+pub struct ClientIp {
+    ip: IpAddr,
+    text: HeaderValue,
+}
+
+impl ClientIp {
+    pub fn new(client: SocketAddr) -> Self {
+        let ip = client.ip();
+        ClientIp {
+            ip,
+            text: HeaderValue::from_str(&ip.to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        }
+    }
+}
+
 /// Adds this hop to the forwarding headers of a request.
 pub fn add_forwarding(
     headers: &mut HeaderMap,
     cfg: &ForwardingConfig,
-    client: SocketAddr,
+    client: &ClientIp,
     https: bool,
     version: Version,
 ) {
-    let ip = client.ip();
+    let ip = client.ip;
     match cfg.x_forwarded_for {
         ForwardMode::Off => {}
         mode => {
-            let value = match (
-                mode,
-                headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
-            ) {
-                (ForwardMode::Append, Some(prev)) if !prev.trim().is_empty() => {
-                    format!("{prev}, {ip}")
+            let prev = headers
+                .get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+                .filter(|p| !p.trim().is_empty());
+            let value = match (mode, prev) {
+                (ForwardMode::Append, Some(prev)) => {
+                    let ip = client.text.to_str().unwrap_or_default();
+                    HeaderValue::try_from(format!("{prev}, {ip}")).ok()
                 }
-                _ => ip.to_string(),
+                _ => Some(client.text.clone()),
             };
-            if let Ok(v) = HeaderValue::try_from(value) {
+            if let Some(v) = value {
                 headers.insert(&X_FORWARDED_FOR, v);
             }
             headers.insert(
@@ -207,6 +257,29 @@ mod tests {
     }
 
     #[test]
+    fn strips_fixed_hop_by_hop_headers_without_connection() {
+        let mut h = map(&[
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "h2c"),
+            ("te", "gzip"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+        // Nothing hop-by-hop: nothing changes.
+        let mut h = map(&[("accept", "*/*"), ("x-kept", "yes"), ("x-kept", "too")]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+        // A field named as a connection option goes, whatever its name.
+        let mut h = map(&[("connection", "close"), ("close", "odd"), ("x-kept", "yes")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
     fn keeps_upgrade_when_upgrading() {
         let mut h = map(&[
             ("connection", "Upgrade"),
@@ -229,7 +302,7 @@ mod tests {
             ..ForwardingConfig::default()
         };
         let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("forwarded", "for=1.1.1.1")]);
-        add_forwarding(&mut h, &cfg, client, true, Version::HTTP_2);
+        add_forwarding(&mut h, &cfg, &ClientIp::new(client), true, Version::HTTP_2);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["forwarded"], "for=1.1.1.1, for=10.1.2.3;proto=https");
@@ -241,7 +314,7 @@ mod tests {
         add_forwarding(
             &mut h,
             &cfg,
-            "[::1]:9".parse().unwrap(),
+            &ClientIp::new("[::1]:9".parse().unwrap()),
             false,
             Version::HTTP_11,
         );

@@ -122,7 +122,7 @@ async fn forward(
     headers::add_forwarding(
         head.headers_mut(),
         &lr.config.forwarding,
-        ex.conn.remote,
+        &ex.conn.client_ip,
         https,
         version,
     );
@@ -469,28 +469,34 @@ pub fn for_lease(
     ep: &Endpoint,
 ) -> Result<Request<RequestBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    let authority = parts
-        .uri
-        .authority()
-        .cloned()
-        .or_else(|| {
-            parts
-                .headers
-                .get(HOST)
-                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-        })
-        .map_or_else(
-            || {
-                Authority::try_from(ep.host_port())
-                    .map_err(|e| ProxyError::BadRequest(e.to_string()))
-            },
-            Ok,
-        )?;
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    // The request's authority, from its URI or Host header, else the endpoint's.
+    // Parsed only when needed: an HTTP/1.1 request that has a Host header keeps it.
+    let authority = |parts: &http::request::Parts| {
+        parts
+            .uri
+            .authority()
+            .cloned()
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(HOST)
+                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            })
+            .map_or_else(
+                || {
+                    Authority::try_from(ep.host_port())
+                        .map_err(|e| ProxyError::BadRequest(e.to_string()))
+                },
+                Ok,
+            )
+    };
+    let path = |parts: &http::request::Parts| {
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+    };
     if lease.is_h2() {
         let scheme = if cluster.connector.tls.is_some() {
             Scheme::HTTPS
@@ -499,20 +505,20 @@ pub fn for_lease(
         };
         parts.uri = Uri::builder()
             .scheme(scheme)
-            .authority(authority)
-            .path_and_query(path)
+            .authority(authority(&parts)?)
+            .path_and_query(path(&parts))
             .build()
             .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         parts.headers.remove(HOST);
         parts.version = Version::HTTP_2;
     } else {
         if !parts.headers.contains_key(HOST) {
-            let host = HeaderValue::from_str(authority.as_str())
+            let host = HeaderValue::from_str(authority(&parts)?.as_str())
                 .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
             parts.headers.insert(HOST, host);
         }
         if parts.uri.authority().is_some() {
-            parts.uri = Uri::from(path);
+            parts.uri = Uri::from(path(&parts));
         }
         parts.version = Version::HTTP_11;
     }

@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ListenerProtocol;
+use crate::proxy::headers::ClientIp;
 use crate::runtime::Runtime;
 use crate::snapshot::ListenerRuntime;
 use crate::telemetry::metrics::Limit;
@@ -45,6 +46,8 @@ pub struct ConnInfo {
     pub socket: SocketAddr,
     pub tls: Option<TlsInfo>,
     pub state: ConnState,
+    /// `remote`'s address, formatted for the forwarding headers.
+    pub client_ip: ClientIp,
 }
 
 /// Whether a connection has requests in flight, and since when it has been idle.
@@ -171,6 +174,7 @@ async fn serve_http(
             socket,
             tls: None,
             state: ConnState::default(),
+            client_ip: ClientIp::new(remote),
         };
         return serve(TokioIo::new(tcp), Arc::new(info), &lr, drain, removed).await;
     };
@@ -208,6 +212,7 @@ async fn serve_http(
         socket,
         tls: Some(info),
         state: ConnState::default(),
+        client_ip: ClientIp::new(remote),
     };
     serve(TokioIo::new(stream), Arc::new(info), &lr, drain, removed).await
 }
