@@ -410,9 +410,11 @@ impl ChainRun {
         }
     }
 
-    /// Keeps the request as sent upstream for the response phases to read.
+    /// Keeps the request as sent upstream for the response phases to read. Only a
+    /// filter that runs in the response-headers phase can ask for the response body
+    /// (its body mode is chosen there), so that phase alone decides.
     pub fn keep_request_head(&self, head: &Request<()>) {
-        if self.chain.wants(Phase::ResponseHeaders) || self.chain.wants(Phase::ResponseBody) {
+        if self.chain.wants(Phase::ResponseHeaders) {
             *self.request_head.lock().unwrap_or_else(|p| p.into_inner()) = Some(head.clone());
         }
     }

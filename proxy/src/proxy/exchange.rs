@@ -91,11 +91,17 @@ impl Exchange {
 
     /// Marks the request as sent to `ep`, counting it as pending there.
     /// Makes on `headers` the response edits of the request phases, unless the
-    /// response already had them.
-    pub fn edit_response(&self, headers: &mut http::HeaderMap) {
-        if !self.response_edited {
-            HeaderEdit::apply(&self.response_edits, headers);
+    /// response already had them. `again`: a retry may need them for its response too.
+    pub fn edit_response(&mut self, headers: &mut http::HeaderMap, again: bool) {
+        if self.response_edited || self.response_edits.is_empty() {
+            return;
         }
+        let edits = match again {
+            true => self.response_edits.clone(),
+            false => std::mem::take(&mut self.response_edits),
+        };
+        HeaderEdit::apply(edits, headers);
+        self.response_edited = true;
     }
 
     pub fn set_endpoint(&mut self, ep: Arc<Endpoint>) {

@@ -80,7 +80,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     if upgrade && !upgrading {
         headers.remove(UPGRADE);
     }
-    if let Some(te) = headers.get(TE).filter(|_| te) {
+    if let Some(te) = te.then(|| headers.get(TE)).flatten() {
         let trailers = te
             .to_str()
             .unwrap_or("")

@@ -54,7 +54,7 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Res
     ));
     match forward(req, &snap, &listener, &mut ex).await {
         Ok((mut resp, timeouts)) => {
-            ex.edit_response(resp.headers_mut());
+            ex.edit_response(resp.headers_mut(), false);
             ex.status = resp.status().as_u16();
             let (mut parts, body) = resp.into_parts();
             // The client's protocol, not the upstream's, decides how the response is framed.
@@ -71,7 +71,7 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Res
                 false => std::mem::take(&mut ex.response_edits),
             };
             let mut resp = local::error(e, ex);
-            HeaderEdit::apply(&edits, resp.headers_mut());
+            HeaderEdit::apply(edits, resp.headers_mut());
             resp
         }
     }
@@ -241,8 +241,7 @@ async fn forward(
         if let Some(run) = &run {
             // What the request phases wrote for the response, before the response
             // phases see it.
-            ex.edit_response(rhead.headers_mut());
-            ex.response_edited = true;
+            ex.edit_response(rhead.headers_mut(), tape.is_some());
             let replay = match &tape {
                 Some(t)
                     if ex.retries < MAX_RETRIES

@@ -130,14 +130,14 @@ pub enum HeaderEdit {
 
 impl HeaderEdit {
     /// Makes `edits`, in the order they were asked for.
-    pub fn apply(edits: &[HeaderEdit], headers: &mut HeaderMap) {
+    pub fn apply(edits: Vec<HeaderEdit>, headers: &mut HeaderMap) {
         for edit in edits {
             match edit {
                 HeaderEdit::Set(n, v) => {
-                    headers.insert(n.clone(), v.clone());
+                    headers.insert(n, v);
                 }
                 HeaderEdit::Append(n, v) => {
-                    headers.append(n.clone(), v.clone());
+                    headers.append(n, v);
                 }
                 HeaderEdit::Remove(n) => {
                     headers.remove(n);
