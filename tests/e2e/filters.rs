@@ -170,10 +170,7 @@ async fn response_verdicts_replace_and_retry() {
     // Retry: the first endpoint always answers 503, the second is healthy; the
     // POST body is replayed to the second.
     let failing = status_server(503).await;
-    let cluster = format!(
-        "[[clusters]]\nname = \"flaky\"\nendpoints = [\"{}\", \"{}\"]\n[clusters.outlier]\nconsecutive_failures = 0\n",
-        failing.0, b1.addr
-    );
+    let cluster = flaky_cluster(failing.0, &b1);
     let cfg = config(
         &b1,
         &[("p", r#"{"retry_on": 503, "route": "flaky"}"#)],
@@ -236,10 +233,7 @@ async fn response_headers_written_in_the_request_phase_reach_every_response() {
 
     // A retried request's final response has them once.
     let failing = status_server(503).await;
-    let cluster = format!(
-        "[[clusters]]\nname = \"flaky\"\nendpoints = [\"{}\", \"{}\"]\n[clusters.outlier]\nconsecutive_failures = 0\n",
-        failing.0, b1.addr
-    );
+    let cluster = flaky_cluster(failing.0, &b1);
     let cfg = config(
         &b1,
         &[(
@@ -255,6 +249,15 @@ async fn response_headers_written_in_the_request_phase_reach_every_response() {
         assert_eq!(probe_tags(&headers), ["early"]);
     }
     assert!(failing.1.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+}
+
+/// A cluster "flaky" of `failing` then `healthy`, with outlier ejection off, so that a
+/// retry of a request the first endpoint failed reaches the second.
+fn flaky_cluster(failing: std::net::SocketAddr, healthy: &Backend) -> String {
+    format!(
+        "[[clusters]]\nname = \"flaky\"\nendpoints = [\"{failing}\", \"{}\"]\n[clusters.outlier]\nconsecutive_failures = 0\n",
+        healthy.addr
+    )
 }
 
 /// A server that answers every request with `status`; returns its address and a hit counter.
