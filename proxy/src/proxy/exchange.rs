@@ -89,21 +89,21 @@ impl Exchange {
         }
     }
 
-    /// Marks the request as sent to `ep`, counting it as pending there.
-    /// Makes on `headers` the response edits of the request phases, unless the
-    /// response already had them. `again`: a retry may need them for its response too.
-    pub fn edit_response(&mut self, headers: &mut http::HeaderMap, again: bool) {
+    /// The response edits of the request phases, for the response about to be
+    /// answered; none when it already had them. `again`: a retry may need them for
+    /// its own response, so they are copied rather than handed over.
+    pub fn response_edits_for_answer(&mut self, again: bool) -> Vec<HeaderEdit> {
         if self.response_edited || self.response_edits.is_empty() {
-            return;
+            return Vec::new();
         }
-        let edits = match again {
+        self.response_edited = true;
+        match again {
             true => self.response_edits.clone(),
             false => std::mem::take(&mut self.response_edits),
-        };
-        HeaderEdit::apply(edits, headers);
-        self.response_edited = true;
+        }
     }
 
+    /// Marks the request as sent to `ep`, counting it as pending there.
     pub fn set_endpoint(&mut self, ep: Arc<Endpoint>) {
         ep.pending.fetch_add(1, Ordering::Relaxed);
         if let Some(old) = self.endpoint.replace(ep) {

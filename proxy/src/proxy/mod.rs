@@ -54,7 +54,7 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Res
     ));
     match forward(req, &snap, &listener, &mut ex).await {
         Ok((mut resp, timeouts)) => {
-            ex.edit_response(resp.headers_mut(), false);
+            HeaderEdit::apply(ex.response_edits_for_answer(false), resp.headers_mut());
             ex.status = resp.status().as_u16();
             let (mut parts, body) = resp.into_parts();
             // The client's protocol, not the upstream's, decides how the response is framed.
@@ -66,10 +66,7 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Res
             Response::from_parts(parts, ResponseBody::new(body, ex, timeouts))
         }
         Err(e) => {
-            let edits = match ex.response_edited {
-                true => Vec::new(),
-                false => std::mem::take(&mut ex.response_edits),
-            };
+            let edits = ex.response_edits_for_answer(false);
             let mut resp = local::error(e, ex);
             HeaderEdit::apply(edits, resp.headers_mut());
             resp
@@ -241,7 +238,10 @@ async fn forward(
         if let Some(run) = &run {
             // What the request phases wrote for the response, before the response
             // phases see it.
-            ex.edit_response(rhead.headers_mut(), tape.is_some());
+            HeaderEdit::apply(
+                ex.response_edits_for_answer(tape.is_some()),
+                rhead.headers_mut(),
+            );
             let replay = match &tape {
                 Some(t)
                     if ex.retries < MAX_RETRIES
