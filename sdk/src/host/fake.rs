@@ -39,6 +39,13 @@ pub(crate) struct MetricDef {
     pub(crate) observations: HashMap<Vec<String>, Vec<f64>>,
 }
 
+/// A response-header write of the request-headers phase, made when the response arrives.
+enum ResponseEdit {
+    Set(HeaderName, HeaderValue),
+    Append(HeaderName, HeaderValue),
+    Remove(HeaderName),
+}
+
 /// Everything the fake proxy knows.
 pub(crate) struct FakeHost {
     /// The phase being run, if any; `None` allows every write (setup, doctests).
@@ -72,7 +79,7 @@ pub(crate) struct FakeHost {
     pub(crate) handlers: HashMap<String, Handler>,
     /// Response headers written in the request-headers phase, made on the response
     /// when it arrives (as the proxy does).
-    response_edits: Vec<(HeaderName, Option<HeaderValue>, bool)>,
+    response_edits: Vec<ResponseEdit>,
     pending: HashMap<u32, Result<RawResponse, CallError>>,
     next_call: u32,
     pub(crate) calls: Vec<OutboundCall>,
@@ -147,33 +154,25 @@ impl FakeHost {
     /// A response arrived: it gets the edits the request-headers phase asked for.
     pub(crate) fn receive_response(&mut self) {
         let headers = &mut self.maps[slot(Message::Response)];
-        for (name, value, append) in &self.response_edits {
-            match (value, append) {
-                (Some(v), true) => {
-                    headers.append(name.clone(), v.clone());
+        for edit in &self.response_edits {
+            match edit {
+                ResponseEdit::Set(n, v) => {
+                    headers.insert(n.clone(), v.clone());
                 }
-                (Some(v), false) => {
-                    headers.insert(name.clone(), v.clone());
+                ResponseEdit::Append(n, v) => {
+                    headers.append(n.clone(), v.clone());
                 }
-                (None, _) => {
-                    headers.remove(name);
+                ResponseEdit::Remove(n) => {
+                    headers.remove(n);
                 }
             }
         }
     }
 
-    /// Keeps a response-header write of the request-headers phase for the response to
-    /// come; false when the write is not one.
-    fn keep_for_response(
-        &mut self,
-        msg: Message,
-        edit: (HeaderName, Option<HeaderValue>, bool),
-    ) -> bool {
-        if !matches!(msg, Message::Response) || self.phase != Some(Phase::RequestHeaders) {
-            return false;
-        }
-        self.response_edits.push(edit);
-        true
+    /// Whether a write to `msg` is kept for the response to come, as the proxy keeps
+    /// response headers written in the request-headers phase.
+    fn for_the_response(&self, msg: Message) -> bool {
+        matches!(msg, Message::Response) && self.phase == Some(Phase::RequestHeaders)
     }
 
     /// Whether the running phase may change this message, as the proxy would allow.
@@ -365,7 +364,8 @@ pub(crate) fn headers(msg: Message) -> Vec<(String, Vec<u8>)> {
 pub(crate) fn set_header(msg: Message, name: &str, value: &[u8]) -> Result<(), HeaderError> {
     let (name, value) = (valid_name(name)?, valid_value(value)?);
     with(|h| {
-        if h.keep_for_response(msg, (name.clone(), Some(value.clone()), false)) {
+        if h.for_the_response(msg) {
+            h.response_edits.push(ResponseEdit::Set(name, value));
             return Ok(());
         }
         h.writable(msg)?;
@@ -376,7 +376,8 @@ pub(crate) fn set_header(msg: Message, name: &str, value: &[u8]) -> Result<(), H
 pub(crate) fn append_header(msg: Message, name: &str, value: &[u8]) -> Result<(), HeaderError> {
     let (name, value) = (valid_name(name)?, valid_value(value)?);
     with(|h| {
-        if h.keep_for_response(msg, (name.clone(), Some(value.clone()), true)) {
+        if h.for_the_response(msg) {
+            h.response_edits.push(ResponseEdit::Append(name, value));
             return Ok(());
         }
         h.writable(msg)?;
@@ -387,7 +388,8 @@ pub(crate) fn append_header(msg: Message, name: &str, value: &[u8]) -> Result<()
 pub(crate) fn remove_header(msg: Message, name: &str) -> Result<(), HeaderError> {
     let name = valid_name(name)?;
     with(|h| {
-        if h.keep_for_response(msg, (name.clone(), None, false)) {
+        if h.for_the_response(msg) {
+            h.response_edits.push(ResponseEdit::Remove(name));
             return Ok(());
         }
         h.writable(msg)?;
