@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Writes proxy/weft.order: the functions of the `dist` binary that start-up and serving
+run, most executed first, for the linker to lay out together.
+
+Why: the kernel maps a binary's code in 64 KiB windows around each page it touches, so
+start-up code scattered over 17 MB of text left 4 MiB of it resident in every proxy.
+Packed together, the code a proxy runs fits in a fraction of that, and the request
+path's hot functions share pages (see docs/benchmarks.md, "Resident memory").
+
+How: runs the `dist` binary under callgrind (which records every function executed, by
+symbol) through start-up, plain HTTP/1.1 and HTTP/2 forwarding, a filter chain, the
+admin endpoints and a graceful shutdown, in front of a small Python backend; keeps the
+symbols of the binary itself: first what serving runs, by instructions executed, then
+what only start-up runs. Then rebuild:
+
+    python3 benches/orderfile.py && cargo build --profile dist -p weft
+
+proxy/build.rs hands the file to the linker (lld's --symbol-ordering-file). Symbols the
+file names that a later build no longer has are skipped, new ones go after the listed
+ones: the file ages gracefully, and this script renews it. Needs valgrind and curl.
+"""
+import collections
+import http.server
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.environ["HOME"], ".cache", "weft-target"))
+WEFT = os.environ.get("WEFT", os.path.join(TARGET, "dist", "weft"))
+FILTER = os.path.join(TARGET, "wasm32-wasip2", "release", "bench_filter.wasm")
+OUT = os.path.join(ROOT, "proxy", "weft.order")
+REQUESTS = 2000
+
+
+class Backend(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        # The headers nginx sends (the benchmarks' backend): `Connection: keep-alive`
+        # takes the proxy through its hop-by-hop removal.
+        body = b"ok\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "keep-alive")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(admin, proc):
+    for _ in range(600):
+        if proc.poll() is not None:
+            sys.exit(f"weft exited during start-up ({proc.returncode})")
+        if subprocess.run(["curl", "-sf", "-o", "/dev/null", f"http://{admin}/ready"]).returncode == 0:
+            return
+        time.sleep(0.2)
+    sys.exit("weft did not become ready under callgrind")
+
+
+def drive(listen, admin):
+    """The paths a deployed proxy runs: keep-alive HTTP/1.1 from many connections,
+    HTTP/2 prior knowledge, the admin endpoints."""
+    url = f"http://{listen}/"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    clients = [subprocess.Popen(["curl", "-s", "-H", "x-bench-in: 1"] + [url] * (REQUESTS // 20), **quiet)
+               for _ in range(20)]
+    for c in clients:
+        c.wait()
+    subprocess.run(["curl", "-s", "--http2-prior-knowledge"] + [url] * 20, **quiet)
+    for path in ("metrics", "config", "live"):
+        subprocess.run(["curl", "-s", f"http://{admin}/{path}"], **quiet)
+
+
+def profile(backend_port, with_filter, tmp, out):
+    """One proxy under callgrind: `weft proxy` without a filter, `weft run` with a
+    config file and the bench filter (valgrind cannot reserve the default instance
+    pool, so the config asks for a small one)."""
+    listen, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    backend = f"127.0.0.1:{backend_port}"
+    if with_filter:
+        config = os.path.join(tmp, "weft.toml")
+        with open(config, "w") as f:
+            f.write(f"""[admin]
+address = "{admin}"
+[runtime]
+workers = 1
+filter_instances = 8
+[[listeners]]
+name = "main"
+address = "{listen}"
+cluster = "backend"
+chain = "main"
+[[clusters]]
+name = "backend"
+endpoints = ["{backend}"]
+[[filters]]
+name = "bench"
+module = "{FILTER}"
+[[chains]]
+name = "main"
+filters = ["bench"]
+""")
+        command = ["run", "--config", config]
+    else:
+        command = ["proxy", "--listen", listen, "--admin", admin, "--to", f"http://{backend}"]
+    argv = ["valgrind", "--tool=callgrind", "--demangle=no", f"--callgrind-out-file={out}",
+            WEFT, "--log", "warn"] + command
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(admin, proc)
+        # Start-up's counts go to `out.1`; what serving runs, to `out` at exit.
+        subprocess.run(["callgrind_control", "--dump", str(proc.pid)], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=True)
+        drive(listen, admin)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+
+
+def executed(path, binary):
+    """Instructions executed in each function of `binary` (self cost), from a
+    callgrind output file."""
+    names, cost = {}, collections.Counter()
+    ob = fn = None
+    callee_cost_next = False
+    for line in open(path):
+        head = line[:1]
+        if head.isdigit() or head in "+-*":
+            if callee_cost_next:  # the cost line after `calls=` is the callee's
+                callee_cost_next = False
+            elif ob == binary and fn is not None:
+                parts = line.split()
+                if len(parts) >= 2:
+                    cost[fn] += int(parts[1])
+            continue
+        if line.startswith("calls="):
+            callee_cost_next = True
+            continue
+        # Names are compressed: `(id) name` defines an id, `(id)` refers to it;
+        # `cob=`/`cfn=` share the namespaces of `ob=`/`fn=`.
+        m = re.match(r"c?(ob|fn)=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+        if not m:
+            continue
+        kind, key, name = m.groups()
+        if name is not None:
+            names[(kind, key)] = name
+        if not line.startswith("c"):
+            if kind == "ob":
+                ob = names.get((kind, key))
+            else:
+                fn = names.get((kind, key))
+    return cost
+
+
+def main():
+    for need, what in ((WEFT, "cargo build --profile dist -p weft"),
+                       (FILTER, "cargo build --release --target wasm32-wasip2 -p bench-filter")):
+        if not os.path.exists(need):
+            sys.exit(f"{need} is missing: run `{what}` first")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Backend)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    serving, starting = collections.Counter(), collections.Counter()
+    binary = os.path.realpath(WEFT)
+    with tempfile.TemporaryDirectory() as tmp:
+        for with_filter in (False, True):
+            out = os.path.join(tmp, f"callgrind-{with_filter}.out")
+            profile(port, with_filter, tmp, out)
+            starting.update(executed(out + ".1", binary))
+            serving.update(executed(out, binary))
+    server.shutdown()
+    symbols = set(subprocess.run(["nm", "--defined-only", WEFT], capture_output=True, text=True,
+                                 check=True).stdout.split())
+    # The request path first, most executed first, so that its code shares the fewest
+    # pages (and TLB entries); then what only start-up runs.
+    ordered = [f for f, _ in serving.most_common() if f in symbols]
+    ordered += [f for f, _ in starting.most_common() if f in symbols and f not in serving]
+    with open(OUT, "w") as f:
+        f.write("\n".join(ordered) + "\n")
+    print(f"{OUT}: {len(ordered)} functions")
+
+
+if __name__ == "__main__":
+    main()
