@@ -10,8 +10,9 @@ path's hot functions share pages (see docs/benchmarks.md, "Resident memory").
 How: runs the `dist` binary under callgrind (which records every function executed, by
 symbol) through start-up, plain HTTP/1.1 and HTTP/2 forwarding, a filter chain, the
 admin endpoints and a graceful shutdown, in front of a small Python backend; keeps the
-symbols of the binary itself: first what serving runs, by instructions executed, then
-what only start-up runs. Then rebuild:
+symbols of the binary itself in four groups: what serving runs, what serving runs only
+with a filter, then the same two for start-up, each by instructions executed. Then
+rebuild:
 
     python3 benches/orderfile.py && cargo build --profile dist -p weft
 
@@ -25,6 +26,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -52,7 +54,10 @@ class Backend(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Connection", "keep-alive")
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the proxy gave up the request of a client that went away
 
     def log_message(self, *args):
         pass
@@ -84,6 +89,15 @@ def drive(listen, admin):
     for c in clients:
         c.wait()
     subprocess.run(["curl", "-s", "--http2-prior-knowledge"] + [url] * 20, **quiet)
+    # Clients that go away: mid-request with a reset (as a load generator's connections
+    # end), and ones that send what is not HTTP.
+    host, port = listen.rsplit(":", 1)
+    for payload in (b"GET / HTTP/1.1\r\nHost: weft\r\n\r\n", b"NOT HTTP\r\n\r\n"):
+        for _ in range(5):
+            with socket.create_connection((host, int(port))) as s:
+                s.sendall(payload)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            time.sleep(0.05)
     for path in ("metrics", "config", "live"):
         subprocess.run(["curl", "-s", f"http://{admin}/{path}"], **quiet)
 
@@ -177,21 +191,32 @@ def main():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Backend)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
-    serving, starting = collections.Counter(), collections.Counter()
     binary = os.path.realpath(WEFT)
+    runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for with_filter in (False, True):
             out = os.path.join(tmp, f"callgrind-{with_filter}.out")
             profile(port, with_filter, tmp, out)
-            starting.update(executed(out + ".1", binary))
-            serving.update(executed(out, binary))
+            runs[with_filter] = (executed(out + ".1", binary), executed(out, binary))
     server.shutdown()
-    symbols = set(subprocess.run(["nm", "--defined-only", WEFT], capture_output=True, text=True,
-                                 check=True).stdout.split())
-    # The request path first, most executed first, so that its code shares the fewest
-    # pages (and TLB entries); then what only start-up runs.
-    ordered = [f for f, _ in serving.most_common() if f in symbols]
-    ordered += [f for f, _ in starting.most_common() if f in symbols and f not in serving]
+    sizes = {}
+    for line in subprocess.run(["nm", "-S", "--defined-only", WEFT], capture_output=True, text=True,
+                               check=True).stdout.splitlines():
+        fields = line.split()
+        if len(fields) == 4:
+            sizes[fields[3]] = int(fields[1], 16)
+    # Request path first, most executed first, so that its code shares the fewest pages
+    # (and TLB entries), then start-up; a proxy without filters runs neither of the
+    # filter groups, so they sit apart from its code and it maps none of the Wasm host.
+    (plain_start, plain_serve), (filter_start, filter_serve) = runs[False], runs[True]
+    groups = (("serving", plain_serve), ("serving with a filter", filter_serve),
+              ("start-up", plain_start), ("start-up with a filter", filter_start))
+    ordered, seen = [], set()
+    for name, executed_in in groups:
+        added = [f for f, _ in executed_in.most_common() if f in sizes and f not in seen]
+        ordered += added
+        seen.update(added)
+        print(f"{name}: {len(added)} functions, {sum(sizes[f] for f in added) // 1024} KiB")
     with open(OUT, "w") as f:
         f.write("\n".join(ordered) + "\n")
     print(f"{OUT}: {len(ordered)} functions")

@@ -3,9 +3,9 @@
 //! laid out; neither changes what it does.
 //!
 //! - `weft.order` (written by `benches/orderfile.py`) lists the functions serving and
-//!   start-up execute, the request path's first; lld places them together, so the few
-//!   MiB of code a proxy runs are not spread over all 17 MB of text, each page touched
-//!   mapping its neighbours too.
+//!   start-up execute, the request path's first, the Wasm host's apart; lld places them
+//!   together, so the few MiB of code a proxy runs are not spread over all 17 MB of
+//!   text, each page touched mapping its neighbours too.
 //! - Packed relative relocations (DT_RELR): the dynamic loader reads the whole
 //!   relocation table at start-up, 600 KiB of it in the RELA form, a few KiB as RELR.
 //!   glibc understands RELR from 2.36, so it is used only when building natively
