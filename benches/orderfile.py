@@ -183,6 +183,17 @@ def executed(path, binary):
     return cost
 
 
+def coverage(binary):
+    """How many of the functions proxy/weft.order lists `binary` has: (found, listed).
+    Few found means the layout is stale (or `binary` is not a `dist` build)."""
+    if not os.path.exists(OUT):
+        return 0, 0
+    listed = open(OUT).read().split()
+    symbols = set(subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True,
+                                 check=True).stdout.split())
+    return sum(f in symbols for f in listed), len(listed)
+
+
 def main():
     for need, what in ((WEFT, "cargo build --profile dist -p weft"),
                        (FILTER, "cargo build --release --target wasm32-wasip2 -p bench-filter")):

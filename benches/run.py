@@ -28,6 +28,7 @@ ROOT = os.path.dirname(HERE)
 SHARED = os.environ.get("WEFT_BENCH_HARNESS", os.path.join(ROOT, "..", "shared", "bench"))
 sys.path.insert(0, SHARED)
 import bench  # noqa: E402  (the shared harness)
+import orderfile  # noqa: E402  (the code layout, to warn when it is stale)
 
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.environ["HOME"], ".cache", "weft-target"))
 PROFILE = os.environ.get("WEFT_PROFILE", "dist")
@@ -108,4 +109,9 @@ if __name__ == "__main__":
         if not os.path.exists(path):
             sys.exit(f"{path} is missing: CARGO_TARGET_DIR={TARGET} cargo build --profile {PROFILE} -p weft "
                      "&& .ci/build-filters")
+    found, listed = orderfile.coverage(WEFT)
+    if PROFILE == "dist" and found < 0.9 * listed:
+        print(f"warning: {WEFT} has {found} of the {listed} functions proxy/weft.order lays out; renew "
+              "the layout (python3 benches/orderfile.py, then rebuild) or these figures measure a worse one",
+              file=sys.stderr)
     bench.main()
