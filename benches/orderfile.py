@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Writes proxy/weft.order: the functions of the `dist` binary that start-up and serving
-run, most executed first, for the linker to lay out together.
+run, for the linker to lay out together.
 
 Why: the kernel maps a binary's code in 64 KiB windows around each page it touches, so
-start-up code scattered over 17 MB of text left 4 MiB of it resident in every proxy.
+start-up code scattered over 17 MB of text left 5 MiB of it resident in every proxy.
 Packed together, the code a proxy runs fits in a fraction of that, and the request
 path's hot functions share pages (see docs/benchmarks.md, "Resident memory").
 
@@ -18,7 +18,8 @@ rebuild:
 
 proxy/build.rs hands the file to the linker (lld's --symbol-ordering-file). Symbols the
 file names that a later build no longer has are skipped, new ones go after the listed
-ones: the file ages gracefully, and this script renews it. Needs valgrind and curl.
+ones: the file ages gracefully, and this script renews it. Needs valgrind and curl;
+WEFT=PATH profiles another build of the same code (a copy of the `dist` binary).
 """
 import collections
 import http.server

@@ -35,7 +35,8 @@ fn main() {
 }
 
 /// Whether the glibc this build script runs on (the target's, when building
-/// natively) is 2.36 or later.
+/// natively) is 2.36 or later. (`cfg` here is the build script's own platform.)
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn glibc_has_relr() -> bool {
     unsafe extern "C" {
         fn gnu_get_libc_version() -> *const std::ffi::c_char;
@@ -49,4 +50,9 @@ fn glibc_has_relr() -> bool {
         .map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     (major, minor) >= (2, 36)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn glibc_has_relr() -> bool {
+    false
 }
