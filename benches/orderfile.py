@@ -82,7 +82,7 @@ def wait_ready(admin, proc):
 
 def drive(listen, admin):
     """The paths a deployed proxy runs: keep-alive HTTP/1.1 from many connections,
-    HTTP/2 prior knowledge, the admin endpoints."""
+    HTTP/2 prior knowledge, clients that reset or send garbage, the admin endpoints."""
     url = f"http://{listen}/"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     clients = [subprocess.Popen(["curl", "-s", "-H", "x-bench-in: 1"] + [url] * (REQUESTS // 20), **quiet)
@@ -184,15 +184,25 @@ def executed(path, binary):
     return cost
 
 
+def symbol_sizes(binary):
+    """The size of each symbol `binary` defines, by name."""
+    sizes = {}
+    for line in subprocess.run(["nm", "-S", "--defined-only", binary], capture_output=True, text=True,
+                               check=True).stdout.splitlines():
+        fields = line.split()
+        if len(fields) == 4:
+            sizes[fields[3]] = int(fields[1], 16)
+    return sizes
+
+
 def coverage(binary):
     """How many of the functions proxy/weft.order lists `binary` has: (found, listed).
     Few found means the layout is stale (or `binary` is not a `dist` build)."""
     if not os.path.exists(OUT):
         return 0, 0
     listed = open(OUT).read().split()
-    symbols = set(subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True,
-                                 check=True).stdout.split())
-    return sum(f in symbols for f in listed), len(listed)
+    sizes = symbol_sizes(binary)
+    return sum(f in sizes for f in listed), len(listed)
 
 
 def main():
@@ -211,12 +221,7 @@ def main():
             profile(port, with_filter, tmp, out)
             runs[with_filter] = (executed(out + ".1", binary), executed(out, binary))
     server.shutdown()
-    sizes = {}
-    for line in subprocess.run(["nm", "-S", "--defined-only", WEFT], capture_output=True, text=True,
-                               check=True).stdout.splitlines():
-        fields = line.split()
-        if len(fields) == 4:
-            sizes[fields[3]] = int(fields[1], 16)
+    sizes = symbol_sizes(WEFT)
     # Request path first, most executed first, so that its code shares the fewest pages
     # (and TLB entries), then start-up; a proxy without filters runs neither of the
     # filter groups, so they sit apart from its code and it maps none of the Wasm host.
