@@ -21,10 +21,15 @@ fn main() {
         return;
     }
     let order = Path::new(&var("CARGO_MANIFEST_DIR")).join("weft.order");
-    if order.exists() {
+    // The linker reads a copy in OUT_DIR. Cargo keeps this script's output for any
+    // checkout sharing the target directory (a CI clone, a worktree): a path into
+    // the checkout that ran it would break every other one's link once that
+    // checkout is deleted. (The copy is renewed whenever weft.order changes.)
+    let copy = Path::new(&var("OUT_DIR")).join("weft.order");
+    if order.exists() && std::fs::copy(&order, &copy).is_ok() {
         println!(
             "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
-            order.display()
+            copy.display()
         );
         // Symbols of another build (the file ages as the code changes) are skipped.
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
