@@ -22,6 +22,12 @@ impl Drain {
     pub fn is_draining(&self) -> bool {
         *self.signal.borrow()
     }
+
+    /// A receiver of the shutdown signal that reads whether it changed without
+    /// waiting (`has_changed`, one atomic load).
+    pub fn probe(&self) -> watch::Receiver<bool> {
+        self.signal.clone()
+    }
 }
 
 pub struct DrainController {

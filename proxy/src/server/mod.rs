@@ -263,7 +263,20 @@ async fn serve<I>(
     let mut timer = pin!(tokio::time::sleep(
         check_every.unwrap_or(Duration::from_secs(3600))
     ));
+    // The shutdown and listener-removed futures are polled once, which registers
+    // the task with their channels, and after that only when their channel has
+    // changed: the loop goes round at least twice per request, and polling a
+    // registered watch future takes the channel's mutex, one shared by every
+    // connection on every worker.
+    let (drain_probe, removed_probe) = (drain.probe(), removed.clone());
+    let mut drained = pin!(drain.signaled());
+    let mut unbound = pin!(stopped(&mut removed));
+    let mut registered = false;
     loop {
+        let look = !std::mem::replace(&mut registered, true);
+        let changed = |probe: &tokio::sync::watch::Receiver<bool>| {
+            look || probe.has_changed().unwrap_or(true)
+        };
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -327,11 +340,11 @@ async fn serve<I>(
                     }
                 }
             }
-            _ = drain.signaled(), if !closing => {
+            () = drained.as_mut(), if !closing && changed(&drain_probe) => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = stopped(&mut removed), if !closing && !retiring => {
+            () = unbound.as_mut(), if !closing && !retiring && changed(&removed_probe) => {
                 // A connection accepted just before the reload may have its first
                 // request on the way: closing it now would reset that request, so it
                 // is answered first (with `Connection: close`).
