@@ -383,6 +383,7 @@ impl LoadedFilter {
         }
         let state = HostState {
             filter: self.shared.clone(),
+            names: Default::default(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory.as_usize().min(MAX_FILTER_MEMORY as usize))
                 .instances(32)

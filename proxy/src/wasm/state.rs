@@ -173,17 +173,45 @@ pub struct Call {
 }
 
 impl Call {
-    /// Forgets everything about the previous request.
+    /// Forgets everything about the previous request. Field by field rather than
+    /// by assigning a new `Call` (which moves the whole struct and hashes a new
+    /// map's keys, every request); the pattern names every field, so one added
+    /// later cannot be forgotten here.
     pub fn reset(&mut self, request_id: u64, part: Part) {
-        for (_, pending) in self.outbound.drain() {
+        let Call {
+            request_id: id,
+            phase,
+            request,
+            request_trailers,
+            response,
+            response_trailers,
+            response_writable,
+            response_edits,
+            conn,
+            snapshot,
+            values,
+            part: old_part,
+            keep,
+            skipped,
+            outbound,
+        } = self;
+        for (_, pending) in outbound.drain() {
             pending.abort();
         }
-        *self = Call {
-            request_id,
-            part,
-            outbound: std::mem::take(&mut self.outbound),
-            ..Call::default()
-        };
+        *id = request_id;
+        *phase = None;
+        *request = None;
+        *request_trailers = None;
+        *response = None;
+        *response_trailers = None;
+        *response_writable = false;
+        *response_edits = None;
+        *conn = None;
+        *snapshot = None;
+        *values = None;
+        *old_part = part;
+        *keep = false;
+        *skipped = false;
     }
 
     /// Whether the instance may serve other requests before this one's next call:
@@ -201,8 +229,32 @@ impl Default for BodyMode {
     }
 }
 
+/// The header names a filter writes, parsed once per instance: most filters write
+/// the same few on every request, and parsing a name that is not a standard one
+/// copies it into a new allocation each time. Names only, never values; they are
+/// the filter's own and never shown to it, so nothing passes between requests.
+#[derive(Default)]
+pub struct HeaderNames(Vec<HeaderName>);
+
+impl HeaderNames {
+    const MAX: usize = 16;
+
+    /// `name` as a `HeaderName`, from the cache when it was written before.
+    pub fn parse(&mut self, name: &str) -> Result<HeaderName, http::header::InvalidHeaderName> {
+        if let Some(known) = self.0.iter().find(|n| n.as_str() == name) {
+            return Ok(known.clone());
+        }
+        let parsed = HeaderName::from_bytes(name.as_bytes())?;
+        if self.0.len() < Self::MAX {
+            self.0.push(parsed.clone());
+        }
+        Ok(parsed)
+    }
+}
+
 pub struct HostState {
     pub filter: Arc<FilterShared>,
+    pub names: HeaderNames,
     pub limits: StoreLimits,
     pub wasi: WasiCtx,
     pub table: ResourceTable,
@@ -226,6 +278,22 @@ impl WasiView for HostState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_names_are_parsed_once_and_stay_valid() {
+        let mut names = HeaderNames::default();
+        let a = names.parse("x-tag").expect("valid");
+        let b = names.parse("x-tag").expect("valid");
+        assert_eq!(a, b);
+        assert_eq!(names.0.len(), 1);
+        // Upper case is folded by the parser; the cache holds the lower-case form.
+        assert_eq!(names.parse("X-Tag").expect("valid"), a);
+        assert!(names.parse("bad name").is_err());
+        for i in 0..40 {
+            names.parse(&format!("x-n{i}")).expect("valid");
+        }
+        assert_eq!(names.0.len(), HeaderNames::MAX);
+    }
 
     #[test]
     fn request_values_replace_and_stay_within_their_budget() {

@@ -2,7 +2,7 @@
 
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
 use crate::wasm::bindings::weft::filter::http::Host;
 use crate::wasm::bindings::{BodyMode, HeaderError, Message};
@@ -75,12 +75,6 @@ impl HostState {
             Some(Phase::RequestHeaders | Phase::RequestBody)
         )
     }
-}
-
-fn name_value(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), HeaderError> {
-    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| HeaderError::InvalidName)?;
-    let value = HeaderValue::from_bytes(value).map_err(|_| HeaderError::InvalidValue)?;
-    Ok((name, value))
 }
 
 impl Host for HostState {
@@ -240,7 +234,7 @@ impl Host for HostState {
         name: String,
         value: Vec<u8>,
     ) -> R<Result<(), HeaderError>> {
-        Ok(self.write_header(msg, &name, &value, false))
+        Ok(self.write_header(msg, &name, value, false))
     }
 
     fn append_header(
@@ -249,11 +243,11 @@ impl Host for HostState {
         name: String,
         value: Vec<u8>,
     ) -> R<Result<(), HeaderError>> {
-        Ok(self.write_header(msg, &name, &value, true))
+        Ok(self.write_header(msg, &name, value, true))
     }
 
     fn remove_header(&mut self, msg: Message, name: String) -> R<Result<(), HeaderError>> {
-        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+        let Ok(name) = self.names.parse(&name) else {
             return Ok(Err(HeaderError::InvalidName));
         };
         if self.for_the_response(msg) {
@@ -282,10 +276,17 @@ impl HostState {
         &mut self,
         msg: Message,
         name: &str,
-        value: &[u8],
+        value: Vec<u8>,
         append: bool,
     ) -> Result<(), HeaderError> {
-        let (name, value) = name_value(name, value)?;
+        let name = self
+            .names
+            .parse(name)
+            .map_err(|_| HeaderError::InvalidName)?;
+        // The value the guest's bytes were lifted into becomes the header's own
+        // storage, without another copy.
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
+            .map_err(|_| HeaderError::InvalidValue)?;
         if self.for_the_response(msg) {
             self.charge(name.as_str().len() + value.len())?;
             self.keep_edit(match append {
