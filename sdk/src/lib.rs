@@ -126,7 +126,9 @@ pub use http;
 pub use action::{Action, BodyAction, LocalResponse, Upstream};
 pub use context::{filter_name, Completion, Connection, Context, TlsInfo};
 pub use filter::{ConfigError, Filter};
-pub use view::{BodyMode, HeaderError, RequestView, ResponseView, TrailersView};
+pub use view::{
+    BodyMode, HeaderError, IntoHeaderName, IntoHeaderValue, RequestView, ResponseView, TrailersView,
+};
 
 /// The generated bindings, for `export_filter!` only. Not part of the API.
 #[cfg(target_arch = "wasm32")]

@@ -102,21 +102,117 @@ impl From<Infallible> for HeaderError {
 }
 
 /// Converts a name into a `HeaderName`, mapping the error.
-fn header_name<K>(name: K) -> Result<HeaderName, HeaderError>
-where
-    K: TryInto<HeaderName>,
-    K::Error: Into<HeaderError>,
-{
-    name.try_into().map_err(Into::into)
+mod sealed {
+    pub trait Sealed {}
 }
 
-fn header_value<V>(value: V) -> Result<HeaderValue, HeaderError>
-where
-    V: TryInto<HeaderValue>,
-    V::Error: Into<HeaderError>,
-{
-    value.try_into().map_err(Into::into)
+/// A header name the header setters take: a [`HeaderName`] (such as the `http`
+/// crate's constants) or a string.
+///
+/// A string goes to the proxy as it is, which checks it as it makes the change (an
+/// invalid one gets [`HeaderError::InvalidName`]; upper case is folded): parsing it
+/// into a `HeaderName` in the filter first would check it twice and copy it once.
+///
+/// ```
+/// use weft_sdk::http::header::VARY;
+/// fn names(ctx: &weft_sdk::Context, custom: String) -> Result<(), weft_sdk::HeaderError> {
+///     ctx.response().set_header(VARY, "accept")?;
+///     ctx.response().set_header("x-static", "1")?;
+///     ctx.response().set_header(custom, "2")
+/// }
+/// ```
+pub trait IntoHeaderName: sealed::Sealed {
+    #[doc(hidden)]
+    fn with_name<R>(self, f: impl FnOnce(&str) -> R) -> R;
 }
+
+/// A header value the header setters take: a [`HeaderValue`], a string, bytes, or
+/// an integer.
+///
+/// Like names, values go to the proxy as they are and are checked there (an invalid
+/// one gets [`HeaderError::InvalidValue`]).
+///
+/// ```
+/// fn values(ctx: &weft_sdk::Context) -> Result<(), weft_sdk::HeaderError> {
+///     ctx.response().set_header("x-a", "text")?;
+///     ctx.response().set_header("x-b", format!("{}-{}", 1, 2))?;
+///     ctx.response().set_header("x-c", b"bytes".as_slice())?;
+///     ctx.response().set_header("x-d", 42u64)
+/// }
+/// ```
+pub trait IntoHeaderValue: sealed::Sealed {
+    #[doc(hidden)]
+    fn with_value<R>(self, f: impl FnOnce(&[u8]) -> R) -> R;
+}
+
+macro_rules! names {
+    ($($t:ty => |$n:ident| $e:expr),* $(,)?) => {$(
+        impl sealed::Sealed for $t {}
+        impl IntoHeaderName for $t {
+            fn with_name<R>(self, f: impl FnOnce(&str) -> R) -> R {
+                let $n = self;
+                f($e)
+            }
+        }
+    )*};
+}
+
+names! {
+    HeaderName => |n| n.as_str(),
+    &HeaderName => |n| n.as_str(),
+    &str => |n| n,
+    String => |n| n.as_str(),
+    &String => |n| n.as_str(),
+}
+
+macro_rules! values {
+    ($($t:ty => |$v:ident| $e:expr),* $(,)?) => {$(
+        impl IntoHeaderValue for $t {
+            fn with_value<R>(self, f: impl FnOnce(&[u8]) -> R) -> R {
+                let $v = self;
+                f($e)
+            }
+        }
+    )*};
+}
+
+// `&str`, `String` and `&String` are sealed by `names!` already.
+impl sealed::Sealed for HeaderValue {}
+impl sealed::Sealed for &HeaderValue {}
+impl sealed::Sealed for &[u8] {}
+impl sealed::Sealed for Vec<u8> {}
+impl sealed::Sealed for &Vec<u8> {}
+impl<const N: usize> sealed::Sealed for &[u8; N] {}
+
+values! {
+    HeaderValue => |v| v.as_bytes(),
+    &HeaderValue => |v| v.as_bytes(),
+    &str => |v| v.as_bytes(),
+    String => |v| v.as_bytes(),
+    &String => |v| v.as_bytes(),
+    &[u8] => |v| v,
+    Vec<u8> => |v| v.as_slice(),
+    &Vec<u8> => |v| v.as_slice(),
+}
+
+impl<const N: usize> IntoHeaderValue for &[u8; N] {
+    fn with_value<R>(self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(self.as_slice())
+    }
+}
+
+macro_rules! integers {
+    ($($t:ty),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl IntoHeaderValue for $t {
+            fn with_value<R>(self, f: impl FnOnce(&[u8]) -> R) -> R {
+                f(self.to_string().as_bytes())
+            }
+        }
+    )*};
+}
+
+integers!(u16, u32, u64, usize, i16, i32, i64, isize);
 
 /// Parses the host's header list, skipping any name or value that is not valid HTTP.
 pub(crate) fn header_map(raw: Vec<(String, Vec<u8>)>) -> HeaderMap {
@@ -169,21 +265,19 @@ macro_rules! header_methods {
         }
 
         #[doc = concat!(
-            "Replaces every value of a header with this one. Takes anything that converts ",
-            "into `HeaderName` and `HeaderValue` (`&str`, `String`, the `http` constants).\n\n",
+            "Replaces every value of a header with this one. Takes a `HeaderName` (the `http` ",
+            "constants) or a string, and a `HeaderValue`, a string, bytes or an integer ",
+            "(see [`IntoHeaderName`] and [`IntoHeaderValue`]); the proxy checks them.\n\n",
             "```\n",
             "fn tag(ctx: &weft_sdk::Context) -> Result<(), weft_sdk::HeaderError> {\n",
             "    ctx.", $accessor, "().set_header(\"x-filtered-by\", \"hello-filter\")\n}\n```"
         )]
-        pub fn set_header<K, V>(&self, name: K, value: V) -> Result<(), HeaderError>
-        where
-            K: TryInto<HeaderName>,
-            K::Error: Into<HeaderError>,
-            V: TryInto<HeaderValue>,
-            V::Error: Into<HeaderError>,
-        {
-            let (name, value) = (header_name(name)?, header_value(value)?);
-            host::set_header(self.message(), name.as_str(), value.as_bytes())
+        pub fn set_header(
+            &self,
+            name: impl IntoHeaderName,
+            value: impl IntoHeaderValue,
+        ) -> Result<(), HeaderError> {
+            name.with_name(|n| value.with_value(|v| host::set_header(self.message(), n, v)))
         }
 
         #[doc = concat!(
@@ -192,15 +286,12 @@ macro_rules! header_methods {
             "fn vary(ctx: &weft_sdk::Context) -> Result<(), weft_sdk::HeaderError> {\n",
             "    ctx.", $accessor, "().append_header(VARY, \"x-api-key\")\n}\n```"
         )]
-        pub fn append_header<K, V>(&self, name: K, value: V) -> Result<(), HeaderError>
-        where
-            K: TryInto<HeaderName>,
-            K::Error: Into<HeaderError>,
-            V: TryInto<HeaderValue>,
-            V::Error: Into<HeaderError>,
-        {
-            let (name, value) = (header_name(name)?, header_value(value)?);
-            host::append_header(self.message(), name.as_str(), value.as_bytes())
+        pub fn append_header(
+            &self,
+            name: impl IntoHeaderName,
+            value: impl IntoHeaderValue,
+        ) -> Result<(), HeaderError> {
+            name.with_name(|n| value.with_value(|v| host::append_header(self.message(), n, v)))
         }
 
         #[doc = concat!(
@@ -208,12 +299,8 @@ macro_rules! header_methods {
             "fn strip(ctx: &weft_sdk::Context) -> Result<(), weft_sdk::HeaderError> {\n",
             "    ctx.", $accessor, "().remove_header(\"x-internal\")\n}\n```"
         )]
-        pub fn remove_header<K>(&self, name: K) -> Result<(), HeaderError>
-        where
-            K: TryInto<HeaderName>,
-            K::Error: Into<HeaderError>,
-        {
-            host::remove_header(self.message(), header_name(name)?.as_str())
+        pub fn remove_header(&self, name: impl IntoHeaderName) -> Result<(), HeaderError> {
+            name.with_name(|n| host::remove_header(self.message(), n))
         }
     };
 }
