@@ -124,3 +124,58 @@ async fn shutdown_deadline_cuts_off_slow_requests() {
         "the slow request cannot have completed: {cut:?}"
     );
 }
+
+/// A keep-alive connection with nothing in flight is closed as soon as shutdown
+/// begins (its task is told, not left to notice at its next request or timeout),
+/// and the process exits without waiting for its deadline.
+#[tokio::test]
+async fn shutdown_closes_idle_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let backend = Backend::start("b1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_file(
+        dir.path(),
+        "weft.toml",
+        &format!(
+            "{}{}",
+            preamble_with(dir.path(), false, "20s"),
+            one_cluster(backend.addr)
+        ),
+    );
+    let mut child = Child::spawn(&["run", "--config", cfg.to_str().unwrap()]).await;
+    let addr = child.listener_addr("main");
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: idle\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.ends_with(b"b1") {
+        let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
+            .await
+            .expect("no response")
+            .unwrap();
+        assert!(n > 0, "closed before the response: {seen:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // Let the connection settle into waiting for its next request.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let signaled = Instant::now();
+    child.signal(libc::SIGTERM);
+    let n = tokio::time::timeout(Duration::from_secs(3), idle.read(&mut buf))
+        .await
+        .expect("the idle connection was not closed at shutdown")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "expected the connection closed, got {:?}", &buf[..n]);
+    let status = exits_within(&mut child.child, Duration::from_secs(5))
+        .await
+        .expect("weft did not exit after closing its idle connection");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        signaled.elapsed() < Duration::from_secs(3),
+        "exited {:?} after the signal",
+        signaled.elapsed()
+    );
+}

@@ -278,6 +278,20 @@ async fn serve<I>(
             look || probe.has_changed().unwrap_or(true)
         };
         tokio::select! {
+            // In this order, so the first round registers the control futures
+            // before anything else can end it.
+            biased;
+            () = drained.as_mut(), if !closing && changed(&drain_probe) => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = unbound.as_mut(), if !closing && !retiring && changed(&removed_probe) => {
+                // A connection accepted just before the reload may have its first
+                // request on the way: closing it now would reset that request, so it
+                // is answered first (with `Connection: close`).
+                retiring = true;
+                timer.as_mut().reset(tokio::time::Instant::now());
+            }
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     note_connection_error(&info, &*e);
@@ -339,17 +353,6 @@ async fn serve<I>(
                         timer.as_mut().reset(tokio::time::Instant::now() + wait.max(Duration::from_millis(10)));
                     }
                 }
-            }
-            () = drained.as_mut(), if !closing && changed(&drain_probe) => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            () = unbound.as_mut(), if !closing && !retiring && changed(&removed_probe) => {
-                // A connection accepted just before the reload may have its first
-                // request on the way: closing it now would reset that request, so it
-                // is answered first (with `Connection: close`).
-                retiring = true;
-                timer.as_mut().reset(tokio::time::Instant::now());
             }
         }
     }
