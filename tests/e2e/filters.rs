@@ -667,9 +667,9 @@ async fn request_values_carry_facts_across_phases_without_holding_instances() {
 
 #[tokio::test]
 async fn idle_instances_are_given_back_once_traffic_stops() {
-    // A burst leaves its instances idle in the pool. With no request coming to trim
-    // them on use, the sweep must: within two trim periods (10 s each) of the last
-    // use, every idle instance is destroyed. The filter keeps per-request state, so
+    // A burst leaves its instances idle in the pool. The periodic sweep trims it
+    // (taking and giving back never do): within two trim periods (10 s each) and the
+    // sweep's own period of the last use, every idle instance is destroyed. The filter keeps per-request state, so
     // each request of the burst holds an instance of its own.
     let b1 = Backend::start("b1").await;
     let proxy = Proxy::start(&config(&b1, &[("p", r#"{"remember_path": true}"#)], "")).await;

@@ -317,10 +317,7 @@ impl LoadedFilter {
     /// An instance ready for a call of request `request_id`, in which the filter's
     /// part so far is `part`: an idle instance, or a new one.
     pub async fn instance(&self, request_id: u64, part: Part) -> anyhow::Result<FilterInstance> {
-        let now = std::time::Instant::now();
-        let (reused, unneeded) = self.with_idle(|pool| pool.take(now));
-        // Destroyed outside the lock, as in `release`.
-        drop(unneeded);
+        let reused = self.with_idle(|pool| pool.take());
         let mut inst = match reused {
             Some(i) => i,
             None => self.instantiate().await?,
@@ -342,16 +339,14 @@ impl LoadedFilter {
             return;
         }
         inst.store.data_mut().call.reset(0, Part::default());
-        let now = std::time::Instant::now();
-        let unneeded = self.with_idle(|pool| pool.give(inst, now));
-        // Destroyed outside the lock: returning their memory to the pool takes a while.
-        drop(unneeded);
+        self.with_idle(|pool| pool.give(inst));
     }
 
     /// Destroys the idle instances that went unused for a whole trim period.
     pub fn trim_idle(&self) {
         let now = std::time::Instant::now();
         let unneeded = self.with_idle(|pool| pool.trim(now));
+        // Destroyed outside the lock: returning their memory to the pool takes a while.
         drop(unneeded);
     }
 

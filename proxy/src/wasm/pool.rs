@@ -6,7 +6,9 @@
 //! with a cap of 32 at 50 connections). Instead the pool keeps every instance it is
 //! given back and, once per trim period, destroys only those that were not needed
 //! during the whole period (the low-water mark of the idle count), so it follows
-//! the recent peak of concurrency and shrinks when load falls.
+//! the recent peak of concurrency and shrinks when load falls. The trim runs from a
+//! periodic sweep (`app::sweep_idle_instances`), so a take or a give, twice per
+//! filter call, reads no clock.
 //!
 //! Instances are reused last-in first-out: the most recently used one is the most
 //! likely to still be in the CPU's caches, and the ones at the bottom are the ones
@@ -14,7 +16,8 @@
 
 use std::time::{Duration, Instant};
 
-/// How long an idle instance may go unneeded before it is destroyed.
+/// How long an idle instance may go unneeded before it is destroyed (at most twice
+/// this, with the sweep's period on top).
 pub const TRIM_PERIOD: Duration = Duration::from_secs(10);
 
 pub struct IdlePool<T> {
@@ -33,28 +36,24 @@ impl<T> IdlePool<T> {
         }
     }
 
-    /// The most recently returned instance, if any, and what a trim removed (to be
-    /// dropped by the caller, outside any lock).
-    pub fn take(&mut self, now: Instant) -> (Option<T>, Vec<T>) {
+    /// The most recently returned instance, if any.
+    pub fn take(&mut self) -> Option<T> {
         let got = self.stack.pop();
         self.low = self.low.min(self.stack.len());
-        (got, self.trim(now))
+        got
     }
 
-    /// Returns an instance; what a trim removes is returned to be dropped by the
-    /// caller (outside any lock).
-    pub fn give(&mut self, item: T, now: Instant) -> Vec<T> {
+    /// Returns an instance.
+    pub fn give(&mut self, item: T) {
         self.stack.push(item);
-        self.trim(now)
     }
 
     pub fn count(&self) -> usize {
         self.stack.len()
     }
 
-    /// Once a period is over, removes the instances that sat idle through all of it.
-    /// Called on every take and give, and by a periodic sweep so that a proxy whose
-    /// traffic stopped gives its instances back too.
+    /// Once a period is over, removes the instances that sat idle through all of it,
+    /// returning them to be dropped by the caller (outside any lock).
     pub fn trim(&mut self, now: Instant) -> Vec<T> {
         if now.saturating_duration_since(self.since) < TRIM_PERIOD {
             return Vec::new();
@@ -77,18 +76,19 @@ mod tests {
         let mut pool = IdlePool::new(t0);
         // A burst of 50 concurrent requests returns 50 instances.
         for i in 0..50 {
-            assert!(pool.give(i, t0).is_empty());
+            pool.give(i);
         }
-        // The next period needs at most 20 at once.
+        // The sweep starts a period, in which at most 20 are needed at once.
         let t1 = t0 + TRIM_PERIOD + Duration::from_millis(1);
-        let mut held: Vec<_> = (0..20).filter_map(|_| pool.take(t1).0).collect();
+        assert!(pool.trim(t1).is_empty());
+        let mut held: Vec<_> = (0..20).filter_map(|_| pool.take()).collect();
         assert_eq!(pool.count(), 30);
         for i in held.drain(..) {
-            assert!(pool.give(i, t1).is_empty());
+            pool.give(i);
         }
+        pool.give(99);
         // After a full period in which 30 were never needed, they go.
-        let t2 = t1 + TRIM_PERIOD;
-        let removed = pool.give(99, t2);
+        let removed = pool.trim(t1 + TRIM_PERIOD);
         assert_eq!(removed.len(), 30);
         assert_eq!(pool.count(), 21);
     }
@@ -101,13 +101,11 @@ mod tests {
         for round in 0..10 {
             now += TRIM_PERIOD / 2;
             // Every instance is taken at some point of each period.
-            let a = pool.take(now).0;
-            let b = pool.take(now).0;
-            let removed: usize = [a.unwrap_or(round * 2), b.unwrap_or(round * 2 + 1)]
-                .into_iter()
-                .map(|i| pool.give(i, now).len())
-                .sum();
-            assert_eq!(removed, 0, "round {round}");
+            let a = pool.take();
+            let b = pool.take();
+            pool.give(a.unwrap_or(round * 2));
+            pool.give(b.unwrap_or(round * 2 + 1));
+            assert!(pool.trim(now).is_empty(), "round {round}");
         }
         assert_eq!(pool.count(), 2);
     }
@@ -117,7 +115,7 @@ mod tests {
         let t0 = Instant::now();
         let mut pool = IdlePool::new(t0);
         for i in 0..8 {
-            pool.give(i, t0);
+            pool.give(i);
         }
         // The first sweep starts a period; the next one finds all 8 unused through it.
         assert!(pool.trim(t0 + TRIM_PERIOD).is_empty());
@@ -126,26 +124,11 @@ mod tests {
     }
 
     #[test]
-    fn a_take_hands_back_what_its_trim_removed() {
-        let t0 = Instant::now();
-        let mut pool = IdlePool::new(t0);
-        for i in 0..3 {
-            pool.give(i, t0);
-        }
-        // The first trim starts a period: nothing has sat idle through a whole one yet.
-        assert!(pool.trim(t0 + TRIM_PERIOD).is_empty());
-        // A period later the take gets the newest, and hands back the two left idle.
-        let (got, removed) = pool.take(t0 + TRIM_PERIOD * 2);
-        assert_eq!((got, removed), (Some(2), vec![0, 1]));
-        assert_eq!(pool.count(), 0);
-    }
-
-    #[test]
     fn most_recently_returned_is_reused_first() {
         let t0 = Instant::now();
         let mut pool = IdlePool::new(t0);
-        pool.give("cold", t0);
-        pool.give("hot", t0);
-        assert_eq!(pool.take(t0).0, Some("hot"));
+        pool.give("cold");
+        pool.give("hot");
+        assert_eq!(pool.take(), Some("hot"));
     }
 }
