@@ -81,8 +81,8 @@ async fn sigint_drains_in_flight_requests_then_exits_0() {
     drains_then_exits_on(libc::SIGINT).await;
 }
 
-#[tokio::test]
-async fn shutdown_deadline_cuts_off_slow_requests() {
+/// A `weft run` in front of one backend, with this shutdown deadline.
+async fn proxy_with_deadline(shutdown_timeout: &str) -> (Backend, tempfile::TempDir, Child) {
     let backend = Backend::start("b1").await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_file(
@@ -90,11 +90,17 @@ async fn shutdown_deadline_cuts_off_slow_requests() {
         "weft.toml",
         &format!(
             "{}{}",
-            preamble_with(dir.path(), false, "300ms"),
+            preamble_with(dir.path(), false, shutdown_timeout),
             one_cluster(backend.addr)
         ),
     );
-    let mut child = Child::spawn(&["run", "--config", cfg.to_str().unwrap()]).await;
+    let child = Child::spawn(&["run", "--config", cfg.to_str().unwrap()]).await;
+    (backend, dir, child)
+}
+
+#[tokio::test]
+async fn shutdown_deadline_cuts_off_slow_requests() {
+    let (backend, _dir, mut child) = proxy_with_deadline("300ms").await;
     let addr = child.listener_addr("main");
     let slow = spawn_get(h1(), format!("http://{addr}/sleep/5000"));
     assert!(eventually(Duration::from_secs(5), async || backend.hits() == 1).await);
@@ -132,18 +138,7 @@ async fn shutdown_deadline_cuts_off_slow_requests() {
 async fn shutdown_closes_idle_connections_at_once() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let backend = Backend::start("b1").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_file(
-        dir.path(),
-        "weft.toml",
-        &format!(
-            "{}{}",
-            preamble_with(dir.path(), false, "20s"),
-            one_cluster(backend.addr)
-        ),
-    );
-    let mut child = Child::spawn(&["run", "--config", cfg.to_str().unwrap()]).await;
+    let (_backend, _dir, mut child) = proxy_with_deadline("20s").await;
     let addr = child.listener_addr("main");
     let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
     idle.write_all(b"GET / HTTP/1.1\r\nhost: idle\r\n\r\n")

@@ -239,9 +239,15 @@ pub struct HeaderNames(Vec<HeaderName>);
 impl HeaderNames {
     const MAX: usize = 16;
 
-    /// `name` as a `HeaderName`, from the cache when it was written before.
+    /// `name` as a `HeaderName`, from the cache when it was written before. The
+    /// comparison ignores ASCII case, as parsing does (it lowers a valid name's
+    /// letters), so "X-Tag" finds "x-tag" rather than filling the list with copies.
     pub fn parse(&mut self, name: &str) -> Result<HeaderName, http::header::InvalidHeaderName> {
-        if let Some(known) = self.0.iter().find(|n| n.as_str() == name) {
+        if let Some(known) = self
+            .0
+            .iter()
+            .find(|n| n.as_str().eq_ignore_ascii_case(name))
+        {
             return Ok(known.clone());
         }
         let parsed = HeaderName::from_bytes(name.as_bytes())?;
@@ -286,9 +292,12 @@ mod tests {
         let b = names.parse("x-tag").expect("valid");
         assert_eq!(a, b);
         assert_eq!(names.0.len(), 1);
-        // Upper case is folded by the parser; the cache holds the lower-case form.
+        // Upper case is folded by the parser; the cache holds the lower-case form
+        // and finds it for any case.
         assert_eq!(names.parse("X-Tag").expect("valid"), a);
+        assert_eq!(names.0.len(), 1);
         assert!(names.parse("bad name").is_err());
+        assert!(names.parse("x-tag\n").is_err());
         for i in 0..40 {
             names.parse(&format!("x-n{i}")).expect("valid");
         }
