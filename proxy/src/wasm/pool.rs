@@ -124,6 +124,24 @@ mod tests {
     }
 
     #[test]
+    fn a_trim_gives_back_the_least_recently_used() {
+        let t0 = Instant::now();
+        let mut pool = IdlePool::new(t0);
+        for i in 0..3 {
+            pool.give(i);
+        }
+        // The first trim starts a period: nothing has sat idle through a whole one yet.
+        assert!(pool.trim(t0 + TRIM_PERIOD).is_empty());
+        // One is needed during the period: the newest, which goes back on top.
+        let got = pool.take();
+        assert_eq!(got, Some(2));
+        pool.give(2);
+        // The two at the bottom sat idle through the whole period.
+        assert_eq!(pool.trim(t0 + TRIM_PERIOD * 2), vec![0, 1]);
+        assert_eq!(pool.count(), 1);
+    }
+
+    #[test]
     fn most_recently_returned_is_reused_first() {
         let t0 = Instant::now();
         let mut pool = IdlePool::new(t0);
