@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -36,7 +36,10 @@ pub struct ListenerRuntime {
     pub config: ListenerConfig,
     pub routes: RouteTable,
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    pub http: auto::Builder<TokioExecutor>,
+    /// How its connections are served, by protocol (`server::serve_http` tells
+    /// which a connection speaks before it starts).
+    pub http1: http1::Builder,
+    pub http2: http2::Builder<TokioExecutor>,
     /// Connections accepted, and open now.
     pub connections: Counter,
     pub connections_open: Gauge,
@@ -202,8 +205,8 @@ fn build_listener(
     }
 
     let lim = &l.limits;
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1()
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         // `server::serve` times request heads itself (hyper's timer would also run
         // while a keep-alive connection waits between requests).
@@ -211,7 +214,8 @@ fn build_listener(
         .max_buf_size(lim.max_header_bytes.as_usize().max(8192))
         .max_headers(lim.max_headers)
         .keep_alive(true);
-    http.http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_concurrent_streams(lim.max_concurrent_streams)
         // WebSockets over HTTP/2 (RFC 8441): `proxy::tunnel::ExtendedConnect`.
@@ -235,7 +239,8 @@ fn build_listener(
         config: l.clone(),
         routes: RouteTable { routes, fallback },
         tls,
-        http,
+        http1,
+        http2,
         connections: metrics.connections.get_or_create(&labels).clone(),
         connections_open: metrics.connections_open.get_or_create(&labels).clone(),
         stats,

@@ -178,6 +178,14 @@ async fn slow_and_silent_clients_are_disconnected() {
         closed_within(&mut s, Duration::from_secs(3)).await;
         started.elapsed()
     });
+    // Sends the start of the HTTP/2 preface (the proxy waits for the rest to tell
+    // the protocol) and stops.
+    let preface = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        closed_within(&mut s, Duration::from_secs(3)).await;
+        started.elapsed()
+    });
     // Sends a byte of an endless header every 50ms: busy, but never done.
     let dribble = tokio::spawn(async move {
         let s = TcpStream::connect(addr).await.unwrap();
@@ -200,6 +208,7 @@ async fn slow_and_silent_clients_are_disconnected() {
     for (what, task) in [
         ("partial", partial),
         ("silent", silent),
+        ("preface", preface),
         ("dribble", dribble),
     ] {
         let took = task.await.unwrap();
@@ -208,7 +217,7 @@ async fn slow_and_silent_clients_are_disconnected() {
             "{what}: closed after {took:?}"
         );
     }
-    assert_eq!(proxy.metric(&limit_hits("header_read_timeout")).await, 3.0);
+    assert_eq!(proxy.metric(&limit_hits("header_read_timeout")).await, 4.0);
     // A normal client is served meanwhile.
     assert_eq!(get(&h1(), &proxy.url("/")).await.0, 200);
 }
@@ -295,12 +304,26 @@ async fn keep_alive_outlives_the_header_read_timeout() {
     assert_eq!(proxy.metric(&limit_hits("header_read_timeout")).await, 1.0);
 }
 
+const H2_PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Writes `bytes` in two pieces, split at `at`, with a pause between them.
+async fn write_in_two(s: &mut TcpStream, bytes: &[u8], at: usize) {
+    s.write_all(&bytes[..at]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(&bytes[at..]).await.unwrap();
+}
+
 /// The settings an HTTP/2 server sends first, as (identifier, value) pairs.
 async fn server_settings(addr: SocketAddr) -> Vec<(u16, u32)> {
+    settings_after_preface_split_at(addr, H2_PREFACE_AND_SETTINGS.len()).await
+}
+
+/// The settings an HTTP/2 server sends first, the preface having been written in
+/// two pieces split at `at`.
+async fn settings_after_preface_split_at(addr: SocketAddr, at: usize) -> Vec<(u16, u32)> {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        .await
-        .unwrap();
+    write_in_two(&mut s, H2_PREFACE_AND_SETTINGS, at).await;
     let mut head = [0u8; 9];
     s.read_exact(&mut head).await.unwrap();
     let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
@@ -316,6 +339,38 @@ async fn server_settings(addr: SocketAddr) -> Vec<(u16, u32)> {
             )
         })
         .collect()
+}
+
+/// The proxy tells HTTP/2 (prior knowledge) from HTTP/1 by the first bytes of a
+/// cleartext connection, however the client's writes split them.
+#[tokio::test]
+async fn protocol_is_told_from_first_bytes_in_pieces() {
+    let backend = Backend::start("b1").await;
+    let proxy = Proxy::start(&config(backend.addr, "max_concurrent_streams = 7")).await;
+    let addr = proxy.addr("main");
+    for at in [1, 3, 12, 23] {
+        let settings = settings_after_preface_split_at(addr, at).await;
+        assert!(settings.contains(&(0x3, 7)), "split at {at}: {settings:?}");
+    }
+    // HTTP/1 methods that share a first letter (or two) with the preface's PRI.
+    for (request, at) in [
+        (
+            &b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"[..],
+            1,
+        ),
+        (b"PUT / HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n", 2),
+        (b"PROPFIND / HTTP/1.1\r\nhost: x\r\n\r\n", 2),
+        (b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", 1),
+    ] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        write_in_two(&mut s, request, at).await;
+        let response = read_response(&mut s).await;
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "{:?}: {response:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Downstream: listeners accept connections, enforce connection-level limits, do the
-//! TLS handshake and hand the connection to hyper, whose requests go to
-//! `proxy::handle`. TCP listeners hand the connection to `proxy::tunnel` instead
+//! TLS handshake, tell HTTP/2 from HTTP/1 (ALPN, or the HTTP/2 preface peeked from a
+//! cleartext socket) and hand the connection to hyper's server for that protocol,
+//! whose requests go to `proxy::handle`. TCP listeners hand the connection to `proxy::tunnel` instead
 //! (which does their TLS handshake too).
 
 pub mod drain;
@@ -9,11 +10,14 @@ pub mod sockets;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::future::Future;
+
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -51,7 +55,6 @@ pub struct ConnInfo {
 }
 
 /// Whether a connection has requests in flight, and since when it has been idle.
-#[derive(Default)]
 pub struct ConnState {
     in_flight: AtomicU32,
     /// Runtime milliseconds when the last request ended; 0 before any request.
@@ -61,10 +64,20 @@ pub struct ConnState {
     /// an idle HTTP/1 connection; 0 when none is arriving.
     head_since_ms: AtomicU64,
     /// The connection speaks HTTP/2: bytes between requests are frames, not heads.
-    h2: AtomicBool,
+    h2: bool,
 }
 
 impl ConnState {
+    fn new(h2: bool) -> Self {
+        ConnState {
+            in_flight: AtomicU32::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            head_since_ms: AtomicU64::new(0),
+            h2,
+        }
+    }
+
     pub fn begin(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -75,7 +88,7 @@ impl ConnState {
     fn received(&self, now_ms: impl FnOnce() -> u64) {
         if self.head_since_ms.load(Ordering::Relaxed) == 0
             && self.in_flight.load(Ordering::Relaxed) == 0
-            && !self.h2.load(Ordering::Relaxed)
+            && !self.h2
         {
             self.head_since_ms.store(now_ms().max(1), Ordering::Relaxed);
         }
@@ -160,12 +173,16 @@ async fn serve_http(
     socket: SocketAddr,
     lr: Arc<ListenerRuntime>,
     rt: Arc<Runtime>,
-    drain: Drain,
+    mut drain: Drain,
     removed: tokio::sync::watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().unwrap_or(socket);
     let Some(tls) = &lr.tls else {
+        let started_ms = rt.now_ms();
+        let Some(h2) = sniff(&tcp, &lr, &rt, &mut drain, remote).await else {
+            return;
+        };
         let info = ConnInfo {
             runtime: rt,
             listener: lr.name.clone(),
@@ -173,10 +190,10 @@ async fn serve_http(
             local,
             socket,
             tls: None,
-            state: ConnState::default(),
+            state: ConnState::new(h2),
             client_ip: ClientIp::new(remote),
         };
-        return serve(TokioIo::new(tcp), Arc::new(info), &lr, drain, removed).await;
+        return serve(tcp, Arc::new(info), &lr, drain, removed, started_ms).await;
     };
     let limit = lr.config.limits.tls_handshake_timeout.0;
     let stream = match tokio::time::timeout(limit, TlsAcceptor::from(tls.clone()).accept(tcp)).await
@@ -204,6 +221,9 @@ async fn serve_http(
             .and_then(|c| c.first())
             .and_then(crate::tls::peer_identity),
     };
+    // HTTP/2 over TLS is negotiated with ALPN (RFC 9113 §3.2), never assumed.
+    let h2 = info.alpn.as_deref() == Some("h2");
+    let started_ms = rt.now_ms();
     let info = ConnInfo {
         runtime: rt,
         listener: lr.name.clone(),
@@ -211,40 +231,121 @@ async fn serve_http(
         local,
         socket,
         tls: Some(info),
-        state: ConnState::default(),
+        state: ConnState::new(h2),
         client_ip: ClientIp::new(remote),
     };
-    serve(TokioIo::new(stream), Arc::new(info), &lr, drain, removed).await
+    serve(stream, Arc::new(info), &lr, drain, removed, started_ms).await
+}
+
+/// What a client opening an HTTP/2 connection with prior knowledge sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a cleartext connection speaks HTTP/2, told from its first bytes, peeked
+/// so that hyper reads them itself (no replaying wrapper on every read). None when
+/// the client closed, timed out before sending a request or shutdown began.
+async fn sniff(
+    tcp: &TcpStream,
+    lr: &ListenerRuntime,
+    rt: &Runtime,
+    drain: &mut Drain,
+    remote: SocketAddr,
+) -> Option<bool> {
+    let peek = async {
+        let mut buf = [0u8; H2_PREFACE.len()];
+        loop {
+            let n = tcp.peek(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(None);
+            }
+            if buf[..n] != H2_PREFACE[..n] {
+                return Ok(Some(false));
+            }
+            if n == buf.len() {
+                return Ok(Some(true));
+            }
+            // Part of the preface, the rest on its way: peeking again at once would
+            // spin (the socket stays readable), so wait a moment first.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let header_time = lr.config.limits.header_read_timeout.non_zero();
+    let limit = async {
+        match header_time {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = drain.signaled() => None,
+        r = peek => r.ok().flatten(),
+        () = limit => {
+            rt.metrics.limit_hit(&lr.name, Limit::header_read_timeout);
+            tracing::debug!(listener = %lr.name, %remote, "closing connection: no request before the header read timeout");
+            None
+        }
+    }
 }
 
 /// How long a connection retired before its first request waits for that request.
 const RETIRE_FIRST_REQUEST_WAIT_MS: u64 = 1000;
 
-/// Runs hyper on one connection, closing it when idle too long, at shutdown, or
-/// when its listener is removed (requests in flight finish; then the client, told
-/// by `Connection: close` or GOAWAY, goes elsewhere instead of getting 503s).
+/// Serves one connection with hyper's server for its protocol.
 async fn serve<I>(
-    io: TokioIo<I>,
+    io: I,
     info: Arc<ConnInfo>,
     lr: &ListenerRuntime,
-    mut drain: Drain,
-    mut removed: tokio::sync::watch::Receiver<bool>,
+    drain: Drain,
+    removed: tokio::sync::watch::Receiver<bool>,
+    started_ms: u64,
 ) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc_info = info.clone();
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let info = svc_info.clone();
-        if req.version() == http::Version::HTTP_2 {
-            info.state.h2.store(true, Ordering::Relaxed);
-        }
         async move { Ok::<_, Infallible>(crate::proxy::handle(req, info).await) }
     });
     let io = TokioIo::new(Watched {
-        io: io.into_inner(),
+        io,
         info: info.clone(),
     });
-    let mut conn = pin!(lr.http.serve_connection_with_upgrades(io, svc));
+    if info.state.h2 {
+        // Boxed: HTTP/2's connection state is large, and HTTP/1 connections, the
+        // many, should not carry its size in their tasks.
+        let mut conn = Box::pin(lr.http2.serve_connection(io, svc));
+        let shutdown = http2::Connection::graceful_shutdown;
+        drive(
+            conn.as_mut(),
+            shutdown,
+            info,
+            lr,
+            drain,
+            removed,
+            started_ms,
+        )
+        .await
+    } else {
+        let conn = pin!(lr.http1.serve_connection(io, svc).with_upgrades());
+        let shutdown = http1::UpgradeableConnection::graceful_shutdown;
+        drive(conn, shutdown, info, lr, drain, removed, started_ms).await
+    }
+}
+
+/// Runs a hyper connection, closing it when idle too long, at shutdown, or when its
+/// listener is removed (requests in flight finish; then the client, told by
+/// `Connection: close` or GOAWAY, goes elsewhere instead of getting 503s).
+async fn drive<C>(
+    mut conn: Pin<&mut C>,
+    graceful_shutdown: impl Fn(Pin<&mut C>),
+    info: Arc<ConnInfo>,
+    lr: &ListenerRuntime,
+    mut drain: Drain,
+    mut removed: tokio::sync::watch::Receiver<bool>,
+    started_ms: u64,
+) where
+    C: Future<Output = hyper::Result<()>>,
+{
     let limits = &lr.config.limits;
     // The header read time runs from the connection's start until its first request,
     // and from the first byte of each later request head; between requests (and on
@@ -253,7 +354,6 @@ async fn serve<I>(
     let header_time = limits.header_read_timeout.non_zero();
     let idle = limits.idle_timeout.non_zero();
     let rt = &info.runtime;
-    let started_ms = rt.now_ms();
     let mut closing = false;
     // Set when a reload retired the connection's listener binding.
     let mut retiring = false;
@@ -282,7 +382,7 @@ async fn serve<I>(
             // before anything else can end it.
             biased;
             () = drained.as_mut(), if !closing && changed(&drain_probe) => {
-                conn.as_mut().graceful_shutdown();
+                graceful_shutdown(conn.as_mut());
                 closing = true;
             }
             () = unbound.as_mut(), if !closing && !retiring && changed(&removed_probe) => {
@@ -294,7 +394,7 @@ async fn serve<I>(
             }
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    note_connection_error(&info, &*e);
+                    note_connection_error(&info, &e);
                 }
                 return;
             }
@@ -304,11 +404,11 @@ async fn serve<I>(
                 }
                 if retiring {
                     if info.state.requests.load(Ordering::Relaxed) > 0
-                        || info.state.h2.load(Ordering::Relaxed)
+                        || info.state.h2
                         || rt.now_ms().saturating_sub(started_ms) >= RETIRE_FIRST_REQUEST_WAIT_MS
                     {
                         tracing::debug!(listener = %info.listener, remote = %info.remote, "closing connection: listener removed");
-                        conn.as_mut().graceful_shutdown();
+                        graceful_shutdown(conn.as_mut());
                         closing = true;
                     } else {
                         timer.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(5));
@@ -331,7 +431,7 @@ async fn serve<I>(
                     Some(limit) if !busy && now.saturating_sub(since) >= limit.as_millis() as u64 => {
                         rt.metrics.limit_hit(&info.listener, which);
                         tracing::debug!(listener = %info.listener, remote = %info.remote, limit = ?which, "closing connection");
-                        conn.as_mut().graceful_shutdown();
+                        graceful_shutdown(conn.as_mut());
                         closing = true;
                         if which == Limit::header_read_timeout {
                             // HTTP/1 goes on reading a head that never ends, shutdown
@@ -406,14 +506,12 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     }
 }
 
-fn note_connection_error(info: &ConnInfo, e: &(dyn std::error::Error + 'static)) {
+fn note_connection_error(info: &ConnInfo, e: &hyper::Error) {
     let m = &info.runtime.metrics;
-    if let Some(h) = e.downcast_ref::<hyper::Error>() {
-        if h.is_parse_too_large() {
-            m.limit_hit(&info.listener, Limit::header_size);
-        } else if h.is_timeout() {
-            m.limit_hit(&info.listener, Limit::header_read_timeout);
-        }
+    if e.is_parse_too_large() {
+        m.limit_hit(&info.listener, Limit::header_size);
+    } else if e.is_timeout() {
+        m.limit_hit(&info.listener, Limit::header_read_timeout);
     }
     tracing::debug!(listener = %info.listener, remote = %info.remote, error = %e, "downstream connection ended with an error");
 }
@@ -424,7 +522,7 @@ mod tests {
 
     #[test]
     fn a_request_head_starts_only_on_an_idle_http1_connection() {
-        let st = ConnState::default();
+        let st = ConnState::new(false);
         st.begin();
         st.received(|| 5);
         assert_eq!(st.head_since_ms.load(Ordering::Relaxed), 0, "in flight");
@@ -438,8 +536,7 @@ mod tests {
         );
         st.begin();
         assert_eq!(st.head_since_ms.load(Ordering::Relaxed), 0, "head done");
-        st.end(10);
-        st.h2.store(true, Ordering::Relaxed);
+        let st = ConnState::new(true);
         st.received(|| 11);
         assert_eq!(st.head_since_ms.load(Ordering::Relaxed), 0, "HTTP/2 frames");
     }
