@@ -363,29 +363,24 @@ async fn drive<C>(
     let mut timer = pin!(tokio::time::sleep(
         check_every.unwrap_or(Duration::from_secs(3600))
     ));
-    // The shutdown and listener-removed futures are polled once, which registers
-    // the task with their channels, and after that only when their channel has
-    // changed: the loop goes round at least twice per request, and polling a
-    // registered watch future takes the channel's mutex, one shared by every
-    // connection on every worker.
+    // The shutdown and listener-removed futures are polled only when their channel
+    // has changed (after a first poll that registers them): the connection's task
+    // is woken several times per request, and polling a registered watch future
+    // takes the channel's lock, one shared by every connection on every worker.
     let (drain_probe, removed_probe) = (drain.probe(), removed.clone());
-    let mut drained = pin!(drain.signaled());
-    let mut unbound = pin!(stopped(&mut removed));
-    let mut registered = false;
+    let (drained, unbound) = (pin!(drain.signaled()), pin!(stopped(&mut removed)));
+    let mut drained = WhenChanged::new(drained, drain_probe);
+    let mut unbound = WhenChanged::new(unbound, removed_probe);
     loop {
-        let look = !std::mem::replace(&mut registered, true);
-        let changed = |probe: &tokio::sync::watch::Receiver<bool>| {
-            look || probe.has_changed().unwrap_or(true)
-        };
         tokio::select! {
-            // In this order, so the first round registers the control futures
+            // In this order, so the first poll registers the control futures
             // before anything else can end it.
             biased;
-            () = drained.as_mut(), if !closing && changed(&drain_probe) => {
+            () = &mut drained, if !closing => {
                 graceful_shutdown(conn.as_mut());
                 closing = true;
             }
-            () = unbound.as_mut(), if !closing && !retiring && changed(&removed_probe) => {
+            () = &mut unbound, if !closing && !retiring => {
                 // A connection accepted just before the reload may have its first
                 // request on the way: closing it now would reset that request, so it
                 // is answered first (with `Connection: close`).
@@ -458,6 +453,39 @@ async fn drive<C>(
     }
 }
 
+/// A future waiting on a watch channel, polled only once it has registered (its
+/// first poll) and afterwards when the channel has changed: checking that is one
+/// atomic load, polling the future takes the channel's lock. The task stays
+/// registered meanwhile, so a change wakes it and the next poll sees it.
+struct WhenChanged<'a, F> {
+    future: Pin<&'a mut F>,
+    probe: tokio::sync::watch::Receiver<bool>,
+    registered: bool,
+}
+
+impl<'a, F: Future> WhenChanged<'a, F> {
+    fn new(future: Pin<&'a mut F>, probe: tokio::sync::watch::Receiver<bool>) -> Self {
+        WhenChanged {
+            future,
+            probe,
+            registered: false,
+        }
+    }
+}
+
+impl<F: Future> Future for WhenChanged<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // A closed channel counts as changed: the future resolves (or errs) at once.
+        if self.registered && !self.probe.has_changed().unwrap_or(true) {
+            return Poll::Pending;
+        }
+        self.registered = true;
+        self.future.as_mut().poll(cx)
+    }
+}
+
 /// A client's byte stream that tells the connection's state when bytes arrive.
 struct Watched<I> {
     io: I,
@@ -519,6 +547,34 @@ fn note_connection_error(info: &ConnInfo, e: &hyper::Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_watch_future_is_polled_again_only_when_its_channel_changed() {
+        let (tx, mut rx) = tokio::sync::watch::channel(false);
+        let probe = rx.clone();
+        let polls = std::cell::Cell::new(0);
+        let waiting = async {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+        let counted = pin!(async {
+            let mut waiting = pin!(waiting);
+            std::future::poll_fn(|cx| {
+                polls.set(polls.get() + 1);
+                waiting.as_mut().poll(cx)
+            })
+            .await
+        });
+        let mut gated = WhenChanged::new(counted, probe);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..3 {
+            assert!(Pin::new(&mut gated).poll(&mut cx).is_pending());
+        }
+        assert_eq!(polls.get(), 1, "polled again although nothing changed");
+        tx.send(true).unwrap();
+        assert!(Pin::new(&mut gated).poll(&mut cx).is_ready());
+        assert_eq!(polls.get(), 2);
+    }
 
     #[test]
     fn a_request_head_starts_only_on_an_idle_http1_connection() {
