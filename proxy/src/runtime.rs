@@ -45,6 +45,11 @@ impl Runtime {
     }
 
     pub fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    /// `at` in the runtime's milliseconds (for a caller that has read the clock).
+    pub fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 }

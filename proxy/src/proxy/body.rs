@@ -122,7 +122,9 @@ pub struct RequestBody {
     client: u8,
     /// The longest the client may leave its upload without a byte.
     idle: Option<std::time::Duration>,
-    last_data: tokio::time::Instant,
+    /// Since when the client has sent nothing: read from the clock by the first
+    /// poll that finds no data after the start or the last frame.
+    idle_since: Option<tokio::time::Instant>,
     /// Made only when a poll finds no data, so quick bodies never touch the timer.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -137,7 +139,7 @@ impl RequestBody {
             tally,
             client: FLOWING,
             idle: None,
-            last_data: tokio::time::Instant::now(),
+            idle_since: None,
             timer: None,
         }
     }
@@ -152,7 +154,10 @@ impl RequestBody {
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
         use std::future::Future;
         let Some(idle) = self.idle else { return false };
-        let due = self.last_data + idle;
+        let due = *self
+            .idle_since
+            .get_or_insert_with(tokio::time::Instant::now)
+            + idle;
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
@@ -191,9 +196,7 @@ impl http_body::Body for RequestBody {
             }
             return Poll::Pending;
         };
-        if this.idle.is_some() {
-            this.last_data = tokio::time::Instant::now();
-        }
+        this.idle_since = None;
         this.client(if matches!(frame, Some(Err(_))) {
             BROKEN
         } else {

@@ -121,15 +121,17 @@ impl Drop for Exchange {
             self.error = Some("downstream closed before the response ended");
         }
         // An HTTP/1.1 connection is reusable only when both bodies went through whole.
+        // One clock read serves the duration, the pool and the connection's state.
+        let now = Instant::now();
         if let (Some(Lease::H1 { sender, .. }), Some(ep), Some(cluster)) =
             (self.lease.take(), &self.endpoint, &self.cluster)
         {
             if self.complete && self.tally.request_done.load(Ordering::Relaxed) {
                 ep.pool
-                    .put(sender, cluster.config.pool.max_idle_per_endpoint);
+                    .put(sender, cluster.config.pool.max_idle_per_endpoint, now);
             }
         }
-        let elapsed = self.start.elapsed();
+        let elapsed = now.saturating_duration_since(self.start);
         let cluster = self.cluster.as_ref().map(|c| &*c.name);
         self.listener
             .stats(cluster)
@@ -152,7 +154,7 @@ impl Drop for Exchange {
             retries: self.retries,
             error: self.error,
         });
-        self.conn.state.end(self.conn.runtime.now_ms());
+        self.conn.state.end(self.conn.runtime.ms_at(now));
     }
 }
 
@@ -172,7 +174,10 @@ pub struct ResponseBody {
     timeouts: BodyTimeouts,
     /// Made only once a poll finds no frame ready, so quick bodies never touch the timer.
     timer: Option<Pin<Box<Sleep>>>,
-    last_frame: Option<Instant>,
+    /// Since when the body has made no progress: read from the clock by the first
+    /// poll that finds no frame after the head or a frame (so a body whose frames
+    /// are ready when polled never reads it).
+    idle_since: Option<Instant>,
 }
 
 impl ResponseBody {
@@ -182,9 +187,7 @@ impl ResponseBody {
             exchange: Some(exchange),
             timeouts,
             timer: None,
-            // The idle time runs from the response head: a body that never sends a
-            // frame is idle too (without this, each poll would restart the wait).
-            last_frame: timeouts.idle.map(|_| Instant::now()),
+            idle_since: None,
         };
         if http_body::Body::is_end_stream(&body.inner) {
             body.finish();
@@ -199,7 +202,7 @@ impl ResponseBody {
             exchange: None,
             timeouts: BodyTimeouts::default(),
             timer: None,
-            last_frame: None,
+            idle_since: None,
         }
     }
 
@@ -215,12 +218,14 @@ impl ResponseBody {
         }
     }
 
-    /// When the body must have made progress by, if ever.
-    fn due(&self) -> Option<Instant> {
+    /// When the body must have made progress by, if ever; called when a poll found
+    /// no frame. The idle time runs from the first such poll after the head or the
+    /// last frame (a body that never sends a frame is idle too).
+    fn due(&mut self) -> Option<Instant> {
         let idle = self
             .timeouts
             .idle
-            .map(|d| self.last_frame.unwrap_or_else(Instant::now) + d);
+            .map(|d| *self.idle_since.get_or_insert_with(Instant::now) + d);
         match (self.timeouts.deadline, idle) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -242,9 +247,7 @@ impl http_body::Body for ResponseBody {
                 if let (Some(ex), Some(data)) = (this.exchange.as_mut(), frame.data_ref()) {
                     ex.response_bytes += data.len() as u64;
                 }
-                if this.timeouts.idle.is_some() {
-                    this.last_frame = Some(Instant::now());
-                }
+                this.idle_since = None;
                 if this.inner.is_end_stream() {
                     this.finish();
                 }

@@ -336,7 +336,8 @@ async fn send(
         )?;
         let sent = Instant::now();
         let resp = cluster.send(&ep, &mut lease, req).await?;
-        Ok((resp, lease, sent.elapsed()))
+        let answered = Instant::now();
+        Ok((resp, lease, answered - sent, answered))
     };
     let outcome = match deadline {
         Some(d) => tokio::time::timeout_at(d, exchange)
@@ -345,10 +346,11 @@ async fn send(
         None => exchange.await,
     };
     match outcome {
-        Ok((resp, lease, latency)) => {
+        Ok((resp, lease, latency, answered)) => {
             ex.upstream_latency = Some(latency);
             let failed = resp.status().is_server_error() && cluster.config.outlier.count_5xx;
-            cluster.record(&ep, if failed { Err(()) } else { Ok(latency) });
+            let outcome = if failed { Err(()) } else { Ok(latency) };
+            cluster.record_at(&ep, outcome, answered);
             Ok((resp, lease))
         }
         Err(_) if ex.tally.idle_timed_out() => {

@@ -25,8 +25,16 @@ pub struct EndpointHealth {
 
 impl EndpointHealth {
     pub fn is_available(&self, now_ms: u64) -> bool {
-        !self.down.load(Ordering::Relaxed)
-            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+        self.is_available_at(|| now_ms)
+    }
+
+    /// As `is_available`, reading the time only for an endpoint ever ejected.
+    pub fn is_available_at(&self, now_ms: impl FnOnce() -> u64) -> bool {
+        if self.down.load(Ordering::Relaxed) {
+            return false;
+        }
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until == 0 || until <= now_ms()
     }
 
     pub fn is_ejected(&self, now_ms: u64) -> bool {

@@ -175,16 +175,22 @@ impl Cluster {
     /// Chooses a healthy endpoint; `hash_key` feeds consistent hashing.
     pub fn pick(&self, hash_key: Option<&[u8]>) -> Result<Arc<Endpoint>, ProxyError> {
         let set = self.endpoints.load();
-        let now_ms = self.now_ms();
+        // The clock is read only if some endpoint has ever been ejected.
+        let now_ms = std::cell::OnceCell::new();
+        let now_ms = || *now_ms.get_or_init(|| self.now_ms());
         let n = self.rr.fetch_add(1, Ordering::Relaxed);
         self.balancer
-            .pick(&set, hash_key, n, |e| e.health.is_available(now_ms))
+            .pick(&set, hash_key, n, |e| e.health.is_available_at(now_ms))
             .cloned()
             .ok_or_else(|| ProxyError::NoHealthyEndpoint(self.name.to_string()))
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// Whether this request should go over HTTP/2 to `ep`, deciding for clear-text
@@ -215,14 +221,19 @@ impl Cluster {
 
     /// Records how a request to `ep` went, for balancing and outlier detection.
     pub fn record(&self, ep: &Endpoint, outcome: Result<Duration, ()>) {
+        self.record_at(ep, outcome, Instant::now())
+    }
+
+    /// As `record`, for an outcome known at `now` (a clock read the caller made).
+    pub fn record_at(&self, ep: &Endpoint, outcome: Result<Duration, ()>, now: Instant) {
         match outcome {
             Ok(latency) => {
                 ep.ewma.lock().unwrap_or_else(|p| p.into_inner()).observe(
                     latency,
                     self.config.balance.ewma_decay.0,
-                    Instant::now(),
+                    now,
                 );
-                ep.health.success(self.now_ms(), &self.config.outlier);
+                ep.health.success(self.ms_at(now), &self.config.outlier);
             }
             Err(()) => health::failure(self, ep),
         }

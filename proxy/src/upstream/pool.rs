@@ -55,17 +55,14 @@ impl Pool {
         None
     }
 
-    /// Returns a connection whose exchange finished cleanly.
-    pub fn put(&self, sender: H1Sender, max_idle_conns: usize) {
+    /// Returns a connection whose exchange finished cleanly, idle from `now`.
+    pub fn put(&self, sender: H1Sender, max_idle_conns: usize, now: Instant) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < max_idle_conns {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push(Idle { sender, since: now });
         }
     }
 

@@ -68,8 +68,11 @@ impl Host for HostState {
                     .map_err(|e| CallError::Limit(format!("response body: {e}")))?
                     .to_bytes();
                 if let crate::upstream::pool::Lease::H1 { sender, .. } = lease {
-                    ep.pool
-                        .put(sender, cluster.config.pool.max_idle_per_endpoint);
+                    ep.pool.put(
+                        sender,
+                        cluster.config.pool.max_idle_per_endpoint,
+                        tokio::time::Instant::now(),
+                    );
                 }
                 Ok(CallResponse {
                     status: parts.status.as_u16(),
