@@ -11,6 +11,7 @@ pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod gate;
 pub mod proxy;
 pub mod route;
 pub mod runtime;

@@ -340,7 +340,7 @@ async fn send(
         Ok((resp, lease, answered - sent, answered))
     };
     let outcome = match deadline {
-        Some(d) => tokio::time::timeout_at(d, exchange)
+        Some(d) => crate::gate::before(d, exchange)
             .await
             .unwrap_or(Err(ProxyError::Timeout(timeout))),
         None => exchange.await,

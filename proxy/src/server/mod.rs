@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ListenerProtocol;
+use crate::gate::{FiredTimer, WhenChanged};
 use crate::proxy::headers::ClientIp;
 use crate::runtime::Runtime;
 use crate::snapshot::ListenerRuntime;
@@ -360,9 +361,10 @@ async fn drive<C>(
     // Set when a header timeout asked the connection to close: it is cut then.
     let mut cutting = false;
     let check_every = [header_time, idle].into_iter().flatten().min();
-    let mut timer = pin!(tokio::time::sleep(
+    let sleep = pin!(tokio::time::sleep(
         check_every.unwrap_or(Duration::from_secs(3600))
     ));
+    let mut timer = FiredTimer::new(sleep);
     // The shutdown and listener-removed futures are polled only when their channel
     // has changed (after a first poll that registers them): the connection's task
     // is woken several times per request, and polling a registered watch future
@@ -385,7 +387,7 @@ async fn drive<C>(
                 // request on the way: closing it now would reset that request, so it
                 // is answered first (with `Connection: close`).
                 retiring = true;
-                timer.as_mut().reset(tokio::time::Instant::now());
+                timer.reset(tokio::time::Instant::now());
             }
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -393,7 +395,7 @@ async fn drive<C>(
                 }
                 return;
             }
-            () = timer.as_mut(), if (check_every.is_some() || retiring) && (!closing || cutting) => {
+            () = &mut timer, if (check_every.is_some() || retiring) && (!closing || cutting) => {
                 if cutting {
                     return;
                 }
@@ -406,7 +408,7 @@ async fn drive<C>(
                         graceful_shutdown(conn.as_mut());
                         closing = true;
                     } else {
-                        timer.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(5));
+                        timer.reset(tokio::time::Instant::now() + Duration::from_millis(5));
                     }
                     continue;
                 }
@@ -433,7 +435,7 @@ async fn drive<C>(
                             // or not (HTTP/2 has sent GOAWAY): cut it after a moment.
                             cutting = true;
                             let grace = limit.min(Duration::from_secs(1));
-                            timer.as_mut().reset(tokio::time::Instant::now() + grace);
+                            timer.reset(tokio::time::Instant::now() + grace);
                         }
                     }
                     _ => {
@@ -445,44 +447,11 @@ async fn drive<C>(
                             // Look for a request head starting at least every header time.
                             wait = wait.min(header_time.unwrap_or(wait));
                         }
-                        timer.as_mut().reset(tokio::time::Instant::now() + wait.max(Duration::from_millis(10)));
+                        timer.reset(tokio::time::Instant::now() + wait.max(Duration::from_millis(10)));
                     }
                 }
             }
         }
-    }
-}
-
-/// A future waiting on a watch channel, polled only once it has registered (its
-/// first poll) and afterwards when the channel has changed: checking that is one
-/// atomic load, polling the future takes the channel's lock. The task stays
-/// registered meanwhile, so a change wakes it and the next poll sees it.
-struct WhenChanged<'a, F> {
-    future: Pin<&'a mut F>,
-    probe: tokio::sync::watch::Receiver<bool>,
-    registered: bool,
-}
-
-impl<'a, F: Future> WhenChanged<'a, F> {
-    fn new(future: Pin<&'a mut F>, probe: tokio::sync::watch::Receiver<bool>) -> Self {
-        WhenChanged {
-            future,
-            probe,
-            registered: false,
-        }
-    }
-}
-
-impl<F: Future> Future for WhenChanged<'_, F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // A closed channel counts as changed: the future resolves (or errs) at once.
-        if self.registered && !self.probe.has_changed().unwrap_or(true) {
-            return Poll::Pending;
-        }
-        self.registered = true;
-        self.future.as_mut().poll(cx)
     }
 }
 
@@ -547,34 +516,6 @@ fn note_connection_error(info: &ConnInfo, e: &hyper::Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn a_watch_future_is_polled_again_only_when_its_channel_changed() {
-        let (tx, mut rx) = tokio::sync::watch::channel(false);
-        let probe = rx.clone();
-        let polls = std::cell::Cell::new(0);
-        let waiting = async {
-            let _ = rx.wait_for(|v| *v).await;
-        };
-        let counted = pin!(async {
-            let mut waiting = pin!(waiting);
-            std::future::poll_fn(|cx| {
-                polls.set(polls.get() + 1);
-                waiting.as_mut().poll(cx)
-            })
-            .await
-        });
-        let mut gated = WhenChanged::new(counted, probe);
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        for _ in 0..3 {
-            assert!(Pin::new(&mut gated).poll(&mut cx).is_pending());
-        }
-        assert_eq!(polls.get(), 1, "polled again although nothing changed");
-        tx.send(true).unwrap();
-        assert!(Pin::new(&mut gated).poll(&mut cx).is_ready());
-        assert_eq!(polls.get(), 2);
-    }
 
     #[test]
     fn a_request_head_starts_only_on_an_idle_http1_connection() {
