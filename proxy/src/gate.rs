@@ -82,9 +82,9 @@ impl Future for FiredTimer<'_> {
 }
 
 /// `future`'s output, or `None` if `deadline` comes first: `tokio::time::timeout_at`
-/// with its timer behind a `FiredTimer`.
-pub async fn before<F: Future>(deadline: Instant, future: F) -> Option<F::Output> {
-    let mut future = pin!(future);
+/// with its timer behind a `FiredTimer`. The future is pinned by the caller, so a
+/// large one is not copied into this one.
+pub async fn before<F: Future>(deadline: Instant, mut future: Pin<&mut F>) -> Option<F::Output> {
     let sleep = pin!(tokio::time::sleep_until(deadline));
     let mut timer = FiredTimer::new(sleep);
     std::future::poll_fn(|cx| {
@@ -135,12 +135,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_deadline_ends_a_future_that_does_not() {
         let start = Instant::now();
-        let never = before(start + Duration::from_secs(5), std::future::pending::<()>());
+        let pending = pin!(std::future::pending::<()>());
+        let never = before(start + Duration::from_secs(5), pending);
         // A gate that never polled its timer again would wait for ever.
         let out = tokio::time::timeout(Duration::from_secs(60), never).await;
         assert_eq!(out, Ok(None));
         assert_eq!(start.elapsed(), Duration::from_secs(5));
-        let quick = before(start + Duration::from_secs(5), async { 7 }).await;
+        let quick = before(start + Duration::from_secs(5), pin!(async { 7 })).await;
         assert_eq!(quick, Some(7));
     }
 

@@ -321,7 +321,8 @@ async fn send(
     let ep = cluster.pick(hash_key)?;
     ex.set_endpoint(ep.clone());
     let tally = ex.tally.clone();
-    let exchange = async {
+    // Pinned where it is made: moving a future this size costs a copy of it.
+    let exchange = std::pin::pin!(async {
         let mut lease = cluster.checkout(&ep, want).await?;
         let (parts, ()) = head.into_parts();
         let req = for_lease(
@@ -338,7 +339,7 @@ async fn send(
         let resp = cluster.send(&ep, &mut lease, req).await?;
         let answered = Instant::now();
         Ok((resp, lease, answered - sent, answered))
-    };
+    });
     let outcome = match deadline {
         Some(d) => crate::gate::before(d, exchange)
             .await
