@@ -1,21 +1,20 @@
 //! Downstream: listeners accept connections, enforce connection-level limits, do the
 //! TLS handshake, tell HTTP/2 from HTTP/1 (ALPN, or the HTTP/2 preface peeked from a
 //! cleartext socket) and hand the connection to hyper's server for that protocol,
-//! whose requests go to `proxy::handle`. TCP listeners hand the connection to `proxy::tunnel` instead
-//! (which does their TLS handshake too).
+//! whose requests go to `proxy::handle`. TCP listeners hand the connection to
+//! `proxy::tunnel` instead (which does their TLS handshake too).
 
 pub mod drain;
 pub mod sockets;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-
-use std::future::Future;
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
