@@ -56,7 +56,11 @@ pub struct ChainRun {
     snapshot: Arc<Snapshot>,
     /// The request values its filters set (`context.set-request-value`).
     values: Arc<Mutex<RequestValues>>,
-    slots: Vec<tokio::sync::Mutex<Slot>>,
+    /// Each filter's instance for this request, held across a call's awaits. An
+    /// async lock whose uncontended lock and unlock are one atomic each (tokio's
+    /// takes its semaphore's inner lock on every release); phases of one request
+    /// rarely contend (a streamed request body against the response phases).
+    slots: Vec<futures_util::lock::Mutex<Slot>>,
     /// The request as sent upstream, readable (not writable) in response phases.
     request_head: Mutex<Option<Request<()>>>,
     /// A local response a streaming request-body phase asked for.
@@ -204,7 +208,7 @@ impl ChainRun {
         let slots = chain
             .filters
             .iter()
-            .map(|_| tokio::sync::Mutex::new(Slot::Unused))
+            .map(|_| futures_util::lock::Mutex::new(Slot::Unused))
             .collect();
         ChainRun {
             chain,
