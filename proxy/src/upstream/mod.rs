@@ -176,8 +176,8 @@ impl Cluster {
     pub fn pick(&self, hash_key: Option<&[u8]>) -> Result<Arc<Endpoint>, ProxyError> {
         let set = self.endpoints.load();
         // The clock is read only if some endpoint has ever been ejected.
-        let now_ms = std::cell::OnceCell::new();
-        let now_ms = || *now_ms.get_or_init(|| self.now_ms());
+        let read = std::cell::OnceCell::new();
+        let now_ms = || *read.get_or_init(|| self.now_ms());
         let n = self.rr.fetch_add(1, Ordering::Relaxed);
         self.balancer
             .pick(&set, hash_key, n, |e| e.health.is_available_at(now_ms))
