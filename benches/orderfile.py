@@ -18,7 +18,9 @@ rebuild:
 
 proxy/build.rs hands the file to the linker (lld's --symbol-ordering-file). Symbols the
 file names that a later build no longer has are skipped, new ones go after the listed
-ones: the file ages gracefully, and this script renews it. Needs valgrind and curl;
+ones: the file ages gracefully, and this script renews it. It holds the lists of two
+builds, the plain `dist` one and the profile-guided one (benches/pgo.py, which runs this
+script on its binary): a run replaces the list of the build it profiles, keeps the other. Needs valgrind and curl;
 WEFT=PATH profiles another build of the same code (a copy of the `dist` binary).
 """
 import collections
@@ -80,16 +82,16 @@ def wait_ready(admin, proc):
     sys.exit("weft did not become ready under callgrind")
 
 
-def drive(listen, admin):
+def drive(listen, admin, requests=REQUESTS):
     """The paths a deployed proxy runs: keep-alive HTTP/1.1 from many connections,
     HTTP/2 prior knowledge, clients that reset or send garbage, the admin endpoints."""
     url = f"http://{listen}/"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    clients = [subprocess.Popen(["curl", "-s", "-H", "x-bench-in: 1"] + [url] * (REQUESTS // 20), **quiet)
+    clients = [subprocess.Popen(["curl", "-s", "-H", "x-bench-in: 1"] + [url] * (requests // 20), **quiet)
                for _ in range(20)]
     for c in clients:
         c.wait()
-    subprocess.run(["curl", "-s", "--http2-prior-knowledge"] + [url] * 20, **quiet)
+    subprocess.run(["curl", "-s", "--http2-prior-knowledge"] + [url] * (requests // 100), **quiet)
     # Clients that go away: mid-request with a reset (as a load generator's connections
     # end), and ones that send what is not HTTP.
     host, port = listen.rsplit(":", 1)
@@ -103,16 +105,18 @@ def drive(listen, admin):
         subprocess.run(["curl", "-s", f"http://{admin}/{path}"], **quiet)
 
 
-def profile(backend_port, with_filter, tmp, out):
-    """One proxy under callgrind: `weft proxy` without a filter, `weft run` with a
-    config file and the bench filter (valgrind cannot reserve the default instance
-    pool, so the config asks for a small one)."""
+def proxy_args(backend_port, with_filter, tmp):
+    """The `weft` arguments of one training proxy and its (listen, admin) addresses:
+    `weft proxy` without a filter, or `weft run` with a config file and the bench
+    filter (under valgrind, which cannot reserve the default instance pool, the config
+    asks for a small one)."""
     listen, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     backend = f"127.0.0.1:{backend_port}"
-    if with_filter:
-        config = os.path.join(tmp, "weft.toml")
-        with open(config, "w") as f:
-            f.write(f"""[admin]
+    if not with_filter:
+        return ["proxy", "--listen", listen, "--admin", admin, "--to", f"http://{backend}"], listen, admin
+    config = os.path.join(tmp, "weft.toml")
+    with open(config, "w") as f:
+        f.write(f"""[admin]
 address = "{admin}"
 [runtime]
 workers = 1
@@ -132,9 +136,12 @@ module = "{FILTER}"
 name = "main"
 filters = ["bench"]
 """)
-        command = ["run", "--config", config]
-    else:
-        command = ["proxy", "--listen", listen, "--admin", admin, "--to", f"http://{backend}"]
+    return ["run", "--config", config], listen, admin
+
+
+def profile(backend_port, with_filter, tmp, out):
+    """One proxy under callgrind, driven through the paths a deployed proxy runs."""
+    command, listen, admin = proxy_args(backend_port, with_filter, tmp)
     argv = ["valgrind", "--tool=callgrind", "--demangle=no", f"--callgrind-out-file={out}",
             WEFT, "--log", "warn"] + command
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -195,14 +202,40 @@ def symbol_sizes(binary):
     return sizes
 
 
-def coverage(binary):
-    """How many of the functions proxy/weft.order lists `binary` has: (found, listed).
-    Few found means the layout is stale (or `binary` is not a `dist` build)."""
+def lists():
+    """The file's function lists, one per build it was written from (a `#` line starts
+    each; lld skips such lines)."""
     if not os.path.exists(OUT):
+        return []
+    found = [[]]
+    for line in open(OUT):
+        line = line.strip()
+        if line.startswith("#"):
+            found.append([])
+        elif line:
+            found[-1].append(line)
+    return [names for names in found if names]
+
+
+def own_list(binary_sizes, written):
+    """Which of the `written` lists was made from this binary's build: the one whose
+    functions it has the most of, if it has at least half of them."""
+    if not written:
+        return None
+    share = [sum(f in binary_sizes for f in names) / len(names) for names in written]
+    best = max(range(len(written)), key=share.__getitem__)
+    return best if share[best] >= 0.5 else None
+
+
+def coverage(binary):
+    """How many of the functions proxy/weft.order lists for `binary`'s build it has:
+    (found, listed). Few found means the layout is stale (or `binary` is another
+    build, such as `release`)."""
+    written, sizes = lists(), symbol_sizes(binary)
+    if not written:
         return 0, 0
-    listed = open(OUT).read().split()
-    sizes = symbol_sizes(binary)
-    return sum(f in sizes for f in listed), len(listed)
+    names = max(written, key=lambda names: sum(f in sizes for f in names))
+    return sum(f in sizes for f in names), len(names)
 
 
 def main():
@@ -234,9 +267,21 @@ def main():
         ordered += added
         seen.update(added)
         print(f"{name}: {len(added)} functions, {sum(sizes[f] for f in added) // 1024} KiB")
+    # One list per build: the plain `dist` build and the profile-guided one
+    # (benches/pgo.py) name most symbols differently (cargo hashes an explicit
+    # --target into them), and the linker skips what a binary does not have. This
+    # build's list is replaced, the other's kept.
+    written = lists()
+    own = own_list(sizes, written)
+    if own is None:
+        written.append(ordered)
+    else:
+        written[own] = ordered
     with open(OUT, "w") as f:
-        f.write("\n".join(ordered) + "\n")
-    print(f"{OUT}: {len(ordered)} functions")
+        for names in written:
+            f.write("# the functions one build of weft runs (benches/orderfile.py)\n")
+            f.write("\n".join(names) + "\n")
+    print(f"{OUT}: {len(ordered)} functions, {len(written)} lists")
 
 
 if __name__ == "__main__":

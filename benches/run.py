@@ -17,7 +17,8 @@ Usage (after `bash ../shared/bench/run-anchors.sh` has installed Envoy, oha, wrk
 
 Weft runs with one worker on the proxy CPU, access log off (as nginx's config has it),
 built with the `dist` profile (`cargo build --profile dist -p weft`: whole-program LTO, what
-one deploys); WEFT_PROFILE=release measures the faster-to-build `release` binary instead.
+one deploys); WEFT_PROFILE=release measures the faster-to-build `release` binary instead,
+WEFT=PATH another binary (the profile-guided one benches/pgo.py builds).
 """
 import os
 import subprocess
@@ -32,7 +33,7 @@ import orderfile  # noqa: E402  (the code layout, to warn when it is stale)
 
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.environ["HOME"], ".cache", "weft-target"))
 PROFILE = os.environ.get("WEFT_PROFILE", "dist")
-WEFT = os.path.join(TARGET, PROFILE, "weft")
+WEFT = os.environ.get("WEFT", os.path.join(TARGET, PROFILE, "weft"))
 FILTER = os.path.join(TARGET, "wasm32-wasip2", "release", "bench_filter.wasm")
 LISTEN = "127.0.0.1:18120"
 
