@@ -1,10 +1,15 @@
 //! Endpoints and their connections: host names among the endpoints (resolved at
-//! start and again every `dns_refresh`), and the per-endpoint connection limit.
+//! start and again every `dns_refresh`), the per-endpoint connection limit, and
+//! pooled connections the upstream closes.
 
-use std::sync::atomic::Ordering;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 use crate::support::*;
 
@@ -118,4 +123,55 @@ async fn max_connections_per_endpoint_turns_requests_away_at_the_limit() {
         assert_eq!(get(&h1(), &url).await.0, StatusCode::OK);
     }
     assert_eq!(backend.connections.load(Ordering::Relaxed), 2);
+}
+
+/// An HTTP/1.1 upstream that answers the first request of each connection and closes
+/// the connection `linger` later without having said so (no `Connection: close`), as
+/// a server whose keep-alive timeout is shorter than the proxy's pool idle time does.
+/// Counts the connections it accepts.
+async fn closing_upstream(linger: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let (mut buf, mut head) = ([0u8; 4096], Vec::new());
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(linger).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_replaced_without_failing_a_request() {
+    // Closed while idle in the pool, and closed right after its response. (A request
+    // written to a connection that closes at that moment is not covered: whether it
+    // is sent again depends on whether the close is seen before the request goes.)
+    for linger in [Duration::from_millis(50), Duration::ZERO] {
+        let (addr, accepted) = closing_upstream(linger).await;
+        let proxy = Proxy::start(&config(&addr.to_string(), "")).await;
+        for i in 1..=3 {
+            let (status, _, body) = get(&h1(), &proxy.url("/")).await;
+            assert_eq!(
+                (status, &body[..]),
+                (StatusCode::OK, &b"ok"[..]),
+                "request {i}, upstream closing {linger:?} after a response"
+            );
+            tokio::time::sleep(linger * 4).await;
+        }
+        assert_eq!(accepted.load(Ordering::Relaxed), 3, "linger {linger:?}");
+    }
 }

@@ -46,9 +46,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     if connection {
         // RFC 9110 §7.6.1: every field named as a connection option goes, even
         // "close". Keep-Alive goes below anyway.
+        // Most messages that have the field say only `keep-alive` (nginx and most
+        // servers on every response), which names no field: skip taking it apart.
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
+            .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"keep-alive"))
             .flat_map(|v| v.to_str().unwrap_or("").split(','))
             .map(str::trim)
             .filter(|t| {
@@ -253,6 +256,16 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h["te"], "trailers");
+        assert_eq!(h["x-kept"], "yes");
+        // A `Connection: keep-alive` line (skipped whole) next to one naming a field.
+        let mut h = map(&[
+            ("connection", "Keep-Alive"),
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-kept"], "yes");
     }
 

@@ -265,8 +265,10 @@ impl Cluster {
                 .await
                 .map_err(|source| ProxyError::Upstream { addr, source }),
             Lease::H1 { sender, reused } => {
-                if *reused {
-                    // A pooled connection turns ready once its last exchange is fully done.
+                // A pooled connection turns ready once its last exchange is fully done,
+                // which most are by the time they are leased again: only the others
+                // wait, under a timer (making one reads the clock).
+                if *reused && !sender.is_ready() {
                     let ready =
                         tokio::time::timeout(self.connector.connect_timeout, sender.ready()).await;
                     if !matches!(ready, Ok(Ok(()))) {
