@@ -20,8 +20,9 @@ proxy/build.rs hands the file to the linker (lld's --symbol-ordering-file). Symb
 file names that a later build no longer has are skipped, new ones go after the listed
 ones: the file ages gracefully, and this script renews it. It holds the lists of two
 builds, the plain `dist` one and the profile-guided one (benches/pgo.py, which runs this
-script on its binary): a run replaces the list of the build it profiles, keeps the other. Needs valgrind and curl;
-WEFT=PATH profiles another build of the same code (a copy of the `dist` binary).
+script on its binary): a run replaces the list of the build it profiles, keeps the other.
+Needs valgrind and curl; WEFT=PATH profiles another build of the same code (a copy of the
+`dist` binary, or the profile-guided one).
 """
 import collections
 import http.server

@@ -162,7 +162,7 @@ const DEFAULT_RTT: Duration = Duration::from_millis(30);
 impl Ewma {
     pub fn new(now: Instant) -> Self {
         Ewma {
-            estimate_ns: DEFAULT_RTT.as_nanos() as f64,
+            estimate_ns: nanos(DEFAULT_RTT),
             stamp: now,
         }
     }
@@ -172,16 +172,22 @@ impl Ewma {
     }
 
     pub fn observe(&mut self, rtt: Duration, decay: Duration, now: Instant) {
-        let rtt = rtt.as_nanos() as f64;
-        let elapsed = now.saturating_duration_since(self.stamp).as_nanos() as f64;
+        let rtt = nanos(rtt);
+        let elapsed = nanos(now.saturating_duration_since(self.stamp));
         self.stamp = now;
         if rtt > self.estimate_ns {
             self.estimate_ns = rtt;
         } else {
-            let w = (-elapsed / decay.as_nanos().max(1) as f64).exp();
+            let w = (-elapsed / nanos(decay).max(1.0)).exp();
             self.estimate_ns = self.estimate_ns * w + rtt * (1.0 - w);
         }
     }
+}
+
+/// A duration in nanoseconds, as a float. Through `u64` (584 years), since a `u128`
+/// to float conversion is a library call, and this runs on every response.
+fn nanos(d: Duration) -> f64 {
+    d.as_nanos() as u64 as f64
 }
 
 #[cfg(test)]
