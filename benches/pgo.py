@@ -9,8 +9,8 @@ blocks together, moves cold ones out of the way, and inlines where the calls are
 W0 then executed 24% fewer instructions and missed the instruction cache 59% less
 (docs/benchmarks.md, "Profile-guided build").
 
-How, in four steps (about 45 minutes on 2 cores: two full builds of the workspace and
-a relink):
+How, in four steps (35-45 minutes on 2 cores: two builds of the workspace, the second
+always whole since rustc counts the profile among every crate's inputs, and a relink):
   1. builds `weft` with instrumentation (`-Cprofile-generate`) into its own target
      directory, so the cached `release` and `dist` builds are left as they are;
   2. runs it through the training of benches/orderfile.py (start-up, keep-alive
