@@ -23,8 +23,10 @@ fn latency_histogram() -> Histogram {
 }
 
 fn filter_histogram() -> Histogram {
-    // 1 µs .. ~65 ms: a filter call is meant to take microseconds.
-    Histogram::new(exponential_buckets(0.000_001, 2.0, 17))
+    // 1 µs .. ~98 ms in steps of 1, 1.5, 2, 3, 4, 6 ... µs: a filter call is meant to
+    // take a few microseconds, and a quantile read from doubling buckets cannot tell
+    // 2 µs from 3. (Integer microseconds over 1e6 print as short decimals.)
+    Histogram::new((0..17).flat_map(|k| [2, 3].map(|m| f64::from(m << k) / 2e6)))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -550,6 +552,36 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn filter_calls_are_bucketed_finely_around_microseconds() {
+        let m = Metrics::new();
+        let h = m.filter_duration.get_or_create(&FilterPhaseLabels {
+            filter: "f".into(),
+            phase: "request_headers",
+        });
+        for seconds in [1.8e-6, 2.5e-6, 2.9e-6, 0.5] {
+            h.observe(seconds);
+        }
+        let text = m.encode_prometheus();
+        let bucket = |le: &str| {
+            format!("weft_filter_duration_seconds_bucket{{le=\"{le}\",filter=\"f\",phase=\"request_headers\"}} ")
+        };
+        for (le, count) in [
+            ("0.000001", 0),
+            ("0.0000015", 0),
+            ("0.000002", 1),
+            ("0.000003", 3),
+            ("0.098304", 3),
+            ("+Inf", 4),
+        ] {
+            assert!(
+                text.contains(&format!("{}{count}\n", bucket(le))),
+                "no {} {count} in\n{text}",
+                bucket(le)
+            );
+        }
     }
 
     #[test]
