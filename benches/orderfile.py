@@ -67,6 +67,13 @@ class Backend(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def start_backend():
+    """The training's backend, on a free port, served from a thread until shut down."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Backend)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -244,8 +251,7 @@ def main():
                        (FILTER, "cargo build --release --target wasm32-wasip2 -p bench-filter")):
         if not os.path.exists(need):
             sys.exit(f"{need} is missing: run `{what}` first")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Backend)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = start_backend()
     port = server.server_address[1]
     binary = os.path.realpath(WEFT)
     runs = {}

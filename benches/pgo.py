@@ -35,8 +35,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import http.server
 
 import orderfile
 
@@ -75,8 +73,7 @@ def build(target_dir, rustflags):
 def train(binary):
     """Runs the instrumented binary through the training; each process writes its
     counts to RAW when it exits."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), orderfile.Backend)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = orderfile.start_backend()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for with_filter in (False, True):
@@ -98,6 +95,10 @@ def train(binary):
 def main():
     if not os.path.exists(orderfile.FILTER):
         sys.exit(f"{orderfile.FILTER} is missing: run .ci/build-filters first")
+    # Checked now rather than after half an hour of building: the last step needs them.
+    for tool in ("valgrind", "callgrind_control", "curl"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is missing (apt-get install valgrind curl)")
     profdata = llvm_profdata()
     shutil.rmtree(RAW, ignore_errors=True)
     os.makedirs(RAW)
