@@ -1,13 +1,14 @@
 //! Endpoints and their connections: host names among the endpoints (resolved at
-//! start and again every `dns_refresh`), the per-endpoint connection limit, and
-//! pooled connections the upstream closes.
+//! start and again every `dns_refresh`), the per-endpoint connection limit, pooled
+//! connections the upstream closes, and HTTP/1.1 connections reused whatever the
+//! response and whichever worker uses them.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{Request, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -174,4 +175,69 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_without_failing_a_r
         }
         assert_eq!(accepted.load(Ordering::Relaxed), 3, "linger {linger:?}");
     }
+}
+
+/// The endpoint's pooled connections as `/clusters` reports them: (open, idle).
+async fn pooled(proxy: &Proxy) -> (u64, u64) {
+    let (_, _, body) = get(&h1(), &proxy.admin_url("/clusters")).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let ep = &v["clusters"][0]["endpoints"][0];
+    (
+        ep["open_connections"].as_u64().unwrap(),
+        ep["idle_connections"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_let_go_by_the_pool() {
+    // Nothing polls an idle connection; the pool's once-a-second sweep must notice the
+    // close, or the socket would stay open (CLOSE_WAIT) until the idle timeout.
+    let (addr, _) = closing_upstream(Duration::ZERO).await;
+    let proxy = Proxy::start(&config(&addr.to_string(), "")).await;
+    assert_eq!(get(&h1(), &proxy.url("/")).await.0, StatusCode::OK);
+    assert!(
+        eventually(Duration::from_secs(5), async || pooled(&proxy).await
+            == (0, 0))
+        .await,
+        "still pooled: {:?}",
+        pooled(&proxy).await
+    );
+}
+
+#[tokio::test]
+async fn a_connection_is_reused_after_responses_without_a_body() {
+    // HEAD, 204 and 304 responses end with their head: their bodies are never read
+    // by the client's side, and the connection must go back to the pool all the same.
+    let backend = Backend::start_with("a", Proto::Http1, None).await;
+    let proxy = Proxy::start(&config(&backend.addr.to_string(), "")).await;
+    for round in 0..3 {
+        let head = Request::head(proxy.url("/info")).body(empty()).unwrap();
+        assert_eq!(send(&h1(), head).await.0, StatusCode::OK, "round {round}");
+        for code in [204, 304] {
+            let (status, _, body) = get(&h1(), &proxy.url(&format!("/status/{code}"))).await;
+            assert_eq!((status.as_u16(), body.len()), (code, 0), "round {round}");
+        }
+    }
+    assert_eq!(backend.hits.load(Ordering::Relaxed), 9);
+    assert_eq!(backend.connections.load(Ordering::Relaxed), 1);
+    assert_eq!(pooled(&proxy).await, (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_their_upstream_connections() {
+    // A pooled HTTP/1.1 connection has no task of its own: the request that leases it
+    // runs it, on whichever worker accepted the client, while its socket stays
+    // registered with the worker that opened it.
+    let backend = Backend::start_with("a", Proto::Http1, None).await;
+    let proxy = Proxy::start_on_workers(1, &config(&backend.addr.to_string(), "")).await;
+    // Each request on a client connection of its own, so both workers serve some.
+    for i in 0..100 {
+        let (status, _, body) = get(&h1(), &proxy.url(&format!("/bytes/{}", 100_000 + i))).await;
+        assert_eq!(
+            (status, body.len()),
+            (StatusCode::OK, 100_000 + i),
+            "request {i}"
+        );
+    }
+    assert_eq!(backend.connections.load(Ordering::Relaxed), 1);
 }
