@@ -190,8 +190,8 @@ async fn pooled(proxy: &Proxy) -> (u64, u64) {
 
 #[tokio::test]
 async fn an_idle_connection_the_upstream_closed_is_let_go_by_the_pool() {
-    // Nothing polls an idle connection; the pool's once-a-second sweep must notice the
-    // close, or the socket would stay open (CLOSE_WAIT) until the idle timeout.
+    // The connection's task sees the close and ends (the socket is released); the
+    // pool's once-a-second sweep drops its entry.
     let (addr, _) = closing_upstream(Duration::ZERO).await;
     let proxy = Proxy::start(&config(&addr.to_string(), "")).await;
     assert_eq!(get(&h1(), &proxy.url("/")).await.0, StatusCode::OK);
@@ -225,9 +225,8 @@ async fn a_connection_is_reused_after_responses_without_a_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_share_their_upstream_connections() {
-    // A pooled HTTP/1.1 connection has no task of its own: the request that leases it
-    // runs it, on whichever worker accepted the client, while its socket stays
-    // registered with the worker that opened it.
+    // The pool is the endpoint's, not a worker's: a connection one worker opened (and
+    // whose task runs there) carries the requests of clients the other accepted.
     let backend = Backend::start_with("a", Proto::Http1, None).await;
     let proxy = Proxy::start_on_workers(1, &config(&backend.addr.to_string(), "")).await;
     // Each request on a client connection of its own, so both workers serve some.

@@ -12,7 +12,6 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
 use crate::error::BoxError;
-use crate::upstream::pool::H1Body;
 
 /// Any body the proxy forwards or writes.
 #[derive(Default)]
@@ -21,8 +20,6 @@ pub enum Body {
     Empty,
     Full(Option<Bytes>),
     Incoming(Incoming),
-    /// A response from a pooled HTTP/1.1 connection, which it drives and gives back.
-    Upstream(H1Body),
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
 }
 
@@ -58,7 +55,6 @@ impl http_body::Body for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Body::Upstream(b) => Pin::new(b).poll_frame(cx),
             Body::Boxed(b) => Pin::new(b).poll_frame(cx),
         }
     }
@@ -68,7 +64,6 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(b) => b.is_none(),
             Body::Incoming(b) => b.is_end_stream(),
-            Body::Upstream(b) => b.is_end_stream(),
             Body::Boxed(b) => b.is_end_stream(),
         }
     }
@@ -78,7 +73,6 @@ impl http_body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(b) => b.size_hint(),
-            Body::Upstream(b) => b.size_hint(),
             Body::Boxed(b) => b.size_hint(),
         }
     }

@@ -20,6 +20,7 @@ use crate::error::BoxError;
 use crate::server::ConnInfo;
 use crate::snapshot::ListenerRuntime;
 use crate::telemetry::access::{self, AccessRecord};
+use crate::upstream::pool::Lease;
 use crate::upstream::{Cluster, Endpoint};
 use crate::wasm::state::HeaderEdit;
 
@@ -38,6 +39,8 @@ pub struct Exchange {
     pub cluster: Option<Arc<Cluster>>,
     /// The endpoint the request went to; its `pending` count includes this request.
     pub endpoint: Option<Arc<Endpoint>>,
+    /// An HTTP/1.1 connection to hand back to the pool if the exchange ends cleanly.
+    pub lease: Option<Lease>,
     pub tally: Arc<Tally>,
     pub response_bytes: u64,
     pub upstream_latency: Option<Duration>,
@@ -73,6 +76,7 @@ impl Exchange {
             status: 0,
             cluster: None,
             endpoint: None,
+            lease: None,
             tally: Arc::default(),
             response_bytes: 0,
             upstream_latency: None,
@@ -116,8 +120,17 @@ impl Drop for Exchange {
         if !self.complete && self.error.is_none() {
             self.error = Some("downstream closed before the response ended");
         }
-        // One clock read serves the duration and the connection's state.
+        // An HTTP/1.1 connection is reusable only when both bodies went through whole.
+        // One clock read serves the duration, the pool and the connection's state.
         let now = Instant::now();
+        if let (Some(Lease::H1 { sender, .. }), Some(ep), Some(cluster)) =
+            (self.lease.take(), &self.endpoint, &self.cluster)
+        {
+            if self.complete && self.tally.request_done.load(Ordering::Relaxed) {
+                ep.pool
+                    .put(sender, cluster.config.pool.max_idle_per_endpoint, now);
+            }
+        }
         let elapsed = now.saturating_duration_since(self.start);
         let cluster = self.cluster.as_ref().map(|c| &*c.name);
         self.listener

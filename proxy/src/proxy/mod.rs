@@ -231,10 +231,10 @@ async fn forward(
         let (parts, incoming) = resp.into_parts();
         let mut rhead = Response::from_parts(parts, ());
         headers::strip_hop_by_hop(rhead.headers_mut(), false);
-        let mut rbody = match &ex.endpoint {
-            Some(ep) => lease.response_body(incoming, ep, &cluster, &ex.tally),
-            None => Body::Incoming(incoming),
-        };
+        let mut rbody = Body::Incoming(incoming);
+        if matches!(lease, Lease::H1 { .. }) {
+            ex.lease = Some(lease);
+        }
         if let Some(run) = &run {
             // What the request phases wrote for the response, before the response
             // phases see it.
@@ -261,8 +261,8 @@ async fn forward(
                 ResponseDecision::Retry => {
                     ex.retries += 1;
                     ex.response_edited = false;
-                    // The unread response is dropped, and its connection with it.
-                    drop(rbody);
+                    // The unread response is dropped with its connection.
+                    ex.lease = None;
                     tracing::debug!(cluster = %cluster.name, retry = ex.retries, "a filter asked to retry the request");
                     head = run.take_request_head().unwrap_or_default();
                     attempt_body = Some(replay.map(Body::full).unwrap_or_default());

@@ -1,14 +1,13 @@
 //! `weft:filter/outbound`: HTTP calls from a filter to a cluster. `send` starts the
 //! call on its own task; `wait` suspends the filter (not the thread) until it ends.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request};
 use http_body_util::BodyExt;
 
-use crate::proxy::body::{Body, RequestBody, Tally};
+use crate::proxy::body::{Body, RequestBody};
 use crate::upstream::Want;
 use crate::wasm::bindings::weft::filter::outbound::{
     CallError, CallId, Host, Request as CallRequest, Response as CallResponse,
@@ -31,8 +30,7 @@ impl Host for HostState {
         let Some(cluster) = snapshot.clusters.get(&cluster).cloned() else {
             return Ok(Err(CallError::UnknownCluster(cluster)));
         };
-        let tally = Arc::<Tally>::default();
-        let request = match build(&req, &cluster, tally.clone()) {
+        let request = match build(&req, &cluster) {
             Ok(r) => r,
             Err(e) => return Ok(Err(CallError::InvalidRequest(e))),
         };
@@ -64,14 +62,18 @@ impl Host for HostState {
                 })?;
                 cluster.record(&ep, Ok(started.elapsed()));
                 let (parts, body) = resp.into_parts();
-                // An HTTP/1.1 connection is driven while the body is read, and
-                // pooled after.
-                let body = lease.response_body(body, &ep, &cluster, &tally);
                 let body = http_body_util::Limited::new(body, max_body)
                     .collect()
                     .await
                     .map_err(|e| CallError::Limit(format!("response body: {e}")))?
                     .to_bytes();
+                if let crate::upstream::pool::Lease::H1 { sender, .. } = lease {
+                    ep.pool.put(
+                        sender,
+                        cluster.config.pool.max_idle_per_endpoint,
+                        tokio::time::Instant::now(),
+                    );
+                }
                 Ok(CallResponse {
                     status: parts.status.as_u16(),
                     headers: parts
@@ -110,7 +112,6 @@ impl Host for HostState {
 fn build(
     req: &CallRequest,
     cluster: &crate::upstream::Cluster,
-    tally: Arc<Tally>,
 ) -> Result<Request<RequestBody>, String> {
     let method = Method::from_bytes(req.method.as_bytes())
         .map_err(|_| format!("bad method {:?}", req.method))?;
@@ -129,6 +130,6 @@ fn build(
     let _ = cluster;
     let body = Body::full(Bytes::from(req.body.clone()));
     builder
-        .body(RequestBody::new(body, tally))
+        .body(RequestBody::new(body, Default::default()))
         .map_err(|e| e.to_string())
 }
