@@ -94,9 +94,19 @@ pub(super) fn in_child(
     module: &Path,
     out: &Path,
 ) -> Outcome {
-    let Some(exe) = child_compiler() else {
-        return Outcome::NoChild;
-    };
+    match child_compiler() {
+        Some(exe) => run_child(exe, engine, filter_instances, module, out),
+        None => Outcome::NoChild,
+    }
+}
+
+fn run_child(
+    exe: &Path,
+    engine: &Engine,
+    filter_instances: u32,
+    module: &Path,
+    out: &Path,
+) -> Outcome {
     let done = Command::new(exe)
         .args(["--log", "off", "compile-filter", "--filter-instances"])
         .arg(filter_instances.to_string())
@@ -129,11 +139,13 @@ pub(super) fn in_child(
     // settings; wasmtime checks the settings again as it loads.
     match unsafe { Component::deserialize_file(engine, out) } {
         Ok(c) => Outcome::Compiled(c),
-        Err(e) => Outcome::Failed(anyhow!(
-            "cannot load {} compiled from {}: {e:#}",
-            out.display(),
-            module.display()
-        )),
+        // The child saw another machine than this process does (the CPU features
+        // wasmtime detects differ: this process runs under an emulator or valgrind, or
+        // the binary was swapped): what it wrote does not load here, so compile here.
+        Err(e) => {
+            tracing::warn!(module = %module.display(), error = %format!("{e:#}"), "the compiler process's output does not load in this process; compiling in the proxy");
+            Outcome::NoChild
+        }
     }
 }
 
@@ -187,5 +199,45 @@ fn release_freed_memory() {
     // SAFETY: malloc_trim only returns free memory to the system; no pointer changes.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_of_a_compiler_process_that_does_not_load_is_compiled_here_instead() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // A "compiler" that exits 0 having written what no engine can load, as a child
+        // that detected other CPU features would.
+        let exe = dir.path().join("compiler");
+        std::fs::write(
+            &exe,
+            "#!/bin/sh\nfor last; do :; done\necho not-a-cwasm > \"$last\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let runtime = RuntimeConfig {
+            filter_instances: 1,
+            ..RuntimeConfig::default()
+        };
+        let engine = Engine::new(&engine_config(&runtime)).unwrap();
+        let out = dir.path().join("m.cwasm");
+        let outcome = run_child(&exe, &engine, 1, Path::new("m.wasm"), &out);
+        assert!(matches!(outcome, Outcome::NoChild));
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "not-a-cwasm\n");
+
+        // A compiler that fails still fails the load, with its reason.
+        std::fs::write(
+            &exe,
+            "#!/bin/sh\necho 'm.wasm is not a valid component' >&2\nexit 1\n",
+        )
+        .unwrap();
+        match run_child(&exe, &engine, 1, Path::new("m.wasm"), &out) {
+            Outcome::Failed(e) => assert_eq!(e.to_string(), "m.wasm is not a valid component"),
+            _ => panic!("a failed compiler process must fail the load"),
+        }
     }
 }
