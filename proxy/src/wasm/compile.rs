@@ -83,7 +83,8 @@ pub(super) enum Outcome {
     Compiled(Component),
     /// The module did not compile, or the compiler process failed: the reason.
     Failed(anyhow::Error),
-    /// No compiler process: none configured, or it could not be started.
+    /// Compile in this process: no compiler process is configured, it could not be
+    /// started, or what it wrote does not load here.
     NoChild,
 }
 
@@ -210,32 +211,36 @@ mod tests {
     fn output_of_a_compiler_process_that_does_not_load_is_compiled_here_instead() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
+        // Both scripts written before either runs (a file still open for writing
+        // somewhere cannot be executed).
+        let script = |name: &str, text: &str| {
+            let exe = dir.path().join(name);
+            std::fs::write(&exe, text).unwrap();
+            std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+            exe
+        };
         // A "compiler" that exits 0 having written what no engine can load, as a child
-        // that detected other CPU features would.
-        let exe = dir.path().join("compiler");
-        std::fs::write(
-            &exe,
+        // that detected other CPU features would; and one that fails.
+        let unloadable = script(
+            "unloadable",
             "#!/bin/sh\nfor last; do :; done\necho not-a-cwasm > \"$last\"\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
+        let failing = script(
+            "failing",
+            "#!/bin/sh\necho 'm.wasm is not a valid component' >&2\nexit 1\n",
+        );
         let runtime = RuntimeConfig {
             filter_instances: 1,
             ..RuntimeConfig::default()
         };
         let engine = Engine::new(&engine_config(&runtime)).unwrap();
         let out = dir.path().join("m.cwasm");
-        let outcome = run_child(&exe, &engine, 1, Path::new("m.wasm"), &out);
+        let outcome = run_child(&unloadable, &engine, 1, Path::new("m.wasm"), &out);
         assert!(matches!(outcome, Outcome::NoChild));
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "not-a-cwasm\n");
 
         // A compiler that fails still fails the load, with its reason.
-        std::fs::write(
-            &exe,
-            "#!/bin/sh\necho 'm.wasm is not a valid component' >&2\nexit 1\n",
-        )
-        .unwrap();
-        match run_child(&exe, &engine, 1, Path::new("m.wasm"), &out) {
+        match run_child(&failing, &engine, 1, Path::new("m.wasm"), &out) {
             Outcome::Failed(e) => assert_eq!(e.to_string(), "m.wasm is not a valid component"),
             _ => panic!("a failed compiler process must fail the load"),
         }
