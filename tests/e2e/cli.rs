@@ -222,3 +222,34 @@ async fn proxy_exits_cleanly_on_sigterm() {
         .expect("weft proxy did not exit");
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn a_second_proxy_on_a_taken_address_exits_instead_of_sharing_it() {
+    let backend = Backend::start("b1").await;
+    let to = format!("http://{}", backend.addr);
+    let first = Child::spawn(&[
+        "proxy",
+        "--workers",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &to,
+    ])
+    .await;
+    let addr = first.listener_addr("proxy").to_string();
+    // With several workers each binds the address with SO_REUSEPORT, which would let
+    // another process with the same option join and take some of the connections.
+    let (status, _, err) =
+        run_weft(&["proxy", "--workers", "2", "--listen", &addr, "--to", &to]).await;
+    assert!(!status.success());
+    assert!(
+        err.contains(&format!("cannot bind \"proxy\" to {addr}")),
+        "{err}"
+    );
+    assert!(err.contains("Address already in use"), "{err}");
+    let url = format!("http://{addr}/");
+    for _ in 0..20 {
+        assert_eq!(answering_backend(&h1(), &url).await.as_deref(), Ok("b1"));
+    }
+}

@@ -12,7 +12,8 @@
 //! With several workers an address gets one listening socket per worker, bound with
 //! `SO_REUSEPORT` (as nginx's `reuseport` and Envoy's default on Linux): the kernel
 //! spreads new connections over the workers' accept queues, and a connection wakes
-//! one worker, not all of them, as one shared socket would.
+//! one worker, not all of them, as one shared socket would. An address another
+//! process listens on is refused rather than joined (see `bind`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -171,14 +172,18 @@ impl Plan {
 /// the rest).
 fn bind(address: SocketAddr, workers: usize) -> std::io::Result<Vec<TcpListener>> {
     let group = workers > 1;
+    if group && address.port() != 0 {
+        // Any socket of the same user that sets SO_REUSEPORT joins the group, so a
+        // second proxy started on this address would silently take a share of its
+        // connections. A socket without it cannot bind while anything listens
+        // there (SO_REUSEADDR only lets it past connections in TIME_WAIT): bind
+        // one first, and let it go.
+        new_socket(address)?.bind(address)?;
+    }
     let mut copies: Vec<TcpListener> = Vec::with_capacity(workers.max(1));
     let mut at = address;
     for _ in 0..workers.max(1) {
-        let socket = match at {
-            SocketAddr::V4(_) => TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => TcpSocket::new_v6()?,
-        };
-        socket.set_reuseaddr(true)?;
+        let socket = new_socket(at)?;
         if group {
             socket.set_reuseport(true)?;
         }
@@ -190,5 +195,40 @@ fn bind(address: SocketAddr, workers: usize) -> std::io::Result<Vec<TcpListener>
     Ok(copies)
 }
 
+fn new_socket(address: SocketAddr) -> std::io::Result<TcpSocket> {
+    let socket = match address {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    Ok(socket)
+}
+
 /// The accept queue of each socket (what tokio's `TcpListener::bind` uses).
 const BACKLOG: u32 = 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_address_another_process_listens_on_is_not_joined() {
+        let first = bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = first[0].local_addr().unwrap();
+        assert_eq!(first[1].local_addr().unwrap(), addr);
+        // What a second proxy with two workers would do: refused, not let into the group.
+        let second = bind(addr, 2).map(|c| c.len());
+        assert_eq!(
+            second.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::AddrInUse)
+        );
+        let one = bind(addr, 1).map(|c| c.len());
+        assert_eq!(
+            one.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::AddrInUse)
+        );
+        // Once the first lets go, the address binds again.
+        drop(first);
+        assert_eq!(bind(addr, 2).unwrap().len(), 2);
+    }
+}
