@@ -18,10 +18,14 @@ use crate::telemetry::metrics::{ListenerLabels, Metrics, RouteStats};
 use crate::tls;
 use crate::upstream::Cluster;
 
+/// A map by config name, looked up on every request: names are the operator's, not
+/// a client's, so a fast hasher is safe here (SipHash cost ~170 instructions a lookup).
+pub type NameMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 pub struct Snapshot {
     pub config: Arc<LoadedConfig>,
-    pub listeners: HashMap<String, Arc<ListenerRuntime>>,
-    pub clusters: HashMap<String, Arc<Cluster>>,
+    pub listeners: NameMap<Arc<ListenerRuntime>>,
+    pub clusters: NameMap<Arc<Cluster>>,
     pub chains: HashMap<String, Arc<Chain>>,
     /// Counts snapshots published by this process (1 for the first).
     pub generation: u64,
@@ -43,7 +47,7 @@ pub struct ListenerRuntime {
     /// Connections accepted, and open now.
     pub connections: Counter,
     pub connections_open: Gauge,
-    stats: HashMap<String, RouteStats>,
+    stats: NameMap<RouteStats>,
     no_cluster_stats: RouteStats,
 }
 
@@ -69,7 +73,7 @@ impl Snapshot {
         let mut problems = Vec::new();
         let resolve = |p: &std::path::Path| loaded.resolve(p);
 
-        let mut clusters = HashMap::new();
+        let mut clusters = NameMap::default();
         for (i, c) in loaded.config.clusters.iter().enumerate() {
             let reused = previous
                 .and_then(|p| p.clusters.get(&c.name))
@@ -98,7 +102,7 @@ impl Snapshot {
             }
         };
 
-        let mut listeners = HashMap::new();
+        let mut listeners = NameMap::default();
         for (i, l) in loaded.config.listeners.iter().enumerate() {
             match build_listener(i, l, &loaded, &clusters, &built_chains, metrics) {
                 Ok(rt) => {
@@ -127,7 +131,7 @@ fn build_listener(
     i: usize,
     l: &ListenerConfig,
     loaded: &LoadedConfig,
-    clusters: &HashMap<String, Arc<Cluster>>,
+    clusters: &NameMap<Arc<Cluster>>,
     chains: &HashMap<String, Arc<Chain>>,
     metrics: &Metrics,
 ) -> Result<ListenerRuntime, Vec<Problem>> {
