@@ -141,6 +141,7 @@ where
         }
         Proto::Http2 => {
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .enable_connect_protocol()
                 .serve_connection(io, svc)
                 .await;
         }
@@ -234,8 +235,15 @@ async fn answer(req: Request<Incoming>, name: &str) -> Response<TestBody> {
     resp
 }
 
-/// Answers an HTTP/1.1 `Upgrade: echo` with 101 and echoes the raw bytes back.
+/// Answers an HTTP/1.1 `Upgrade: echo` with 101, or an HTTP/2 extended CONNECT with
+/// 200 (naming its `:protocol` and whether a `Sec-WebSocket-Key` came, which has no
+/// place there), and echoes the raw bytes back.
 async fn upgrade_echo(mut req: Request<Incoming>) -> Response<TestBody> {
+    let connect = req
+        .extensions()
+        .get::<hyper::ext::Protocol>()
+        .map(|p| p.as_str().to_string());
+    let saw_key = req.headers().contains_key("sec-websocket-key");
     let on = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         if let Ok(up) = on.await {
@@ -245,6 +253,13 @@ async fn upgrade_echo(mut req: Request<Incoming>) -> Response<TestBody> {
         }
     });
     let mut r = Response::new(empty());
+    if let Some(protocol) = connect {
+        r.headers_mut()
+            .insert("x-protocol", protocol.parse().unwrap());
+        r.headers_mut()
+            .insert("x-saw-key", saw_key.to_string().parse().unwrap());
+        return r;
+    }
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     r.headers_mut().insert("upgrade", "echo".parse().unwrap());
     r.headers_mut()

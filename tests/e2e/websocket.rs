@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::ops_support::answering_backend;
 use crate::support::*;
 
 /// What the WebSocket echo server saw.
@@ -600,4 +601,112 @@ async fn secure_websocket_through_a_tls_listener_to_a_tls_upstream() {
     let (path, h) = &seen.handshakes[0];
     assert_eq!(path, "/secure");
     assert_eq!(h["x-forwarded-proto"], "https");
+}
+
+/// A proxy whose listener sends everything to `upstream` over HTTP/2 only (h2c).
+async fn http2_only(upstream: SocketAddr) -> Proxy {
+    Proxy::start(&format!(
+        r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+cluster = "h2"
+
+[[clusters]]
+name = "h2"
+endpoints = ["{upstream}"]
+protocol = "http2"
+"#
+    ))
+    .await
+}
+
+/// Reads an HTTP/1.1 response head off `s`, in lower case.
+async fn response_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte))
+            .await
+            .expect("no response head")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap().to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn an_upgrade_reaches_an_http2_only_upstream_as_an_extended_connect() {
+    let backend = Backend::start_with("h2", Proto::Http2, None).await;
+    let proxy = http2_only(backend.addr).await;
+
+    // An HTTP/1.1 client's upgrade: the upstream gets an extended CONNECT, the client
+    // the 101 its handshake expects, then the bytes flow.
+    let mut s = TcpStream::connect(proxy.addr("main")).await.unwrap();
+    s.write_all(
+        b"GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = response_head(&mut s).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    assert!(head.contains("x-protocol: echo"), "{head}");
+    echo_once(&mut s, b"through an HTTP/2 stream").await;
+    echo_once(&mut s, &[9u8; 100_000]).await;
+
+    // A WebSocket handshake: the key stays on the client's hop (RFC 8441 has none),
+    // and the proxy answers it (the RFC 6455 example key and its accept value).
+    let mut s = TcpStream::connect(proxy.addr("main")).await.unwrap();
+    s.write_all(
+        b"GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+          sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = response_head(&mut s).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    assert!(head.contains("x-protocol: websocket"), "{head}");
+    assert!(head.contains("x-saw-key: false"), "{head}");
+    echo_once(&mut s, b"raw after the handshake").await;
+
+    // An HTTP/2 client's extended CONNECT goes on as one.
+    let addr = proxy.addr("main");
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let ok = sender
+        .send_request(
+            Request::get(format!("http://{addr}/"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let resp = sender
+        .send_request(extended_connect(&format!("http://{addr}/upgrade"), "echo"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-protocol"], "echo");
+    let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    io.write_all(b"h2 on both sides").await.unwrap();
+    let mut back = [0u8; 16];
+    io.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"h2 on both sides");
+
+    // A request that is no upgrade still goes as one.
+    assert_eq!(
+        answering_backend(&h1(), &proxy.url("/")).await.as_deref(),
+        Ok("h2")
+    );
 }

@@ -30,7 +30,7 @@ use crate::upstream::{Cluster, Endpoint, Want};
 use crate::wasm::state::HeaderEdit;
 use body::{Body, Recorder, RequestBody, Tape};
 use exchange::{BodyTimeouts, Exchange, ResponseBody};
-use tunnel::ExtendedConnect;
+use tunnel::{ExtendedConnect, UpgradeOverH2};
 
 /// Serves one request; every failure becomes a response with the right status.
 pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<ResponseBody> {
@@ -166,6 +166,10 @@ async fn forward(
         None => target.cluster.clone().ok_or(ProxyError::NoCluster)?,
     };
     ex.cluster = Some(cluster.clone());
+    let over_h2 = match upgrade && cluster.upgrades_over_h2() {
+        true => Some(UpgradeOverH2::rewrite(&mut head)?),
+        false => None,
+    };
     let timeout = target.timeout.unwrap_or(cluster.config.request_timeout.0);
     let deadline = (!timeout.is_zero()).then(|| ex.start + timeout);
     let want = if upgrade {
@@ -215,9 +219,20 @@ async fn forward(
         .await?;
 
         if let Some(downstream) = on_upgrade {
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // RFC 8441 §5: an extended CONNECT succeeded with any 2xx.
+            let switched = match over_h2 {
+                Some(_) => resp.status().is_success(),
+                None => resp.status() == StatusCode::SWITCHING_PROTOCOLS,
+            };
+            if switched {
                 return Ok((
-                    tunnel::splice_upgrade(downstream, resp, extended_connect.as_ref(), ex)?,
+                    tunnel::splice_upgrade(
+                        downstream,
+                        resp,
+                        extended_connect.as_ref(),
+                        over_h2.as_ref(),
+                        ex,
+                    )?,
                     BodyTimeouts::default(),
                 ));
             }

@@ -1,7 +1,7 @@
 //! Byte tunnels: HTTP/1.1 upgrades (WebSocket) once the upstream switched
 //! protocols, WebSockets over HTTP/2 (RFC 8441's extended `CONNECT`, carried to the
-//! upstream as an HTTP/1.1 upgrade), `CONNECT` to a routed cluster, and plain TCP
-//! listeners. Each tunnel ends when either side closes or no byte moves for the
+//! upstream as an HTTP/1.1 upgrade, or as an extended `CONNECT` to a cluster that
+//! speaks only HTTP/2), `CONNECT` to a routed cluster, and plain TCP listeners. Each tunnel ends when either side closes or no byte moves for the
 //! idle timeout.
 
 use std::io;
@@ -105,6 +105,55 @@ impl ExtendedConnect {
     }
 }
 
+/// An upgrade sent to a cluster that speaks only HTTP/2: the upgrade request (as
+/// filters saw it, `GET` with `Upgrade`) goes as an extended CONNECT (RFC 8441), and
+/// an HTTP/1.1 client gets the `101` its handshake expects once the upstream's 2xx
+/// opens the stream.
+pub struct UpgradeOverH2 {
+    protocol: HeaderValue,
+    /// The `Sec-WebSocket-Accept` an HTTP/1.1 WebSocket client expects.
+    accept: Option<HeaderValue>,
+}
+
+impl UpgradeOverH2 {
+    /// Rewrites an upgrade request's head as an extended CONNECT.
+    pub fn rewrite(head: &mut Request<()>) -> Result<UpgradeOverH2, ProxyError> {
+        let headers = head.headers_mut();
+        let upgrade = headers
+            .remove(UPGRADE)
+            .ok_or_else(|| ProxyError::BadRequest("upgrade without Upgrade".into()))?;
+        // RFC 9110 §7.8: the protocols are listed in order of preference; a stream
+        // carries one.
+        let first = upgrade
+            .to_str()
+            .ok()
+            .and_then(|v| v.split(',').map(str::trim).find(|t| !t.is_empty()))
+            .ok_or_else(|| ProxyError::BadRequest(format!("bad Upgrade {upgrade:?}")))?;
+        let protocol = HeaderValue::from_str(first)
+            .map_err(|_| ProxyError::BadRequest(format!("bad Upgrade {upgrade:?}")))?;
+        let key = headers.remove(SEC_WEBSOCKET_KEY);
+        headers.remove(CONNECTION);
+        let accept = key
+            .filter(|_| first.eq_ignore_ascii_case("websocket"))
+            .and_then(|k| HeaderValue::from_str(&websocket_accept(k.as_bytes())).ok());
+        head.extensions_mut().insert(Protocol::from(first));
+        *head.method_mut() = Method::CONNECT;
+        Ok(UpgradeOverH2 { protocol, accept })
+    }
+
+    /// Makes the upstream's 2xx the HTTP/1.1 client's `101`.
+    fn answer_http1(&self, parts: &mut http::response::Parts) {
+        parts.status = StatusCode::SWITCHING_PROTOCOLS;
+        parts.headers.insert(UPGRADE, self.protocol.clone());
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(accept) = &self.accept {
+            parts.headers.insert(SEC_WEBSOCKET_ACCEPT, accept.clone());
+        }
+    }
+}
+
 /// RFC 6455 §4.2.2: base64(SHA-1(key + the WebSocket GUID)).
 fn websocket_accept(key: &[u8]) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
@@ -114,18 +163,24 @@ fn websocket_accept(key: &[u8]) -> String {
 }
 
 /// Joins the client's and the upstream's upgraded connections once both are ready,
-/// and returns the response for the client: the upstream's 101, or for an HTTP/2
-/// client's extended CONNECT a 200.
+/// and returns the response for the client: a `101` for an HTTP/1.1 client (the
+/// upstream's own, if it spoke HTTP/1.1), a `200` for an HTTP/2 client's extended
+/// CONNECT.
 pub fn splice_upgrade(
     downstream: OnUpgrade,
     mut resp: Response<Incoming>,
     extended: Option<&ExtendedConnect>,
+    over_h2: Option<&UpgradeOverH2>,
     ex: &Exchange,
 ) -> Result<Response<Body>, ProxyError> {
     let upstream = hyper::upgrade::on(&mut resp);
     let (mut parts, _) = resp.into_parts();
-    if let Some(x) = extended {
-        x.answer(&mut parts)?;
+    match (extended, over_h2) {
+        (Some(x), None) => x.answer(&mut parts)?,
+        // Extended CONNECT on both sides: the upstream's 2xx is the answer.
+        (Some(_), Some(_)) => {}
+        (None, Some(h2)) => h2.answer_http1(&mut parts),
+        (None, None) => {}
     }
     let idle = ex
         .cluster

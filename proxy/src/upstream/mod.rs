@@ -96,7 +96,8 @@ impl Drop for Cluster {
 pub enum Want {
     /// An ordinary request; `downstream_h2` says whether the client spoke HTTP/2.
     Request { downstream_h2: bool },
-    /// An HTTP/1.1 upgrade (WebSocket): a dedicated HTTP/1.1 connection.
+    /// An upgrade (WebSocket): a dedicated HTTP/1.1 connection, or for an HTTP/2-only
+    /// cluster an extended CONNECT (RFC 8441) stream on its shared connection.
     Upgrade,
 }
 
@@ -193,11 +194,17 @@ impl Cluster {
         at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
+    /// Whether upgrades reach this cluster as extended CONNECTs over HTTP/2 (it speaks
+    /// nothing else) rather than as HTTP/1.1 upgrades, which WebSocket servers expect.
+    pub fn upgrades_over_h2(&self) -> bool {
+        self.config.protocol == UpstreamProtocol::Http2
+    }
+
     /// Whether this request should go over HTTP/2 to `ep`, deciding for clear-text
     /// `auto` clusters by probing the endpoint once.
     pub(crate) async fn use_h2(&self, ep: &Endpoint, want: Want) -> Option<bool> {
         let downstream_h2 = match want {
-            Want::Upgrade => return Some(false),
+            Want::Upgrade => return Some(self.upgrades_over_h2()),
             Want::Request { downstream_h2 } => downstream_h2,
         };
         match (self.config.protocol, self.connector.tls.is_some()) {
