@@ -233,17 +233,7 @@ async fn upgrade_echo(proxy: &Proxy) -> TcpStream {
     )
     .await
     .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte))
-            .await
-            .expect("no response head")
-            .unwrap();
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&head));
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    let head = response_head(&mut s).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
     s
@@ -678,20 +668,7 @@ async fn an_upgrade_reaches_an_http2_only_upstream_as_an_extended_connect() {
 
     // An HTTP/2 client's extended CONNECT goes on as one.
     let addr = proxy.addr("main");
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let ok = sender
-        .send_request(
-            Request::get(format!("http://{addr}/"))
-                .body(empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 200);
+    let mut sender = h2_session(addr).await;
     let resp = sender
         .send_request(extended_connect(&format!("http://{addr}/upgrade"), "echo"))
         .await
