@@ -77,6 +77,8 @@ pub enum ProxyError {
     ResponseTooLarge(usize),
     #[error("the upstream switched protocols without a valid handshake: {0}")]
     BadUpgrade(&'static str),
+    #[error("upstream {0} does not accept extended CONNECT (its HTTP/2 settings do not enable it), so upgrades cannot reach it")]
+    NoExtendedConnect(std::net::SocketAddr),
 }
 
 impl ProxyError {
@@ -93,6 +95,7 @@ impl ProxyError {
             | Handshake { .. }
             | Upstream { .. }
             | BadUpgrade(_)
+            | NoExtendedConnect(_)
             | ResponseTooLarge(_) => StatusCode::BAD_GATEWAY,
             ConnectTimeout(_) | Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             DownstreamBody(_) | BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -139,6 +142,7 @@ impl ProxyError {
             Filter { .. } => "filter failure",
             ResponseTooLarge(_) => "response too large",
             BadUpgrade(_) => "upstream bad upgrade",
+            NoExtendedConnect(_) => "upstream refuses extended connect",
         }
     }
 

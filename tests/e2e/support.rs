@@ -37,6 +37,8 @@ pub enum Proto {
     Http1,
     /// HTTP/2 only (h2c).
     Http2,
+    /// HTTP/2 only, without extended CONNECT (RFC 8441) on offer.
+    Http2NoConnect,
 }
 
 /// An upstream server on 127.0.0.1:0 that answers by path:
@@ -142,6 +144,11 @@ where
         Proto::Http2 => {
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .enable_connect_protocol()
+                .serve_connection(io, svc)
+                .await;
+        }
+        Proto::Http2NoConnect => {
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(io, svc)
                 .await;
         }

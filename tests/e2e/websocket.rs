@@ -687,3 +687,41 @@ async fn an_upgrade_reaches_an_http2_only_upstream_as_an_extended_connect() {
         Ok("h2")
     );
 }
+
+#[tokio::test]
+async fn an_http2_upstream_without_extended_connect_refuses_upgrades_without_being_ejected() {
+    let backend = Backend::start_with("h2", Proto::Http2NoConnect, None).await;
+    let proxy = Proxy::start(&format!(
+        r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+cluster = "h2"
+
+[[clusters]]
+name = "h2"
+endpoints = ["{}"]
+protocol = "http2"
+[clusters.outlier]
+max_ejected_percent = 100
+"#,
+        backend.addr
+    ))
+    .await;
+    // More refusals than the consecutive failures that eject an endpoint (5).
+    for _ in 0..7 {
+        let mut s = TcpStream::connect(proxy.addr("main")).await.unwrap();
+        s.write_all(
+            b"GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let head = response_head(&mut s).await;
+        assert!(head.starts_with("http/1.1 502"), "{head}");
+    }
+    // A config mismatch, not a failing endpoint: ordinary requests still reach it.
+    assert_eq!(
+        answering_backend(&h1(), &proxy.url("/")).await.as_deref(),
+        Ok("h2")
+    );
+}

@@ -6,7 +6,9 @@
 //! up in profiles. Here a connection returns to the pool when the exchange that
 //! used it ends (see `proxy::exchange`), with no extra task.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +31,9 @@ pub struct Pool {
     idle: Mutex<Vec<Idle>>,
     h2: ArcSwapOption<H2Sender>,
     h2_connect: tokio::sync::Mutex<()>,
+    /// Whether the HTTP/2 connection's peer enabled extended CONNECT (RFC 8441) in
+    /// its settings, as last read; only the connection knows, so its task copies it.
+    h2_extended_connect: Arc<AtomicBool>,
     /// Connections open to this endpoint, pooled or in use.
     open: Arc<AtomicUsize>,
 }
@@ -239,9 +244,19 @@ impl Cluster {
                 source,
             })?;
         let addr = ep.addr;
+        let extended_connect = ep.pool.h2_extended_connect.clone();
+        let mut conn = conn;
         tokio::spawn(async move {
             let _open = guard;
-            if let Err(e) = conn.await {
+            let run = std::future::poll_fn(|cx| {
+                let r = Pin::new(&mut conn).poll(cx);
+                extended_connect.store(
+                    conn.is_extended_connect_protocol_enabled(),
+                    Ordering::Relaxed,
+                );
+                r
+            });
+            if let Err(e) = run.await {
                 tracing::debug!(endpoint = %addr, error = %e, "upstream HTTP/2 connection ended with an error");
             }
         });
@@ -260,10 +275,19 @@ impl Cluster {
     ) -> Result<Response<Incoming>, ProxyError> {
         let addr = ep.addr;
         match lease {
-            Lease::H2(sender) => sender
-                .send_request(req)
-                .await
-                .map_err(|source| ProxyError::Upstream { addr, source }),
+            Lease::H2(sender) => {
+                let extended = req.extensions().get::<hyper::ext::Protocol>().is_some();
+                sender.send_request(req).await.map_err(|source| {
+                    // A server that did not offer extended CONNECT resets the stream;
+                    // its settings, read by then, tell that apart from a failure of
+                    // the endpoint (a config mismatch must not eject it).
+                    if extended && !ep.pool.h2_extended_connect.load(Ordering::Relaxed) {
+                        ProxyError::NoExtendedConnect(addr)
+                    } else {
+                        ProxyError::Upstream { addr, source }
+                    }
+                })
+            }
             Lease::H1 { sender, reused } => {
                 // A pooled connection turns ready once its last exchange is fully done,
                 // which most are by the time they are leased again: only the others
