@@ -225,15 +225,21 @@ async fn websocket_refused_by_the_upstream_is_an_ordinary_response() {
     }
 }
 
+/// A raw HTTP/1.1 request for the backend's raw echo upgrade.
+const ECHO_UPGRADE: &[u8] =
+    b"GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n";
+
+/// Sends `request` on a new raw connection: the connection and the response head.
+async fn raw_request(proxy: &Proxy, request: &[u8]) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(proxy.addr("main")).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let head = response_head(&mut s).await;
+    (s, head)
+}
+
 /// Sends an `Upgrade: echo` request on a raw connection and checks the 101.
 async fn upgrade_echo(proxy: &Proxy) -> TcpStream {
-    let mut s = TcpStream::connect(proxy.addr("main")).await.unwrap();
-    s.write_all(
-        b"GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let head = response_head(&mut s).await;
+    let (s, head) = raw_request(proxy, ECHO_UPGRADE).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
     s
@@ -593,8 +599,9 @@ async fn secure_websocket_through_a_tls_listener_to_a_tls_upstream() {
     assert_eq!(h["x-forwarded-proto"], "https");
 }
 
-/// A proxy whose listener sends everything to `upstream` over HTTP/2 only (h2c).
-async fn http2_only(upstream: SocketAddr) -> Proxy {
+/// A proxy whose listener sends everything to `upstream` over HTTP/2 only (h2c);
+/// `more` is added to the cluster's table.
+async fn http2_only(upstream: SocketAddr, more: &str) -> Proxy {
     Proxy::start(&format!(
         r#"
 [[listeners]]
@@ -606,6 +613,7 @@ cluster = "h2"
 name = "h2"
 endpoints = ["{upstream}"]
 protocol = "http2"
+{more}
 "#
     ))
     .await
@@ -629,17 +637,11 @@ async fn response_head(s: &mut TcpStream) -> String {
 #[tokio::test]
 async fn an_upgrade_reaches_an_http2_only_upstream_as_an_extended_connect() {
     let backend = Backend::start_with("h2", Proto::Http2, None).await;
-    let proxy = http2_only(backend.addr).await;
+    let proxy = http2_only(backend.addr, "").await;
 
     // An HTTP/1.1 client's upgrade: the upstream gets an extended CONNECT, the client
     // the 101 its handshake expects, then the bytes flow.
-    let mut s = TcpStream::connect(proxy.addr("main")).await.unwrap();
-    s.write_all(
-        b"GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let head = response_head(&mut s).await;
+    let (mut s, head) = raw_request(&proxy, ECHO_UPGRADE).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
     assert!(head.contains("x-protocol: echo"), "{head}");
@@ -648,14 +650,12 @@ async fn an_upgrade_reaches_an_http2_only_upstream_as_an_extended_connect() {
 
     // A WebSocket handshake: the key stays on the client's hop (RFC 8441 has none),
     // and the proxy answers it (the RFC 6455 example key and its accept value).
-    let mut s = TcpStream::connect(proxy.addr("main")).await.unwrap();
-    s.write_all(
+    let (mut s, head) = raw_request(
+        &proxy,
         b"GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
           sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let head = response_head(&mut s).await;
+    .await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     assert!(
@@ -691,32 +691,14 @@ async fn an_upgrade_reaches_an_http2_only_upstream_as_an_extended_connect() {
 #[tokio::test]
 async fn an_http2_upstream_without_extended_connect_refuses_upgrades_without_being_ejected() {
     let backend = Backend::start_with("h2", Proto::Http2NoConnect, None).await;
-    let proxy = Proxy::start(&format!(
-        r#"
-[[listeners]]
-name = "main"
-address = "127.0.0.1:0"
-cluster = "h2"
-
-[[clusters]]
-name = "h2"
-endpoints = ["{}"]
-protocol = "http2"
-[clusters.outlier]
-max_ejected_percent = 100
-"#,
-        backend.addr
-    ))
+    let proxy = http2_only(
+        backend.addr,
+        "[clusters.outlier]\nmax_ejected_percent = 100",
+    )
     .await;
     // More refusals than the consecutive failures that eject an endpoint (5).
     for _ in 0..7 {
-        let mut s = TcpStream::connect(proxy.addr("main")).await.unwrap();
-        s.write_all(
-            b"GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        let head = response_head(&mut s).await;
+        let (_, head) = raw_request(&proxy, ECHO_UPGRADE).await;
         assert!(head.starts_with("http/1.1 502"), "{head}");
     }
     // A config mismatch, not a failing endpoint: ordinary requests still reach it.
