@@ -1,8 +1,8 @@
 //! Byte tunnels: HTTP/1.1 upgrades (WebSocket) once the upstream switched
 //! protocols, WebSockets over HTTP/2 (RFC 8441's extended `CONNECT`, carried to the
 //! upstream as an HTTP/1.1 upgrade, or as an extended `CONNECT` to a cluster that
-//! speaks only HTTP/2), `CONNECT` to a routed cluster, and plain TCP listeners. Each tunnel ends when either side closes or no byte moves for the
-//! idle timeout.
+//! speaks only HTTP/2), `CONNECT` to a routed cluster, and plain TCP listeners.
+//! Each tunnel ends when either side closes or no byte moves for the idle timeout.
 
 use std::io;
 use std::net::SocketAddr;

@@ -188,10 +188,7 @@ impl Cluster {
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
-            .map_err(|source| ProxyError::Handshake {
-                addr: ep.addr,
-                source,
-            })?;
+            .map_err(handshake_failed(ep))?;
         let addr = ep.addr;
         tokio::spawn(async move {
             let _open = guard;
@@ -233,19 +230,15 @@ impl Cluster {
                 (self.connect_counted(ep, false).await?.0, guard)
             }
         };
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        let (sender, mut conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20))
             .handshake(TokioIo::new(io))
             .await
-            .map_err(|source| ProxyError::Handshake {
-                addr: ep.addr,
-                source,
-            })?;
+            .map_err(handshake_failed(ep))?;
         let addr = ep.addr;
         let extended_connect = ep.pool.h2_extended_connect.clone();
-        let mut conn = conn;
         tokio::spawn(async move {
             let _open = guard;
             let run = std::future::poll_fn(|cx| {
@@ -317,4 +310,10 @@ impl Cluster {
             }
         }
     }
+}
+
+/// The error of an HTTP handshake with `ep` that failed.
+fn handshake_failed(ep: &Endpoint) -> impl FnOnce(hyper::Error) -> ProxyError {
+    let addr = ep.addr;
+    move |source| ProxyError::Handshake { addr, source }
 }
