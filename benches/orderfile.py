@@ -19,8 +19,9 @@ rebuild:
 proxy/build.rs hands the file to the linker (lld's --symbol-ordering-file). Symbols the
 file names that a later build no longer has are skipped, new ones go after the listed
 ones: the file ages gracefully, and this script renews it. It holds the lists of two
-builds, the plain `dist` one and the profile-guided one (benches/pgo.py, which runs this
-script on its binary): a run replaces the list of the build it profiles, keeps the other.
+builds, each under a header naming it: the plain `dist` one and the profile-guided one
+(benches/pgo.py, which runs this script on its binary with WEFT_ORDER_BUILD=profile-guided):
+a run replaces the list of the build it profiles and keeps the other's.
 Needs valgrind and curl; WEFT=PATH profiles another build of the same code (a copy of the
 `dist` binary, or the profile-guided one).
 """
@@ -43,6 +44,8 @@ TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.environ["HOME"], ".c
 WEFT = os.environ.get("WEFT", os.path.join(TARGET, "dist", "weft"))
 FILTER = os.path.join(TARGET, "wasm32-wasip2", "release", "bench_filter.wasm")
 OUT = os.path.join(ROOT, "proxy", "weft.order")
+# Which build's list this run writes: `dist`, or `profile-guided` from benches/pgo.py.
+BUILD = os.environ.get("WEFT_ORDER_BUILD", "dist")
 REQUESTS = 2000
 
 
@@ -211,35 +214,25 @@ def symbol_sizes(binary):
 
 
 def lists():
-    """The file's function lists, one per build it was written from (a `#` line starts
-    each; lld skips such lines)."""
+    """The file's function lists: (build, names) for each, in order. A `#` line naming
+    the build starts each (lld skips such lines, as names no binary has)."""
     if not os.path.exists(OUT):
         return []
-    found = [[]]
+    found = []
     for line in open(OUT):
         line = line.strip()
         if line.startswith("#"):
-            found.append([])
-        elif line:
-            found[-1].append(line)
-    return [names for names in found if names]
-
-
-def own_list(binary_sizes, written):
-    """Which of the `written` lists was made from this binary's build: the one whose
-    functions it has the most of, if it has at least half of them."""
-    if not written:
-        return None
-    share = [sum(f in binary_sizes for f in names) / len(names) for names in written]
-    best = max(range(len(written)), key=share.__getitem__)
-    return best if share[best] >= 0.5 else None
+            found.append((line[1:].split(":", 1)[0].strip(), []))
+        elif line and found:
+            found[-1][1].append(line)
+    return [(build, names) for build, names in found if names]
 
 
 def coverage(binary):
     """How many of the functions proxy/weft.order lists for `binary`'s build it has:
     (found, listed). Few found means the layout is stale (or `binary` is another
     build, such as `release`)."""
-    written, sizes = lists(), symbol_sizes(binary)
+    written, sizes = [names for _, names in lists()], symbol_sizes(binary)
     if not written:
         return 0, 0
     names = max(written, key=lambda names: sum(f in sizes for f in names))
@@ -277,16 +270,12 @@ def main():
     # One list per build: the plain `dist` build and the profile-guided one
     # (benches/pgo.py) name most symbols differently (cargo hashes an explicit
     # --target into them), and the linker skips what a binary does not have. This
-    # build's list is replaced, the other's kept.
-    written = lists()
-    own = own_list(sizes, written)
-    if own is None:
-        written.append(ordered)
-    else:
-        written[own] = ordered
+    # build's list is replaced, the other's kept. (Told apart by name, not by how many
+    # of a list's functions the binary has: a new dependency renames them all.)
+    written = [(b, names) for b, names in lists() if b != BUILD] + [(BUILD, ordered)]
     with open(OUT, "w") as f:
-        for names in written:
-            f.write("# the functions one build of weft runs (benches/orderfile.py)\n")
+        for build, names in written:
+            f.write(f"# {build}: the functions this build of weft runs (benches/orderfile.py)\n")
             f.write("\n".join(names) + "\n")
     print(f"{OUT}: {len(ordered)} functions, {len(written)} lists")
 

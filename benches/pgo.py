@@ -111,7 +111,7 @@ def main():
     binary = build(USE, f"-Cprofile-use={PROFILE}")
     # This build names most functions differently from the plain `dist` one, so it has
     # its own list in proxy/weft.order: written from this binary, then linked with.
-    env = dict(os.environ, WEFT=binary, CARGO_TARGET_DIR=TARGET)
+    env = dict(os.environ, WEFT=binary, CARGO_TARGET_DIR=TARGET, WEFT_ORDER_BUILD="profile-guided")
     subprocess.run([sys.executable, os.path.join(HERE, "orderfile.py")], env=env, check=True)
     binary = build(USE, f"-Cprofile-use={PROFILE}")
     print(f"profile-guided dist build: {binary}")
