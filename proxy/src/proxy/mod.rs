@@ -339,17 +339,12 @@ async fn send(
     // Pinned where it is made: moving a future this size costs a copy of it.
     let exchange = std::pin::pin!(async {
         let mut lease = cluster.checkout(&ep, want).await?;
+        let mut head = head;
+        for_lease(&mut head, &lease, cluster, &ep)?;
         let (parts, ()) = head.into_parts();
-        let req = for_lease(
-            Request::from_parts(
-                parts,
-                RequestBody::new(body, tally)
-                    .with_idle_timeout(cluster.config.idle_timeout.non_zero()),
-            ),
-            &lease,
-            cluster,
-            &ep,
-        )?;
+        let body =
+            RequestBody::new(body, tally).with_idle_timeout(cluster.config.idle_timeout.non_zero());
+        let req = Request::from_parts(parts, body);
         let sent = Instant::now();
         let resp = cluster.send(&ep, &mut lease, req).await?;
         let answered = Instant::now();
@@ -478,24 +473,22 @@ pub fn authority_of<B>(req: &Request<B>) -> Option<&str> {
 }
 
 /// Rewrites a request for the connection it goes on: origin-form URI and a Host
-/// header for HTTP/1.1; absolute URI (`:scheme`, `:authority`) for HTTP/2.
-pub fn for_lease(
-    req: Request<RequestBody>,
+/// header for HTTP/1.1; absolute URI (`:scheme`, `:authority`) for HTTP/2. In place:
+/// a request is a few hundred bytes, and each move of it is a copy.
+pub fn for_lease<B>(
+    req: &mut Request<B>,
     lease: &Lease,
     cluster: &Cluster,
     ep: &Endpoint,
-) -> Result<Request<RequestBody>, ProxyError> {
-    let (mut parts, body) = req.into_parts();
+) -> Result<(), ProxyError> {
     // The request's authority, from its URI or Host header, else the endpoint's.
     // Parsed only when needed: an HTTP/1.1 request that has a Host header keeps it.
-    let authority = |parts: &http::request::Parts| {
-        parts
-            .uri
+    let authority = |req: &Request<B>| {
+        req.uri()
             .authority()
             .cloned()
             .or_else(|| {
-                parts
-                    .headers
+                req.headers()
                     .get(HOST)
                     .and_then(|h| Authority::try_from(h.as_bytes()).ok())
             })
@@ -507,9 +500,8 @@ pub fn for_lease(
                 Ok,
             )
     };
-    let path = |parts: &http::request::Parts| {
-        parts
-            .uri
+    let path = |req: &Request<B>| {
+        req.uri()
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"))
@@ -520,24 +512,24 @@ pub fn for_lease(
         } else {
             Scheme::HTTP
         };
-        parts.uri = Uri::builder()
+        *req.uri_mut() = Uri::builder()
             .scheme(scheme)
-            .authority(authority(&parts)?)
-            .path_and_query(path(&parts))
+            .authority(authority(req)?)
+            .path_and_query(path(req))
             .build()
             .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-        parts.headers.remove(HOST);
-        parts.version = Version::HTTP_2;
+        req.headers_mut().remove(HOST);
+        *req.version_mut() = Version::HTTP_2;
     } else {
-        if !parts.headers.contains_key(HOST) {
-            let host = HeaderValue::from_str(authority(&parts)?.as_str())
+        if !req.headers().contains_key(HOST) {
+            let host = HeaderValue::from_str(authority(req)?.as_str())
                 .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-            parts.headers.insert(HOST, host);
+            req.headers_mut().insert(HOST, host);
         }
-        if parts.uri.authority().is_some() {
-            parts.uri = Uri::from(path(&parts));
+        if req.uri().authority().is_some() {
+            *req.uri_mut() = Uri::from(path(req));
         }
-        parts.version = Version::HTTP_11;
+        *req.version_mut() = Version::HTTP_11;
     }
-    Ok(Request::from_parts(parts, body))
+    Ok(())
 }

@@ -53,7 +53,8 @@ impl Host for HostState {
                     )
                     .await
                     .map_err(|e| CallError::Upstream(e.to_string()))?;
-                let request = crate::proxy::for_lease(request, &lease, &cluster, &ep)
+                let mut request = request;
+                crate::proxy::for_lease(&mut request, &lease, &cluster, &ep)
                     .map_err(|e| CallError::InvalidRequest(e.to_string()))?;
                 let started = tokio::time::Instant::now();
                 let resp = cluster.send(&ep, &mut lease, request).await.map_err(|e| {
