@@ -50,6 +50,11 @@ impl Filter for Hello {
         // Constant time, so response timing does not reveal how much of a guess was right.
         if key.is_some_and(|k| constant_time_eq(k.as_bytes(), self.key.as_bytes())) {
             self.requests.inc(&["allowed"]);
+            // Written now, made by the proxy on the response when it comes: the filter
+            // needs no response phase, so a request costs one call into it, not two.
+            if let Err(e) = ctx.response().set_header("x-filtered-by", "hello-filter") {
+                weft_sdk::log::warn!("could not tag the response: {e}");
+            }
             return Action::Continue;
         }
         self.requests.inc(&["denied"]);
@@ -58,13 +63,6 @@ impl Filter for Hello {
             .header(CONTENT_TYPE, HeaderValue::from_static("text/plain"))
             .body("missing or wrong x-api-key\n")
             .into()
-    }
-
-    async fn on_response_headers(&self, ctx: &mut Context) -> Action {
-        if let Err(e) = ctx.response().set_header("x-filtered-by", "hello-filter") {
-            weft_sdk::log::warn!("could not tag the response: {e}");
-        }
-        Action::Continue
     }
 }
 
@@ -127,6 +125,23 @@ mod tests {
         let sent = t.current_response().ok_or("no response")?;
         assert_eq!(sent.headers()["x-filtered-by"], "hello-filter");
         assert!(t.logs().is_empty(), "{:?}", t.logs());
+        // Tagged from the request phase: the response phase is not the filter's.
+        assert_eq!(t.skipped(), [Phase::ResponseHeaders]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_refused_response_is_not_tagged() -> TestResult {
+        let mut t = host()?;
+        let action = t.request(Request::get("/").body(())?).on_request_headers();
+        let Action::Respond(answer) = action else {
+            return Err(format!("{action:?}").into());
+        };
+        assert!(answer.headers().get("x-filtered-by").is_none());
+        let response = Response::builder().status(200).body(())?;
+        t.response(response).on_response_headers();
+        let sent = t.current_response().ok_or("no response")?;
+        assert!(sent.headers().get("x-filtered-by").is_none());
         Ok(())
     }
 
