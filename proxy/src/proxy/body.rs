@@ -115,7 +115,7 @@ impl Tally {
 }
 
 /// The request body on its way upstream, counted. One pointer wide: the request it
-/// rides in is moved a dozen times on its way into the upstream connection (through
+/// rides in is moved about twenty times on its way into the upstream connection (through
 /// our futures and hyper's dispatch), and under 256 bytes each move is one short
 /// run of vector copies rather than `memcpy`'s loop (320 bytes with the state inline;
 /// docs/benchmarks.md, "Where the time goes").

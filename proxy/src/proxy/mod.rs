@@ -341,10 +341,9 @@ async fn send(
         let mut lease = cluster.checkout(&ep, want).await?;
         let mut head = head;
         for_lease(&mut head, &lease, cluster, &ep)?;
-        let (parts, ()) = head.into_parts();
         let body =
             RequestBody::new(body, tally).with_idle_timeout(cluster.config.idle_timeout.non_zero());
-        let req = Request::from_parts(parts, body);
+        let req = head.map(|()| body);
         let sent = Instant::now();
         let resp = cluster.send(&ep, &mut lease, req).await?;
         let answered = Instant::now();
