@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::pin::{pin, Pin};
+use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use tokio::sync::watch;
@@ -85,9 +86,26 @@ impl Future for FiredTimer<'_> {
 /// `future`'s output, or `None` if `deadline` comes first: `tokio::time::timeout_at`
 /// with its timer behind a `FiredTimer`. The future is pinned by the caller, so a
 /// large one is not copied into this one.
-pub async fn before<F: Future>(deadline: Instant, mut future: Pin<&mut F>) -> Option<F::Output> {
+pub async fn before<F: Future>(deadline: Instant, future: Pin<&mut F>) -> Option<F::Output> {
     let sleep = pin!(tokio::time::sleep_until(deadline));
-    let mut timer = FiredTimer::new(sleep);
+    race(FiredTimer::new(sleep), future).await
+}
+
+/// As [`before`], with the timer borrowed from `slot` (made there the first time)
+/// and given back when done. A request dropped before then drops the timer too,
+/// and the next one makes another.
+pub async fn before_in<F: Future>(
+    slot: &TimerSlot,
+    deadline: Instant,
+    future: Pin<&mut F>,
+) -> Option<F::Output> {
+    let mut sleep = slot.take(deadline);
+    let out = race(FiredTimer::new(sleep.as_mut()), future).await;
+    slot.give_back(sleep);
+    out
+}
+
+async fn race<F: Future>(mut timer: FiredTimer<'_>, mut future: Pin<&mut F>) -> Option<F::Output> {
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = future.as_mut().poll(cx) {
             return Poll::Ready(Some(out));
@@ -95,6 +113,37 @@ pub async fn before<F: Future>(deadline: Instant, mut future: Pin<&mut F>) -> Op
         Pin::new(&mut timer).poll(cx).map(|()| None)
     })
     .await
+}
+
+/// A timer that the requests of one connection use in turn for their deadlines.
+///
+/// A timer made for each request locks the runtime's timer wheel twice (to file it
+/// on its first poll, to take it out when dropped): about 450 instructions. Moving
+/// a filed timer to a later instant only records the new one (tokio files it again
+/// when the old instant comes round), and each request's deadline is later than the
+/// one before, so a connection's requests share one timer. Requests that overlap
+/// (HTTP/2) find the slot empty and make their own.
+#[derive(Default)]
+pub struct TimerSlot(Mutex<Option<Pin<Box<Sleep>>>>);
+
+impl TimerSlot {
+    fn take(&self, deadline: Instant) -> Pin<Box<Sleep>> {
+        let kept = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        match kept {
+            Some(mut sleep) => {
+                sleep.as_mut().reset(deadline);
+                sleep
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
+    fn give_back(&self, sleep: Pin<Box<Sleep>>) {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(sleep);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -164,5 +213,40 @@ mod tests {
         timer.reset(start + Duration::from_secs(4));
         assert!(tokio::time::timeout(limit, &mut timer).await.is_ok());
         assert_eq!(start.elapsed(), Duration::from_secs(4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_sharing_a_timer_each_end_at_their_own_deadline() {
+        let slot = TimerSlot::default();
+        let start = Instant::now();
+        let at = |s| start + Duration::from_secs(s);
+        // Answered in time: the timer goes back to the slot, filed for 10 s.
+        assert_eq!(before_in(&slot, at(10), pin!(async { 1 })).await, Some(1));
+        assert!(slot.0.lock().unwrap().is_some());
+        // Later deadlines (moved without filing again), then an earlier one than
+        // the timer was filed for: each request ends at its own.
+        for (deadline, waited) in [(12, 12), (30, 30), (31, 31)] {
+            let out = before_in(&slot, at(deadline), pin!(std::future::pending::<()>())).await;
+            assert_eq!(out, None);
+            assert_eq!(start.elapsed(), Duration::from_secs(waited));
+        }
+        // Two at once (HTTP/2): the second finds the slot empty and makes its own.
+        let mut never_a = pin!(std::future::pending::<()>());
+        let mut never_b = pin!(std::future::pending::<()>());
+        let (a, b) = tokio::join!(
+            before_in(&slot, at(33), never_a.as_mut()),
+            before_in(&slot, at(32), never_b.as_mut()),
+        );
+        assert_eq!((a, b), (None, None));
+        assert_eq!(start.elapsed(), Duration::from_secs(33));
+        // One that finishes before a shorter deadline than the kept timer's.
+        let quick = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            7
+        };
+        assert_eq!(before_in(&slot, at(40), pin!(quick)).await, Some(7));
+        let out = before_in(&slot, at(36), pin!(std::future::pending::<()>())).await;
+        assert_eq!(out, None);
+        assert_eq!(start.elapsed(), Duration::from_secs(36));
     }
 }

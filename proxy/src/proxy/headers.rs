@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use http::header::{
-    HeaderName, HeaderValue, CONNECTION, FORWARDED, TE, TRANSFER_ENCODING, UPGRADE, VIA,
+    Entry, HeaderName, HeaderValue, CONNECTION, FORWARDED, TE, TRANSFER_ENCODING, UPGRADE, VIA,
 };
 use http::{HeaderMap, Version};
 
@@ -46,23 +46,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     if connection {
         // RFC 9110 §7.6.1: every field named as a connection option goes, even
         // "close". Keep-Alive goes below anyway.
-        // Most messages that have the field say only `keep-alive` (nginx and most
-        // servers on every response), which names no field: skip taking it apart.
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"keep-alive"))
-            .flat_map(|v| v.to_str().unwrap_or("").split(','))
-            .map(str::trim)
-            .filter(|t| {
-                let spared = t.is_empty()
-                    || t.eq_ignore_ascii_case("keep-alive")
-                    || (upgrading && t.eq_ignore_ascii_case("upgrade"));
-                !spared
-            })
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        headers.remove(CONNECTION);
+        let mut named: Vec<HeaderName> = Vec::new();
+        if let Entry::Occupied(field) = headers.entry(CONNECTION) {
+            for value in field.remove_entry_mult().1 {
+                // Most messages that have the field say only `keep-alive` (nginx and
+                // most servers on every response), which names no field: skip
+                // taking it apart.
+                if value.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
+                    continue;
+                }
+                let options = value.to_str().unwrap_or("").split(',').map(str::trim);
+                named.extend(
+                    options
+                        .filter(|t| {
+                            let spared = t.is_empty()
+                                || t.eq_ignore_ascii_case("keep-alive")
+                                || (upgrading && t.eq_ignore_ascii_case("upgrade"));
+                            !spared
+                        })
+                        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()),
+                );
+            }
+        }
         for name in named {
             headers.remove(name);
         }
@@ -139,19 +144,24 @@ pub fn add_forwarding(
     match cfg.x_forwarded_for {
         ForwardMode::Off => {}
         mode => {
-            let prev = headers
-                .get(&X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok())
-                .filter(|p| !p.trim().is_empty());
-            let value = match (mode, prev) {
-                (ForwardMode::Append, Some(prev)) => {
-                    let ip = client.text.to_str().unwrap_or_default();
-                    HeaderValue::try_from(format!("{prev}, {ip}")).ok()
+            // One lookup whether or not the request has the field.
+            match headers.entry(&X_FORWARDED_FOR) {
+                Entry::Vacant(field) => {
+                    field.insert(client.text.clone());
                 }
-                _ => Some(client.text.clone()),
-            };
-            if let Some(v) = value {
-                headers.insert(&X_FORWARDED_FOR, v);
+                Entry::Occupied(mut field) => {
+                    let prev = field.get().to_str().ok().filter(|p| !p.trim().is_empty());
+                    let value = match (mode, prev) {
+                        (ForwardMode::Append, Some(prev)) => {
+                            let ip = client.text.to_str().unwrap_or_default();
+                            HeaderValue::try_from(format!("{prev}, {ip}")).ok()
+                        }
+                        _ => Some(client.text.clone()),
+                    };
+                    if let Some(v) = value {
+                        field.insert(v);
+                    }
+                }
             }
             headers.insert(
                 &X_FORWARDED_PROTO,

@@ -350,7 +350,7 @@ async fn send(
         Ok((resp, lease, answered - sent, answered))
     });
     let outcome = match deadline {
-        Some(d) => crate::gate::before(d, exchange)
+        Some(d) => crate::gate::before_in(&ex.conn.deadline_timer, d, exchange)
             .await
             .unwrap_or(Err(ProxyError::Timeout(timeout))),
         None => exchange.await,

@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ListenerProtocol;
-use crate::gate::{FiredTimer, WhenChanged};
+use crate::gate::{FiredTimer, TimerSlot, WhenChanged};
 use crate::proxy::headers::ClientIp;
 use crate::runtime::Runtime;
 use crate::snapshot::ListenerRuntime;
@@ -52,6 +52,8 @@ pub struct ConnInfo {
     pub state: ConnState,
     /// `remote`'s address, formatted for the forwarding headers.
     pub client_ip: ClientIp,
+    /// The timer of its requests' deadlines.
+    pub deadline_timer: TimerSlot,
 }
 
 /// Whether a connection has requests in flight, and since when it has been idle.
@@ -192,6 +194,7 @@ async fn serve_http(
             tls: None,
             state: ConnState::new(h2),
             client_ip: ClientIp::new(remote),
+            deadline_timer: TimerSlot::default(),
         };
         return serve(tcp, Arc::new(info), &lr, drain, removed, started_ms).await;
     };
@@ -233,6 +236,7 @@ async fn serve_http(
         tls: Some(info),
         state: ConnState::new(h2),
         client_ip: ClientIp::new(remote),
+        deadline_timer: TimerSlot::default(),
     };
     serve(stream, Arc::new(info), &lr, drain, removed, started_ms).await
 }
