@@ -15,16 +15,30 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// The hop-by-hop headers every message loses (but `Upgrade` on an upgrade, and
-/// `TE: trailers`), besides `Connection` and the headers it names.
-fn fixed_hop_by_hop() -> [&'static HeaderName; 5] {
-    [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-        &TE,
-    ]
+/// The hop-by-hop headers, by their place in `strip_hop_by_hop`'s table: the ones
+/// every message loses (but `Upgrade` on an upgrade, and `TE: trailers`), then
+/// `Connection`, which also takes the headers it names.
+const KEEP_ALIVE_AT: usize = 0;
+const PROXY_CONNECTION_AT: usize = 1;
+const TRANSFER_ENCODING_AT: usize = 2;
+const UPGRADE_AT: usize = 3;
+const TE_AT: usize = 4;
+const CONNECTION_AT: usize = 5;
+
+/// Where `name` is in that table, if it is hop-by-hop. The length tells most names
+/// apart before a byte is compared.
+fn hop_by_hop_at(name: &HeaderName) -> Option<usize> {
+    let name = name.as_str();
+    let at = match name.len() {
+        10 if name == "keep-alive" => KEEP_ALIVE_AT,
+        16 if name == "proxy-connection" => PROXY_CONNECTION_AT,
+        17 if name == "transfer-encoding" => TRANSFER_ENCODING_AT,
+        7 if name == "upgrade" => UPGRADE_AT,
+        2 if name == "te" => TE_AT,
+        10 if name == "connection" => CONNECTION_AT,
+        _ => return None,
+    };
+    Some(at)
 }
 
 /// Removes hop-by-hop headers: `Connection` and the headers it names, `Keep-Alive`,
@@ -32,17 +46,13 @@ fn fixed_hop_by_hop() -> [&'static HeaderName; 5] {
 /// being forwarded) and `TE` other than `trailers` (which gRPC needs end to end).
 ///
 /// It runs twice per request, so it looks before it removes: one pass over the
-/// message's few names (standard names compare as integers) instead of a hashed
-/// removal of every name it might have.
+/// message's few names instead of a hashed removal of every name it might have.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
-    let mut present = [false; 5];
-    let mut connection = false;
-    for name in headers.keys() {
-        connection |= name == CONNECTION;
-        for (seen, hop) in present.iter_mut().zip(fixed_hop_by_hop()) {
-            *seen |= name == hop;
-        }
+    let mut present = [false; 6];
+    for at in headers.keys().filter_map(hop_by_hop_at) {
+        present[at] = true;
     }
+    let [keep_alive, proxy_connection, transfer_encoding, upgrade, te, connection] = present;
     if connection {
         // RFC 9110 §7.6.1: every field named as a connection option goes, even
         // "close". Keep-Alive goes below anyway.
@@ -75,7 +85,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
             headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         }
     }
-    let [keep_alive, proxy_connection, transfer_encoding, upgrade, te] = present;
     if keep_alive {
         headers.remove(&KEEP_ALIVE);
     }

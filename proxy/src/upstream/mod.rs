@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{ClusterConfig, UpstreamProtocol};
+use crate::config::{BalancePolicy, ClusterConfig, UpstreamProtocol};
 use crate::error::ProxyError;
 use crate::telemetry::metrics::ClusterStats;
 use balance::{Balancer, Ewma};
@@ -235,11 +235,15 @@ impl Cluster {
     pub fn record_at(&self, ep: &Endpoint, outcome: Result<Duration, ()>, now: Instant) {
         match outcome {
             Ok(latency) => {
-                ep.ewma.lock().unwrap_or_else(|p| p.into_inner()).observe(
-                    latency,
-                    self.config.balance.ewma_decay.0,
-                    now,
-                );
+                // Only least-request reads the estimate (a policy change rebuilds
+                // the cluster, estimates included).
+                if self.config.balance.policy == BalancePolicy::LeastRequest {
+                    ep.ewma.lock().unwrap_or_else(|p| p.into_inner()).observe(
+                        latency,
+                        self.config.balance.ewma_decay.0,
+                        now,
+                    );
+                }
                 ep.health.success(self.ms_at(now), &self.config.outlier);
             }
             Err(()) => health::failure(self, ep),
