@@ -53,12 +53,19 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// The target for a request to `authority` (as sent, possibly with a port and in
-    /// any case) and `path`.
-    pub fn find(&self, authority: Option<&str>, path: &str) -> Option<&Target> {
+    /// any case; read only when a route matches on the host) and `path`.
+    pub fn find<'a>(
+        &self,
+        authority: impl FnOnce() -> Option<&'a str>,
+        path: &str,
+    ) -> Option<&Target> {
         if self.routes.is_empty() {
             return self.fallback.as_ref();
         }
-        let host = authority.map(host_of);
+        let host = match self.routes.iter().any(|r| r.host.is_some()) {
+            true => authority().map(host_of),
+            false => None,
+        };
         self.routes
             .iter()
             .find(|r| {
@@ -122,7 +129,7 @@ mod tests {
     }
 
     fn which(t: &RouteTable, authority: Option<&str>, path: &str) -> u128 {
-        t.find(authority, path)
+        t.find(|| authority, path)
             .and_then(|t| t.timeout)
             .map(|d| d.as_millis())
             .unwrap_or(0)

@@ -41,86 +41,103 @@ fn hop_by_hop_at(name: &HeaderName) -> Option<usize> {
     Some(at)
 }
 
-/// Removes hop-by-hop headers: `Connection` and the headers it names, `Keep-Alive`,
-/// `Proxy-Connection`, `Transfer-Encoding`, `Upgrade` (unless this hop is an upgrade
-/// being forwarded) and `TE` other than `trailers` (which gRPC needs end to end).
-///
-/// It runs twice per request, so it looks before it removes: one pass over the
-/// message's few names instead of a hashed removal of every name it might have.
+/// Removes hop-by-hop headers (see [`HopByHop::strip`]).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
-    let mut present = [false; 6];
-    for at in headers.keys().filter_map(hop_by_hop_at) {
-        present[at] = true;
-    }
-    let [keep_alive, proxy_connection, transfer_encoding, upgrade, te, connection] = present;
-    if connection {
-        // RFC 9110 §7.6.1: every field named as a connection option goes, even
-        // "close". Keep-Alive goes below anyway.
-        let mut named: Vec<HeaderName> = Vec::new();
-        if let Entry::Occupied(field) = headers.entry(CONNECTION) {
-            for value in field.remove_entry_mult().1 {
-                // Most messages that have the field say only `keep-alive` (nginx and
-                // most servers on every response), which names no field: skip
-                // taking it apart.
-                if value.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
-                    continue;
-                }
-                let options = value.to_str().unwrap_or("").split(',').map(str::trim);
-                named.extend(
-                    options
-                        .filter(|t| {
-                            let spared = t.is_empty()
-                                || t.eq_ignore_ascii_case("keep-alive")
-                                || (upgrading && t.eq_ignore_ascii_case("upgrade"));
-                            !spared
-                        })
-                        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()),
-                );
-            }
-        }
-        for name in named {
-            headers.remove(name);
-        }
-        if upgrading {
-            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-    }
-    if keep_alive {
-        headers.remove(&KEEP_ALIVE);
-    }
-    if proxy_connection {
-        headers.remove(&PROXY_CONNECTION);
-    }
-    if transfer_encoding {
-        headers.remove(TRANSFER_ENCODING);
-    }
-    if upgrade && !upgrading {
-        headers.remove(UPGRADE);
-    }
-    if let Some(te) = te.then(|| headers.get(TE)).flatten() {
-        let trailers = te
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-        if trailers {
-            headers.insert(TE, HeaderValue::from_static("trailers"));
-        } else {
-            headers.remove(TE);
-        }
-    }
+    HopByHop::scan(headers).strip(headers, upgrading);
 }
 
-/// Whether an HTTP/1.1 request asks to switch protocols (WebSocket and the like).
-pub fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
-    version == Version::HTTP_11
-        && headers.contains_key(UPGRADE)
-        && headers.get_all(CONNECTION).iter().any(|v| {
-            v.to_str()
+/// Which hop-by-hop headers a message has, found in one pass over its few names:
+/// the request path asks twice per request, and a hashed lookup of each name it
+/// might have would cost more than the pass.
+#[derive(Clone, Copy)]
+pub struct HopByHop([bool; 6]);
+
+impl HopByHop {
+    pub fn scan(headers: &HeaderMap) -> Self {
+        let mut present = [false; 6];
+        for at in headers.keys().filter_map(hop_by_hop_at) {
+            present[at] = true;
+        }
+        HopByHop(present)
+    }
+
+    /// Whether an HTTP/1.1 request with these `headers` asks to switch protocols
+    /// (WebSocket and the like).
+    pub fn is_upgrade(self, version: Version, headers: &HeaderMap) -> bool {
+        version == Version::HTTP_11
+            && self.0[UPGRADE_AT]
+            && self.0[CONNECTION_AT]
+            && headers.get_all(CONNECTION).iter().any(|v| {
+                v.to_str()
+                    .unwrap_or("")
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+    }
+
+    /// Removes from `headers` (the ones scanned) `Connection` and the headers it
+    /// names, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`
+    /// (unless this hop is an upgrade being forwarded) and `TE` other than
+    /// `trailers` (which gRPC needs end to end).
+    pub fn strip(self, headers: &mut HeaderMap, upgrading: bool) {
+        let [keep_alive, proxy_connection, transfer_encoding, upgrade, te, connection] = self.0;
+        if connection {
+            // RFC 9110 §7.6.1: every field named as a connection option goes, even
+            // "close". Keep-Alive goes below anyway.
+            let mut named: Vec<HeaderName> = Vec::new();
+            if let Entry::Occupied(field) = headers.entry(CONNECTION) {
+                for value in field.remove_entry_mult().1 {
+                    // Most messages that have the field say only `keep-alive` (nginx and
+                    // most servers on every response), which names no field: skip
+                    // taking it apart.
+                    if value.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
+                        continue;
+                    }
+                    let options = value.to_str().unwrap_or("").split(',').map(str::trim);
+                    named.extend(
+                        options
+                            .filter(|t| {
+                                let spared = t.is_empty()
+                                    || t.eq_ignore_ascii_case("keep-alive")
+                                    || (upgrading && t.eq_ignore_ascii_case("upgrade"));
+                                !spared
+                            })
+                            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()),
+                    );
+                }
+            }
+            for name in named {
+                headers.remove(name);
+            }
+            if upgrading {
+                headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            }
+        }
+        if keep_alive {
+            headers.remove(&KEEP_ALIVE);
+        }
+        if proxy_connection {
+            headers.remove(&PROXY_CONNECTION);
+        }
+        if transfer_encoding {
+            headers.remove(TRANSFER_ENCODING);
+        }
+        if upgrade && !upgrading {
+            headers.remove(UPGRADE);
+        }
+        if let Some(te) = te.then(|| headers.get(TE)).flatten() {
+            let trailers = te
+                .to_str()
                 .unwrap_or("")
                 .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        })
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+            if trailers {
+                headers.insert(TE, HeaderValue::from_static("trailers"));
+            } else {
+                headers.remove(TE);
+            }
+        }
+    }
 }
 
 /// A client's address as `X-Forwarded-For` writes it, formatted once per connection
@@ -318,7 +335,7 @@ mod tests {
             ("upgrade", "websocket"),
             ("sec-websocket-key", "k"),
         ]);
-        assert!(is_upgrade(Version::HTTP_11, &h));
+        assert!(HopByHop::scan(&h).is_upgrade(Version::HTTP_11, &h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");

@@ -98,18 +98,19 @@ async fn forward(
     if req.method() == Method::CONNECT && !extended_connect {
         return tunnel::connect(req, lr, ex).await;
     }
-    let target = lr
-        .routes
-        .find(authority_of(&req), req.uri().path())
-        .ok_or(ProxyError::NoRoute)?;
+    let Some(target) = lr.routes.find(|| authority_of(&req), req.uri().path()) else {
+        // Built with `ok_or`, the error would be made (and dropped) on every request.
+        return Err(ProxyError::NoRoute);
+    };
     // Answers given before the upstream is chosen count under the route's cluster.
     ex.cluster = target.cluster.clone();
 
-    let upgrade = extended_connect || headers::is_upgrade(req.version(), req.headers());
+    let hop_by_hop = headers::HopByHop::scan(req.headers());
+    let upgrade = extended_connect || hop_by_hop.is_upgrade(req.version(), req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
     let mut head = Request::from_parts(parts, ());
-    headers::strip_hop_by_hop(head.headers_mut(), upgrade);
+    hop_by_hop.strip(head.headers_mut(), upgrade);
     let extended_connect = match extended_connect {
         true => Some(ExtendedConnect::rewrite(&mut head)?),
         false => None,
@@ -163,7 +164,10 @@ async fn forward(
             .get(&up.cluster)
             .cloned()
             .ok_or_else(|| ProxyError::UnknownCluster(up.cluster.clone()))?,
-        None => target.cluster.clone().ok_or(ProxyError::NoCluster)?,
+        None => match target.cluster.clone() {
+            Some(c) => c,
+            None => return Err(ProxyError::NoCluster),
+        },
     };
     ex.cluster = Some(cluster.clone());
     let over_h2 = match upgrade && cluster.upgrades_over_h2() {
@@ -198,13 +202,16 @@ async fn forward(
         body = Body::boxed(Recorder::new(body, tape.clone()));
     }
     let mut attempt_body = Some(body);
+    // Taken by each attempt (an `Option`, so that no empty request is made to take
+    // its place and dropped).
+    let mut attempt_head = Some(head);
     loop {
+        let this_head = attempt_head.take().unwrap_or_default();
         // The response phases read the request as sent, and a retry sends it again
         // from that same copy: one clone per attempt.
         if let Some(run) = &run {
-            run.keep_request_head(&head);
+            run.keep_request_head(&this_head);
         }
-        let this_head = std::mem::take(&mut head);
         let body = attempt_body.take().unwrap_or_default();
         let (resp, lease) = send(
             this_head,
@@ -279,7 +286,7 @@ async fn forward(
                     // The unread response is dropped with its connection.
                     ex.lease = None;
                     tracing::debug!(cluster = %cluster.name, retry = ex.retries, "a filter asked to retry the request");
-                    head = run.take_request_head().unwrap_or_default();
+                    attempt_head = run.take_request_head();
                     attempt_body = Some(replay.map(Body::full).unwrap_or_default());
                     continue;
                 }

@@ -210,7 +210,7 @@ pub async fn connect(
     let authority = req.uri().authority().map(|a| a.as_str().to_string());
     let target = lr
         .routes
-        .find(authority.as_deref(), "/")
+        .find(|| authority.as_deref(), "/")
         .ok_or(ProxyError::NoRoute)?;
     let cluster = target.cluster.clone().ok_or(ProxyError::NoCluster)?;
     ex.cluster = Some(cluster.clone());
