@@ -101,6 +101,51 @@ async fn request_timeout_is_504_quickly() {
     assert_eq!(get(&h1(), &proxy.url("/sleep/10")).await.0, 200);
 }
 
+/// The requests of a connection take turns with one deadline timer (moved to each
+/// one's deadline): on one kept-alive connection, each still gets its own deadline,
+/// also after an earlier one timed out or passed while the connection was idle.
+#[tokio::test]
+async fn each_request_on_a_kept_alive_connection_gets_its_own_deadline() {
+    let backend = Backend::start("b1").await;
+    let proxy = Proxy::start(&one_cluster(backend.addr, "request_timeout = \"300ms\"")).await;
+    let tcp = TcpStream::connect(proxy.addr("main")).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(tcp);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let mut call = async |path: &str| {
+        let req = Request::get(path)
+            .header("host", "weft.test")
+            .body(empty())
+            .unwrap();
+        let started = Instant::now();
+        let resp = sender
+            .send_request(req)
+            .await
+            .expect("the connection stays open");
+        let status = resp.status();
+        resp.into_body().collect().await.unwrap();
+        (status, started.elapsed())
+    };
+    let timed_out = |(status, took): (StatusCode, Duration)| {
+        status == StatusCode::GATEWAY_TIMEOUT
+            && took >= Duration::from_millis(280)
+            && took < Duration::from_millis(1500)
+    };
+    assert_eq!(call("/sleep/10").await.0, StatusCode::OK);
+    // Its deadline is 300 ms from its own start, not from the first request's.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(call("/sleep/200").await.0, StatusCode::OK);
+    let slow = call("/sleep/2000").await;
+    assert!(timed_out(slow), "{slow:?}");
+    // After a timeout, and after a deadline that passed while the connection was idle.
+    assert_eq!(call("/sleep/200").await.0, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(call("/sleep/200").await.0, StatusCode::OK);
+    let slow = call("/sleep/2000").await;
+    assert!(timed_out(slow), "{slow:?}");
+    assert_eq!(proxy.metric(TIMEOUTS).await, 2.0);
+}
+
 #[tokio::test]
 async fn route_timeout_overrides_the_clusters() {
     let backend = Backend::start("b1").await;
