@@ -122,7 +122,8 @@ async fn race<F: Future>(mut timer: FiredTimer<'_>, mut future: Pin<&mut F>) -> 
 /// a filed timer to a later instant only records the new one (tokio files it again
 /// when the old instant comes round), and each request's deadline is later than the
 /// one before, so a connection's requests share one timer. Requests that overlap
-/// (HTTP/2) find the slot empty and make their own.
+/// (HTTP/2) find the slot empty and make their own. The price: a kept timer whose
+/// deadline passes while its connection is idle wakes the connection's task once.
 #[derive(Default)]
 pub struct TimerSlot(Mutex<Option<Pin<Box<Sleep>>>>);
 

@@ -15,8 +15,8 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// The hop-by-hop headers, by their place in `strip_hop_by_hop`'s table: the ones
-/// every message loses (but `Upgrade` on an upgrade, and `TE: trailers`), then
+/// The hop-by-hop headers, by their place in `HopByHop`'s table: the ones every
+/// message loses (but `Upgrade` on an upgrade, and `TE: trailers`), then
 /// `Connection`, which also takes the headers it names.
 const KEEP_ALIVE_AT: usize = 0;
 const PROXY_CONNECTION_AT: usize = 1;
