@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Builds the `dist` binary with profile-guided optimisation: the shipping build.
 
-Why: W0 executed about as many instructions per request as a bare hyper proxy (36.7k
-against 35.3k, callgrind) but missed the L1 instruction cache 49% more often: the
+Why: W0 executed about as many instructions per request as a bare hyper proxy on
+hyper-util's pooled client (36.7k against 35.3k, callgrind; on hyper's connection API,
+benches/bare-hyper, the fixture is at 22.7k and W0 now at 30.4k) but missed the L1
+instruction cache 49% more often: the
 request path's code sits inside large async state machines, its hot blocks interleaved
 with error handling that never runs. With a profile, LLVM lays out each function's hot
 blocks together, moves cold ones out of the way, and inlines where the calls are hot:
