@@ -53,26 +53,23 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// The target for a request to `authority` (as sent, possibly with a port and in
-    /// any case; read only when a route matches on the host) and `path`.
+    /// any case; read the first time a route matches on the host, if ever) and `path`.
     pub fn find<'a>(
         &self,
         authority: impl FnOnce() -> Option<&'a str>,
         path: &str,
     ) -> Option<&Target> {
-        if self.routes.is_empty() {
-            return self.fallback.as_ref();
-        }
-        let host = match self.routes.iter().any(|r| r.host.is_some()) {
-            true => authority().map(host_of),
-            false => None,
-        };
+        let mut authority = Some(authority);
+        let mut host = None;
         self.routes
             .iter()
             .find(|r| {
-                r.host
-                    .as_ref()
-                    .is_none_or(|m| host.as_deref().is_some_and(|h| m.matches(h)))
-                    && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+                r.host.as_ref().is_none_or(|m| {
+                    let host = host.get_or_insert_with(|| {
+                        authority.take().and_then(|read| read()).map(host_of)
+                    });
+                    host.as_deref().is_some_and(|h| m.matches(h))
+                }) && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
             })
             .map(|r| &r.target)
             .or(self.fallback.as_ref())
