@@ -8,8 +8,9 @@ Packed together, the code a proxy runs fits in a fraction of that, and the reque
 path's hot functions share pages (see docs/benchmarks.md, "Resident memory").
 
 How: runs the `dist` binary under callgrind (which records every function executed, by
-symbol) through start-up, plain HTTP/1.1 and HTTP/2 forwarding, a filter chain, the
-admin endpoints and a graceful shutdown, in front of a small Python backend; keeps the
+symbol) through start-up, plain HTTP/1.1 and HTTP/2 forwarding, a filter chain (and with
+WEFT_TRAIN_TLS=1 TLS on a listener and towards a cluster), the admin endpoints and a
+graceful shutdown, in front of small Python backends; keeps the
 symbols of the binary itself in four groups: what serving runs, what serving runs only
 with a filter, then the same two for start-up, each by instructions executed. Then
 rebuild:
@@ -21,8 +22,9 @@ file names that a later build no longer has are skipped, new ones go after the l
 ones: the file ages gracefully, and this script renews it. It holds the lists of two
 builds, each under a header naming it: the plain `dist` one and the profile-guided one
 (benches/pgo.py, which runs this script on its binary with WEFT_ORDER_BUILD=profile-guided):
-a run replaces the list of the build it profiles and keeps the other's.
-Needs valgrind and curl; WEFT=PATH profiles another build of the same code (a copy of the
+a run replaces the list of the build it profiles and keeps the other's. WEFT_TRAIN_TLS=1
+adds TLS to the training (what `benches/pgo.py --tls` sets).
+Needs valgrind and curl (and openssl for TLS); WEFT=PATH profiles another build of the same code (a copy of the
 `dist` binary, or the profile-guided one).
 """
 import collections
@@ -31,6 +33,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -70,11 +73,53 @@ class Backend(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def start_backend():
-    """The training's backend, on a free port, served from a thread until shut down."""
+def start_backend(tls=None):
+    """A training backend on a free port, served from a thread until shut down; behind
+    TLS when given an `ssl.SSLContext`."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Backend)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+class Backends:
+    """The training's backends: one in clear text and, with `tls`, one behind TLS with
+    the certificates of that side (a CA made for the run and a leaf it signed for
+    127.0.0.1, which the proxy's TLS listener presents too). TLS in the training makes
+    the profile-guided build spend 5-14% less user time per TLS request, and its proxy
+    without filters 1 MiB more memory (docs/benchmarks.md, "The sixteenth run"): a
+    choice for `benches/pgo.py --tls`, not the default."""
+
+    def __init__(self, tmp, tls=False):
+        self.plain, self.tls = start_backend(), None
+        if tls:
+            self.ca, self.cert, self.key = make_certs(tmp)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.cert, self.key)
+            self.tls = start_backend(context)
+
+    def shutdown(self):
+        for server in (self.plain, self.tls):
+            if server is not None:
+                server.shutdown()
+
+
+def make_certs(tmp):
+    """(ca, cert, key) PEM paths in `tmp`, made with the openssl command."""
+    ca, ca_key = os.path.join(tmp, "ca.pem"), os.path.join(tmp, "ca.key")
+    cert, key, csr = (os.path.join(tmp, n) for n in ("leaf.pem", "leaf.key", "leaf.csr"))
+    ext = os.path.join(tmp, "leaf.ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+                "keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    for argv in (["req", "-x509"] + ec + ["-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=weft training CA"],
+                 ["req"] + ec + ["-keyout", key, "-out", csr, "-subj", "/CN=localhost"],
+                 ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+                  "-days", "2", "-extfile", ext]):
+        subprocess.run(["openssl"] + argv, check=True, capture_output=True)
+    return ca, cert, key
 
 
 def free_port():
@@ -93,19 +138,27 @@ def wait_ready(admin, proc):
     sys.exit("weft did not become ready under callgrind")
 
 
-def drive(listen, admin, requests=REQUESTS):
+def drive(proxy, requests=REQUESTS):
     """The paths a deployed proxy runs: keep-alive HTTP/1.1 from many connections,
-    HTTP/2 prior knowledge, clients that reset or send garbage, the admin endpoints."""
-    url = f"http://{listen}/"
+    HTTP/2 prior knowledge, TLS with both (when the proxy has a TLS listener), clients
+    that reset or send garbage, the admin endpoints."""
+    url = f"http://{proxy.listen}/"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     clients = [subprocess.Popen(["curl", "-s", "-H", "x-bench-in: 1"] + [url] * (requests // 20), **quiet)
                for _ in range(20)]
     for c in clients:
         c.wait()
     subprocess.run(["curl", "-s", "--http2-prior-knowledge"] + [url] * (requests // 100), **quiet)
+    if proxy.tls_listen:
+        tls = ["curl", "-s", "--cacert", proxy.ca, "-H", "x-bench-in: 1"]
+        tls_url = f"https://{proxy.tls_listen}/"
+        clients = [subprocess.Popen(tls + [version] + [tls_url] * (requests // 20), **quiet)
+                   for version in ("--http1.1", "--http2") for _ in range(2)]
+        for c in clients:
+            c.wait()
     # Clients that go away: mid-request with a reset (as a load generator's connections
     # end), and ones that send what is not HTTP.
-    host, port = listen.rsplit(":", 1)
+    host, port = proxy.listen.rsplit(":", 1)
     for payload in (b"GET / HTTP/1.1\r\nHost: weft\r\n\r\n", b"NOT HTTP\r\n\r\n"):
         for _ in range(5):
             with socket.create_connection((host, int(port))) as s:
@@ -113,18 +166,41 @@ def drive(listen, admin, requests=REQUESTS):
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             time.sleep(0.05)
     for path in ("metrics", "config", "live"):
-        subprocess.run(["curl", "-s", f"http://{admin}/{path}"], **quiet)
+        subprocess.run(["curl", "-s", f"http://{proxy.admin}/{path}"], **quiet)
 
 
-def proxy_args(backend_port, with_filter, tmp):
-    """The `weft` arguments of one training proxy and its (listen, admin) addresses:
-    `weft proxy` without a filter, or `weft run` with a config file and the bench
-    filter (under valgrind, which cannot reserve the default instance pool, the config
-    asks for a small one)."""
+# One training proxy: its command line after `weft --log warn`, where it listens, its admin
+# address, its TLS listener (or None) and the CA that signed that listener's certificate.
+Proxy = collections.namedtuple("Proxy", "command listen admin tls_listen ca")
+
+
+def proxy_args(backends, with_filter, tmp):
+    """One training proxy: `weft proxy` without a filter, or `weft run` with a config
+    file: a listener with the bench filter and, when the backends have TLS, one with
+    TLS (towards its cluster too) without filters, so that TLS traffic weighs on the
+    request path rather than on the filter phases (under valgrind, which cannot
+    reserve the default instance pool, the config asks for a small one)."""
     listen, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    backend = f"127.0.0.1:{backend_port}"
+    backend = f"127.0.0.1:{backends.plain.server_address[1]}"
     if not with_filter:
-        return ["proxy", "--listen", listen, "--admin", admin, "--to", f"http://{backend}"], listen, admin
+        command = ["proxy", "--listen", listen, "--admin", admin, "--to", f"http://{backend}"]
+        return Proxy(command, listen, admin, None, None)
+    tls_listen, tls = None, ""
+    if backends.tls is not None:
+        tls_listen = f"127.0.0.1:{free_port()}"
+        tls = f"""[[listeners]]
+name = "tls"
+address = "{tls_listen}"
+cluster = "backend-tls"
+[[listeners.tls.certificates]]
+cert = "{backends.cert}"
+key = "{backends.key}"
+[[clusters]]
+name = "backend-tls"
+endpoints = ["127.0.0.1:{backends.tls.server_address[1]}"]
+[clusters.tls]
+ca = "{backends.ca}"
+"""
     config = os.path.join(tmp, "weft.toml")
     with open(config, "w") as f:
         f.write(f"""[admin]
@@ -146,22 +222,22 @@ module = "{FILTER}"
 [[chains]]
 name = "main"
 filters = ["bench"]
-""")
-    return ["run", "--config", config], listen, admin
+""" + tls)
+    return Proxy(["run", "--config", config], listen, admin, tls_listen, getattr(backends, "ca", None))
 
 
-def profile(backend_port, with_filter, tmp, out):
+def profile(backends, with_filter, tmp, out):
     """One proxy under callgrind, driven through the paths a deployed proxy runs."""
-    command, listen, admin = proxy_args(backend_port, with_filter, tmp)
+    proxy = proxy_args(backends, with_filter, tmp)
     argv = ["valgrind", "--tool=callgrind", "--demangle=no", f"--callgrind-out-file={out}",
-            WEFT, "--log", "warn"] + command
+            WEFT, "--log", "warn"] + proxy.command
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_ready(admin, proc)
+        wait_ready(proxy.admin, proc)
         # Start-up's counts go to `out.1`; what serving runs, to `out` at exit.
         subprocess.run(["callgrind_control", "--dump", str(proc.pid)], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, check=True)
-        drive(listen, admin)
+        drive(proxy)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
@@ -244,16 +320,15 @@ def main():
                        (FILTER, "cargo build --release --target wasm32-wasip2 -p bench-filter")):
         if not os.path.exists(need):
             sys.exit(f"{need} is missing: run `{what}` first")
-    server = start_backend()
-    port = server.server_address[1]
     binary = os.path.realpath(WEFT)
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
+        backends = Backends(tmp, tls=os.environ.get("WEFT_TRAIN_TLS") == "1")
         for with_filter in (False, True):
             out = os.path.join(tmp, f"callgrind-{with_filter}.out")
-            profile(port, with_filter, tmp, out)
+            profile(backends, with_filter, tmp, out)
             runs[with_filter] = (executed(out + ".1", binary), executed(out, binary))
-    server.shutdown()
+        backends.shutdown()
     sizes = symbol_sizes(WEFT)
     # Request path first, most executed first, so that its code shares the fewest pages
     # (and TLB entries), then start-up; a proxy without filters runs neither of the

@@ -17,19 +17,21 @@ always whole since rustc counts the profile among every crate's inputs, and a re
      directory, so the cached `release` and `dist` builds are left as they are;
   2. runs it through the training of benches/orderfile.py (start-up, keep-alive
      HTTP/1.1 from 20 connections, HTTP/2, clients that reset or send garbage, the
-     admin endpoints, a graceful shutdown), once without a filter and once with the
-     bench filter, with more requests than under callgrind, and merges the counts;
+     admin endpoints, a graceful shutdown; with `--tls`, TLS on a listener and towards
+     a cluster too), once without a filter and once with the bench filter, with more
+     requests than under callgrind, and merges the counts;
   3. builds `weft` again with the profile (`-Cprofile-use`);
   4. writes this build's function order (benches/orderfile.py, needs valgrind) and
      links again with it, as the plain `dist` build is (see proxy/build.rs).
 
-    python3 benches/pgo.py
+    python3 benches/pgo.py [--tls]
     WEFT=$HOME/.cache/weft-target/pgo-use/x86_64-unknown-linux-gnu/dist/weft python3 benches/run.py ...
 
 Needs curl, the bench filter (.ci/build-filters) and rustup's llvm-tools component
 (for llvm-profdata; installed here if missing). The profile is made afresh from this
 checkout's code each time, so it never ages.
 """
+import argparse
 import glob
 import os
 import shutil
@@ -72,40 +74,44 @@ def build(target_dir, rustflags):
     return os.path.join(target_dir, host(), "dist", "weft")
 
 
-def train(binary):
+def train(binary, tls):
     """Runs the instrumented binary through the training; each process writes its
     counts to RAW when it exits."""
-    server = orderfile.start_backend()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        backends = orderfile.Backends(tmp, tls)
+        try:
             for with_filter in (False, True):
-                command, listen, admin = orderfile.proxy_args(server.server_address[1], with_filter, tmp)
+                proxy = orderfile.proxy_args(backends, with_filter, tmp)
                 # One file per run (the compiled-in name would merge them into one).
                 env = dict(os.environ, LLVM_PROFILE_FILE=os.path.join(RAW, f"filter-{with_filter}-%p.profraw"))
-                proc = subprocess.Popen([binary, "--log", "warn"] + command, stdout=subprocess.DEVNULL, env=env)
+                proc = subprocess.Popen([binary, "--log", "warn"] + proxy.command, stdout=subprocess.DEVNULL, env=env)
                 try:
-                    orderfile.wait_ready(admin, proc)
-                    orderfile.drive(listen, admin, REQUESTS)
+                    orderfile.wait_ready(proxy.admin, proc)
+                    orderfile.drive(proxy, REQUESTS)
                 finally:
                     proc.send_signal(signal.SIGTERM)
                     if proc.wait(timeout=60) != 0:
                         sys.exit(f"the instrumented weft exited with {proc.returncode}")
-    finally:
-        server.shutdown()
+        finally:
+            backends.shutdown()
 
 
 def main():
+    ap = argparse.ArgumentParser(description="Builds the profile-guided `dist` binary.")
+    ap.add_argument("--tls", action="store_true",
+                    help="train with TLS too: 5-14%% less user time per TLS request; a proxy without TLS then takes 1 MiB more memory")
+    tls = ap.parse_args().tls
     if not os.path.exists(orderfile.FILTER):
         sys.exit(f"{orderfile.FILTER} is missing: run .ci/build-filters first")
     # Checked now rather than after half an hour of building: the last step needs them.
-    for tool in ("valgrind", "callgrind_control", "curl"):
+    for tool in ("valgrind", "callgrind_control", "curl") + (("openssl",) if tls else ()):
         if shutil.which(tool) is None:
-            sys.exit(f"{tool} is missing (apt-get install valgrind curl)")
+            sys.exit(f"{tool} is missing (apt-get install valgrind curl openssl)")
     profdata = llvm_profdata()
     shutil.rmtree(RAW, ignore_errors=True)
     os.makedirs(RAW)
     instrumented = build(GENERATE, f"-Cprofile-generate={RAW}")
-    train(instrumented)
+    train(instrumented, tls)
     raw = glob.glob(os.path.join(RAW, "*.profraw"))
     if len(raw) != 2:
         sys.exit(f"expected a profile from each of the 2 training runs, found {len(raw)} in {RAW}")
@@ -113,7 +119,8 @@ def main():
     binary = build(USE, f"-Cprofile-use={PROFILE}")
     # This build names most functions differently from the plain `dist` one, so it has
     # its own list in proxy/weft.order: written from this binary, then linked with.
-    env = dict(os.environ, WEFT=binary, CARGO_TARGET_DIR=TARGET, WEFT_ORDER_BUILD="profile-guided")
+    env = dict(os.environ, WEFT=binary, CARGO_TARGET_DIR=TARGET, WEFT_ORDER_BUILD="profile-guided",
+               WEFT_TRAIN_TLS="1" if tls else "0")
     subprocess.run([sys.executable, os.path.join(HERE, "orderfile.py")], env=env, check=True)
     binary = build(USE, f"-Cprofile-use={PROFILE}")
     print(f"profile-guided dist build: {binary}")
