@@ -18,9 +18,9 @@ Usage (after `bash ../shared/bench/run-anchors.sh` has installed Envoy, oha, wrk
   python3 benches/run.py --scenarios A,B,C,F,W0,W1,W4 --runs 2 --out /tmp/weft-bench.json
 
 Weft runs with one worker on the proxy CPU, access log off (as nginx's config has it),
-built with the `dist` profile (`cargo build --profile dist -p weft`: whole-program LTO, what
-one deploys); WEFT_PROFILE=release measures the faster-to-build `release` binary instead,
-WEFT=PATH another binary (the profile-guided one benches/pgo.py builds).
+built with the `dist` profile by default (`cargo build --profile dist -p weft`: whole-program
+LTO); WEFT=PATH measures another binary (the profile-guided one benches/pgo.py builds, what
+one deploys), WEFT_PROFILE=release the faster-to-build `release` binary.
 """
 import os
 import subprocess
