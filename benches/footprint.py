@@ -25,7 +25,6 @@ Needs valgrind, curl and openssl.
 import argparse
 import collections
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -40,41 +39,10 @@ PAGE = 4096
 def per_address(path):
     """Instructions executed at each address of each object, and the function that
     holds each address, from a callgrind file written with `--dump-instr=yes`."""
-    names, cost, owner = {}, collections.Counter(), {}
-    ob = fn = None
-    pos = 0
-    callee_cost_next = False
-    for line in open(path):
-        head = line[:1]
-        if head.isdigit() or head in "+-*":
-            parts = line.split()
-            # Positions are `instr line`: an absolute address, or one relative to the
-            # previous line's (`+N`, `-N`, `*` for the same).
-            p = parts[0]
-            if p.startswith("0x"):
-                pos = int(p, 16)
-            elif p[0] in "+-":
-                pos += int(p)
-            if callee_cost_next:  # the cost line after `calls=` is the callee's
-                callee_cost_next = False
-            elif len(parts) >= 3:
-                cost[(ob, pos)] += int(parts[2])
-                owner[(ob, pos)] = fn
-            continue
-        if line.startswith("calls="):
-            callee_cost_next = True
-            continue
-        m = re.match(r"c?(ob|fn)=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
-        if not m:
-            continue
-        kind, key, name = m.groups()
-        if name is not None:
-            names[(kind, key)] = name
-        if not line.startswith("c"):
-            if kind == "ob":
-                ob = names.get((kind, key))
-            else:
-                fn = names.get((kind, key))
+    cost, owner = collections.Counter(), {}
+    for ob, fn, addr, c in orderfile.callgrind_costs(path):
+        cost[(ob, addr)] += c
+        owner[(ob, addr)] = fn
     return cost, owner
 
 

@@ -243,21 +243,34 @@ def profile(backends, with_filter, tmp, out):
         proc.wait(timeout=120)
 
 
-def executed(path, binary):
-    """Instructions executed in each function of `binary` (self cost), from a
-    callgrind output file."""
-    names, cost = {}, collections.Counter()
+def callgrind_costs(path):
+    """(object, function, position, cost) for each self cost in a callgrind output
+    file (the inclusive cost of a call, on the line after `calls=`, is skipped). The
+    position is an instruction address with `--dump-instr=yes`, else a source line."""
+    names = {}
     ob = fn = None
+    columns, pos = 1, 0
     callee_cost_next = False
     for line in open(path):
         head = line[:1]
         if head.isdigit() or head in "+-*":
-            if callee_cost_next:  # the cost line after `calls=` is the callee's
+            parts = line.split()
+            # Positions are absolute, relative to the previous line's (`+N`, `-N`), or
+            # the same (`*`).
+            p = parts[0]
+            if p.startswith("0x"):
+                pos = int(p, 16)
+            elif p[0] in "+-":
+                pos += int(p)
+            elif p != "*":
+                pos = int(p)
+            if callee_cost_next:
                 callee_cost_next = False
-            elif ob == binary and fn is not None:
-                parts = line.split()
-                if len(parts) >= 2:
-                    cost[fn] += int(parts[1])
+            elif len(parts) > columns:
+                yield ob, fn, pos, int(parts[columns])
+            continue
+        if line.startswith("positions:"):
+            columns = len(line.split()) - 1
             continue
         if line.startswith("calls="):
             callee_cost_next = True
@@ -275,6 +288,15 @@ def executed(path, binary):
                 ob = names.get((kind, key))
             else:
                 fn = names.get((kind, key))
+
+
+def executed(path, binary):
+    """Instructions executed in each function of `binary` (self cost), from a
+    callgrind output file."""
+    cost = collections.Counter()
+    for ob, fn, _, c in callgrind_costs(path):
+        if ob == binary and fn is not None:
+            cost[fn] += c
     return cost
 
 
