@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -14,7 +14,7 @@ use crate::chain::{Chain, ChainBuilder};
 use crate::config::{ConfigError, ListenerConfig, LoadedConfig, Problem};
 use crate::route::{HostMatch, Route, RouteTable, Target};
 use crate::server::sockets::SocketOwner;
-use crate::telemetry::metrics::{ListenerLabels, Metrics, RouteStats};
+use crate::telemetry::metrics::{ListenerLabels, Metrics, RouteStats, RouteStatsSource};
 use crate::tls;
 use crate::upstream::Cluster;
 
@@ -47,16 +47,23 @@ pub struct ListenerRuntime {
     /// Connections accepted, and open now.
     pub connections: Counter,
     pub connections_open: Gauge,
-    stats: NameMap<RouteStats>,
-    no_cluster_stats: RouteStats,
+    /// Per cluster of the config (a filter may route to any), made on the pair's first
+    /// request: /metrics then carries no zero series for the pairs no request reaches,
+    /// which would be listeners x clusters of them.
+    stats: NameMap<OnceLock<RouteStats>>,
+    no_cluster_stats: OnceLock<RouteStats>,
+    stats_source: RouteStatsSource,
 }
 
 impl ListenerRuntime {
     /// Metric handles for requests of this listener served by `cluster`.
     pub fn stats(&self, cluster: Option<&str>) -> &RouteStats {
-        cluster
-            .and_then(|c| self.stats.get(c))
-            .unwrap_or(&self.no_cluster_stats)
+        match cluster.and_then(|c| self.stats.get_key_value(c)) {
+            Some((name, slot)) => slot.get_or_init(|| self.stats_source.make(&self.name, name)),
+            None => self
+                .no_cluster_stats
+                .get_or_init(|| self.stats_source.make(&self.name, "-")),
+        }
     }
 }
 
@@ -236,7 +243,7 @@ fn build_listener(
     };
     let stats = clusters
         .keys()
-        .map(|c| (c.clone(), metrics.route_stats(&l.name, c)))
+        .map(|c| (c.clone(), OnceLock::new()))
         .collect();
     Ok(ListenerRuntime {
         name: l.name.as_str().into(),
@@ -248,6 +255,7 @@ fn build_listener(
         connections: metrics.connections.get_or_create(&labels).clone(),
         connections_open: metrics.connections_open.get_or_create(&labels).clone(),
         stats,
-        no_cluster_stats: metrics.route_stats(&l.name, "-"),
+        no_cluster_stats: OnceLock::new(),
+        stats_source: metrics.route_stats_source(),
     })
 }

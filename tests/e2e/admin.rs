@@ -277,6 +277,58 @@ unhealthy_threshold = 1
 }
 
 #[tokio::test]
+async fn request_series_appear_for_the_pairs_that_served_requests_only() {
+    // Two listeners and two clusters: each listener could reach either (a filter may
+    // route by name), but only `a` -> `one` and `b` -> `two` serve requests.
+    let (one, two) = (Backend::start("one").await, Backend::start("two").await);
+    let config = format!(
+        r#"
+[[listeners]]
+name = "a"
+address = "127.0.0.1:0"
+cluster = "one"
+
+[[listeners]]
+name = "b"
+address = "127.0.0.1:0"
+cluster = "two"
+
+[[clusters]]
+name = "one"
+endpoints = ["{}"]
+
+[[clusters]]
+name = "two"
+endpoints = ["{}"]
+"#,
+        one.addr, two.addr
+    );
+    let proxy = Proxy::start(&config).await;
+    let before = proxy.metrics().await;
+    assert!(!before.contains("weft_requests_total{"), "{before}");
+    get(&h1(), &format!("http://{}/", proxy.addr("a"))).await;
+    get(&h1(), &format!("http://{}/", proxy.addr("b"))).await;
+    let m = proxy.metrics().await;
+    for served in [("a", "one"), ("b", "two")] {
+        let (l, c) = served;
+        for (class, n) in [("2xx", 1), ("5xx", 0)] {
+            let sample = format!(
+                "weft_requests_total{{listener=\"{l}\",cluster=\"{c}\",status_class=\"{class}\"}} {n}"
+            );
+            assert!(m.contains(&sample), "no {sample:?} in\n{m}");
+        }
+    }
+    for idle in [
+        r#"listener="a",cluster="two""#,
+        r#"listener="b",cluster="one""#,
+    ] {
+        assert!(!m.contains(idle), "{idle} in\n{m}");
+    }
+    let (ok, said) = promtool_check(&m).await;
+    assert!(ok, "promtool check metrics: {said}\n{m}");
+}
+
+#[tokio::test]
 async fn a_client_that_leaves_before_the_response_counts_as_none_not_1xx() {
     use tokio::io::AsyncWriteExt;
     let backend = Backend::start("b1").await;

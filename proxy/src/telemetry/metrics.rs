@@ -338,23 +338,15 @@ impl Metrics {
 
     /// Handles for the request path of one listener and cluster.
     pub fn route_stats(&self, listener: &str, cluster: &str) -> RouteStats {
-        let by_class = STATUS_CLASSES.map(|status_class| {
-            self.requests
-                .get_or_create(&RequestLabels {
-                    listener: listener.to_string(),
-                    cluster: cluster.to_string(),
-                    status_class,
-                })
-                .clone()
-        });
-        let duration = self
-            .request_duration
-            .get_or_create(&RouteLabels {
-                listener: listener.to_string(),
-                cluster: cluster.to_string(),
-            })
-            .clone();
-        RouteStats { by_class, duration }
+        self.route_stats_source().make(listener, cluster)
+    }
+
+    /// What makes a listener's per-cluster request series when they are first used.
+    pub fn route_stats_source(&self) -> RouteStatsSource {
+        RouteStatsSource {
+            requests: self.requests.clone(),
+            request_duration: self.request_duration.clone(),
+        }
     }
 
     pub fn cluster_stats(&self, cluster: &str) -> ClusterStats {
@@ -486,7 +478,37 @@ fn openmetrics_to_prometheus(text: &str) -> String {
     out
 }
 
-/// Per-route metric handles, resolved once per snapshot.
+/// The families a listener's per-cluster request series live in (see
+/// `ListenerRuntime::stats`, which makes a pair's series on its first request).
+#[derive(Clone)]
+pub struct RouteStatsSource {
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<RouteLabels>,
+}
+
+impl RouteStatsSource {
+    pub fn make(&self, listener: &str, cluster: &str) -> RouteStats {
+        let by_class = STATUS_CLASSES.map(|status_class| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    listener: listener.to_string(),
+                    cluster: cluster.to_string(),
+                    status_class,
+                })
+                .clone()
+        });
+        let duration = self
+            .request_duration
+            .get_or_create(&RouteLabels {
+                listener: listener.to_string(),
+                cluster: cluster.to_string(),
+            })
+            .clone();
+        RouteStats { by_class, duration }
+    }
+}
+
+/// Metric handles of one listener and cluster pair.
 #[derive(Clone)]
 pub struct RouteStats {
     by_class: [Counter; 6],
