@@ -20,7 +20,7 @@ per request: the lines every request needs. The same for the filter chain with
     python3 benches/footprint.py [--filter] [--requests N] [--top K]
     WEFT=PATH python3 benches/footprint.py     # another build (the profile-guided one)
 
-Needs valgrind, curl and openssl.
+Needs valgrind and curl.
 """
 import argparse
 import collections

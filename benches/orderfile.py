@@ -24,8 +24,8 @@ builds, each under a header naming it: the plain `dist` one and the profile-guid
 (benches/pgo.py, which runs this script on its binary with WEFT_ORDER_BUILD=profile-guided):
 a run replaces the list of the build it profiles and keeps the other's. WEFT_TRAIN_TLS=1
 adds TLS to the training (what `benches/pgo.py --tls` sets).
-Needs valgrind and curl (and openssl for TLS); WEFT=PATH profiles another build of the same code (a copy of the
-`dist` binary, or the profile-guided one).
+Needs valgrind and curl (and openssl for TLS); WEFT=PATH profiles another build of the
+same code (a copy of the `dist` binary, or the profile-guided one).
 """
 import collections
 import http.server
@@ -93,6 +93,7 @@ class Backends:
 
     def __init__(self, tmp, tls=False):
         self.plain, self.tls = start_backend(), None
+        self.ca = self.cert = self.key = None
         if tls:
             self.ca, self.cert, self.key = make_certs(tmp)
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -223,7 +224,7 @@ module = "{FILTER}"
 name = "main"
 filters = ["bench"]
 """ + tls)
-    return Proxy(["run", "--config", config], listen, admin, tls_listen, getattr(backends, "ca", None))
+    return Proxy(["run", "--config", config], listen, admin, tls_listen, backends.ca)
 
 
 def profile(backends, with_filter, tmp, out):

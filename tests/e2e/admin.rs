@@ -309,8 +309,7 @@ endpoints = ["{}"]
     get(&h1(), &format!("http://{}/", proxy.addr("a"))).await;
     get(&h1(), &format!("http://{}/", proxy.addr("b"))).await;
     let m = proxy.metrics().await;
-    for served in [("a", "one"), ("b", "two")] {
-        let (l, c) = served;
+    for (l, c) in [("a", "one"), ("b", "two")] {
         for (class, n) in [("2xx", 1), ("5xx", 0)] {
             let sample = format!(
                 "weft_requests_total{{listener=\"{l}\",cluster=\"{c}\",status_class=\"{class}\"}} {n}"

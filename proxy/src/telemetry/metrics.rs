@@ -336,11 +336,6 @@ impl Metrics {
             .inc();
     }
 
-    /// Handles for the request path of one listener and cluster.
-    pub fn route_stats(&self, listener: &str, cluster: &str) -> RouteStats {
-        self.route_stats_source().make(listener, cluster)
-    }
-
     /// What makes a listener's per-cluster request series when they are first used.
     pub fn route_stats_source(&self) -> RouteStatsSource {
         RouteStatsSource {
@@ -552,7 +547,7 @@ mod tests {
     #[test]
     fn route_stats_show_in_exposition() {
         let m = Metrics::new();
-        let s = m.route_stats("edge", "api");
+        let s = m.route_stats_source().make("edge", "api");
         s.record(204, 0.003);
         s.record(503, 0.1);
         let text = m.encode();
@@ -616,7 +611,7 @@ mod tests {
     #[test]
     fn prometheus_text_names_counters_with_their_suffix() {
         let m = Metrics::new();
-        m.route_stats("edge", "api").record(200, 0.01);
+        m.route_stats_source().make("edge", "api").record(200, 0.01);
         m.reloads
             .get_or_create(&OutcomeLabels {
                 outcome: Outcome::applied,
