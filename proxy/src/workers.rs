@@ -11,13 +11,39 @@
 //!
 //! The main thread's runtime is worker 0; it also runs what is not on the request
 //! path (admin, reloads, health checks, DNS). `Workers` holds the others.
+//!
+//! Whatever a request shares with later requests on the same worker (upstream
+//! connections, see `upstream/pool.rs`) is kept per worker, found by `current()`:
+//! a connection's I/O is driven by the runtime that opened it, so a request on
+//! another worker would wake that runtime's thread and wait to be woken back.
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
 use anyhow::Context as _;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
+
+thread_local! {
+    static CURRENT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The most workers any `Workers::spawn` of this process started, the main one included.
+static TOTAL: AtomicUsize = AtomicUsize::new(1);
+
+/// The worker this thread is: 0 for the main runtime, and for any thread that is
+/// not a worker.
+pub fn current() -> usize {
+    CURRENT.with(Cell::get)
+}
+
+/// How many workers serve requests, the main one included (the most this process
+/// started): what per-worker state is sized by.
+pub fn total() -> usize {
+    TOTAL.load(Ordering::Relaxed)
+}
 
 pub struct Workers {
     handles: Vec<Handle>,
@@ -38,6 +64,7 @@ impl Workers {
     /// Starts `extra` worker threads besides the main one.
     pub fn spawn(extra: usize) -> anyhow::Result<Workers> {
         let (stop, _) = watch::channel(false);
+        TOTAL.fetch_max(extra + 1, Ordering::Relaxed);
         let mut handles = Vec::with_capacity(extra);
         let mut threads = Vec::with_capacity(extra);
         for i in 1..=extra {
@@ -50,6 +77,7 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("weft-worker-{i}"))
                 .spawn(move || {
+                    CURRENT.with(|c| c.set(i));
                     rt.block_on(async move {
                         let _ = stopped.wait_for(|s| *s).await;
                     });

@@ -224,9 +224,9 @@ async fn a_connection_is_reused_after_responses_without_a_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_share_their_upstream_connections() {
-    // The pool is the endpoint's, not a worker's: a connection one worker opened (and
-    // whose task runs there) carries the requests of clients the other accepted.
+async fn each_worker_reuses_the_upstream_connections_it_opened() {
+    // A connection's task runs on the worker that opened it: another worker's requests
+    // would cross threads twice each, so every worker keeps its own part of the pool.
     let backend = Backend::start_with("a", Proto::Http1, None).await;
     let proxy = Proxy::start_on_workers(1, &config(&backend.addr.to_string(), "")).await;
     // Each request on a client connection of its own, so both workers serve some.
@@ -238,5 +238,14 @@ async fn workers_share_their_upstream_connections() {
             "request {i}"
         );
     }
-    assert_eq!(backend.connections.load(Ordering::Relaxed), 1);
+    // One connection per worker (the kernel spreads 100 client connections over both
+    // workers' sockets), each reused for all of that worker's requests.
+    assert_eq!(backend.connections.load(Ordering::Relaxed), 2);
+    // The last response's connection goes back to its pool once that exchange ends.
+    let idle = async || pooled(&proxy).await == (2, 2);
+    assert!(
+        eventually(Duration::from_secs(5), idle).await,
+        "{:?}",
+        pooled(&proxy).await
+    );
 }

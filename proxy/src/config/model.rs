@@ -504,7 +504,7 @@ pub struct ClientTlsConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
-    /// Idle HTTP/1.1 connections kept per endpoint.
+    /// Idle HTTP/1.1 connections kept per endpoint and worker.
     #[serde(default = "default_max_idle")]
     pub max_idle_per_endpoint: usize,
     /// Connections per endpoint (HTTP/1.1: one per request in flight); 0 for no limit.

@@ -1,5 +1,5 @@
-//! Connections kept to each endpoint: idle HTTP/1.1 connections (one request at a
-//! time each) and one shared HTTP/2 connection.
+//! Connections kept to each endpoint, per worker: idle HTTP/1.1 connections (one
+//! request at a time each) and one shared HTTP/2 connection.
 //!
 //! Built directly on hyper's connection API rather than hyper-util's pooled client:
 //! that client spawns a task per request to hand the connection back, which showed
@@ -22,20 +22,34 @@ use tokio::time::Instant;
 use super::{Cluster, Endpoint, Want};
 use crate::error::ProxyError;
 use crate::proxy::body::RequestBody;
+use crate::workers;
 
 type H1Sender = http1::SendRequest<RequestBody>;
 type H2Sender = http2::SendRequest<RequestBody>;
 
-#[derive(Default)]
+/// An endpoint's connections, kept apart per worker (see `workers`): a connection's
+/// I/O is driven by the runtime of the worker that opened it, so it serves only
+/// that worker's requests. Sharing them made every request that took another
+/// worker's connection wake that worker's thread to write it and again to read the
+/// answer back: with 2 workers, 1.1 voluntary context switches per request against
+/// 0.5 once pools were per worker (docs/benchmarks.md, "Connections per worker").
 pub struct Pool {
+    workers: Box<[WorkerPool]>,
+    /// Connections open to this endpoint, pooled or in use, on all workers.
+    open: Arc<AtomicUsize>,
+}
+
+/// One worker's connections to an endpoint; aligned so that two workers' locks
+/// never share a cache line.
+#[derive(Default)]
+#[repr(align(128))]
+struct WorkerPool {
     idle: Mutex<Vec<Idle>>,
     h2: ArcSwapOption<H2Sender>,
     h2_connect: tokio::sync::Mutex<()>,
     /// Whether the HTTP/2 connection's peer enabled extended CONNECT (RFC 8441) in
     /// its settings, as last read; only the connection knows, so its task copies it.
     h2_extended_connect: Arc<AtomicBool>,
-    /// Connections open to this endpoint, pooled or in use.
-    open: Arc<AtomicUsize>,
 }
 
 struct Idle {
@@ -43,15 +57,33 @@ struct Idle {
     since: Instant,
 }
 
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            workers: (0..workers::total())
+                .map(|_| WorkerPool::default())
+                .collect(),
+            open: Arc::default(),
+        }
+    }
+}
+
 impl Pool {
-    /// Drops idle connections older than `max_idle`.
+    /// The calling worker's part of the pool.
+    fn mine(&self) -> &WorkerPool {
+        &self.workers[workers::current() % self.workers.len()]
+    }
+
+    /// Drops idle connections older than `max_idle`, on every worker.
     pub(super) fn sweep(&self, max_idle: Duration) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|i| i.since.elapsed() < max_idle && !i.sender.is_closed());
+        for w in &*self.workers {
+            let mut idle = w.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.retain(|i| i.since.elapsed() < max_idle && !i.sender.is_closed());
+        }
     }
 
     fn take_idle(&self, max_idle: Duration) -> Option<H1Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.mine().idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(i) = idle.pop() {
             if i.since.elapsed() < max_idle && !i.sender.is_closed() {
                 return Some(i.sender);
@@ -60,15 +92,26 @@ impl Pool {
         None
     }
 
-    /// Returns a connection whose exchange finished cleanly, idle from `now`.
+    /// Returns a connection whose exchange finished cleanly, idle from `now`, to
+    /// the calling worker's part of the pool (the one it was taken from).
     pub fn put(&self, sender: H1Sender, max_idle_conns: usize, now: Instant) {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.mine().idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < max_idle_conns {
             idle.push(Idle { sender, since: now });
         }
+    }
+
+    /// The calling worker's shared HTTP/2 connection, if it is open.
+    fn h2(&self) -> Option<H2Sender> {
+        self.mine()
+            .h2
+            .load()
+            .as_deref()
+            .filter(|s| !s.is_closed())
+            .cloned()
     }
 
     pub fn open_connections(&self) -> usize {
@@ -76,7 +119,10 @@ impl Pool {
     }
 
     pub fn idle_connections(&self) -> usize {
-        self.idle.lock().map(|i| i.len()).unwrap_or(0)
+        self.workers
+            .iter()
+            .map(|w| w.idle.lock().map(|i| i.len()).unwrap_or(0))
+            .sum()
     }
 }
 
@@ -126,8 +172,8 @@ impl Cluster {
             },
             // TLS with ALPN: use what the endpoint chose before, else connect and see.
             None => {
-                if let Some(s) = ep.pool.h2.load().as_deref().filter(|s| !s.is_closed()) {
-                    return Ok(Lease::H2(s.clone()));
+                if let Some(s) = ep.pool.h2() {
+                    return Ok(Lease::H2(s));
                 }
                 if let Some(sender) = ep.pool.take_idle(max_idle) {
                     return Ok(Lease::H1 {
@@ -207,21 +253,22 @@ impl Cluster {
         })
     }
 
-    /// The endpoint's shared HTTP/2 connection, made on first use (once, however
-    /// many requests wait for it). `made` is a connection already opened by ALPN.
+    /// The calling worker's shared HTTP/2 connection to the endpoint, made on first
+    /// use (once, however many requests wait for it). `made` is a connection already
+    /// opened by ALPN.
     async fn h2_sender(
         &self,
         ep: &Endpoint,
         made: Option<(super::connect::Io, OpenGuard)>,
     ) -> Result<H2Sender, ProxyError> {
         if made.is_none() {
-            if let Some(s) = ep.pool.h2.load().as_deref().filter(|s| !s.is_closed()) {
-                return Ok(s.clone());
+            if let Some(s) = ep.pool.h2() {
+                return Ok(s);
             }
         }
-        let _one_at_a_time = ep.pool.h2_connect.lock().await;
-        if let Some(s) = ep.pool.h2.load().as_deref().filter(|s| !s.is_closed()) {
-            return Ok(s.clone());
+        let _one_at_a_time = ep.pool.mine().h2_connect.lock().await;
+        if let Some(s) = ep.pool.h2() {
+            return Ok(s);
         }
         let (io, guard) = match made {
             Some(m) => m,
@@ -238,7 +285,7 @@ impl Cluster {
             .await
             .map_err(handshake_failed(ep))?;
         let addr = ep.addr;
-        let extended_connect = ep.pool.h2_extended_connect.clone();
+        let extended_connect = ep.pool.mine().h2_extended_connect.clone();
         tokio::spawn(async move {
             let _open = guard;
             let run = std::future::poll_fn(|cx| {
@@ -253,7 +300,7 @@ impl Cluster {
                 tracing::debug!(endpoint = %addr, error = %e, "upstream HTTP/2 connection ended with an error");
             }
         });
-        ep.pool.h2.store(Some(Arc::new(sender.clone())));
+        ep.pool.mine().h2.store(Some(Arc::new(sender.clone())));
         Ok(sender)
     }
 
@@ -274,7 +321,7 @@ impl Cluster {
                     // A server that did not offer extended CONNECT resets the stream;
                     // its settings, read by then, tell that apart from a failure of
                     // the endpoint (a config mismatch must not eject it).
-                    if extended && !ep.pool.h2_extended_connect.load(Ordering::Relaxed) {
+                    if extended && !ep.pool.mine().h2_extended_connect.load(Ordering::Relaxed) {
                         ProxyError::NoExtendedConnect(addr)
                     } else {
                         ProxyError::Upstream { addr, source }
@@ -316,4 +363,57 @@ impl Cluster {
 fn handshake_failed(ep: &Endpoint) -> impl FnOnce(hyper::Error) -> ProxyError {
     let addr = ep.addr;
     move |source| ProxyError::Handshake { addr, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workers::Workers;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// An HTTP/1.1 connection to a listener that accepts and holds connections.
+    async fn connection(to: std::net::SocketAddr) -> H1Sender {
+        let stream = TcpStream::connect(to).await.unwrap();
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        sender
+    }
+
+    #[tokio::test]
+    async fn a_worker_reuses_only_the_connections_it_opened() {
+        let workers = Workers::spawn(1).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let pool = Arc::new(Pool::default());
+        let max_idle = Duration::from_secs(60);
+
+        // This thread is worker 0: it pools a connection its runtime drives.
+        pool.put(connection(addr).await, 8, Instant::now());
+        assert_eq!(pool.idle_connections(), 1);
+
+        // Worker 1 does not take it, and pools one of its own.
+        let p = pool.clone();
+        let on_worker_1 = workers.handles()[0]
+            .spawn(async move {
+                let found = p.take_idle(max_idle).is_some();
+                p.put(connection(addr).await, 8, Instant::now());
+                found
+            })
+            .await
+            .unwrap();
+        assert!(!on_worker_1, "worker 1 took worker 0's connection");
+        assert_eq!(pool.idle_connections(), 2);
+
+        // Worker 0 gets its own back; worker 1's stays for worker 1.
+        assert!(pool.take_idle(max_idle).is_some());
+        assert!(pool.take_idle(max_idle).is_none());
+        assert_eq!(pool.idle_connections(), 1);
+        workers.stop();
+    }
 }
