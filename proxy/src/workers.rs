@@ -12,10 +12,11 @@
 //! The main thread's runtime is worker 0; it also runs what is not on the request
 //! path (admin, reloads, health checks, DNS). `Workers` holds the others.
 //!
-//! Whatever a request shares with later requests on the same worker (upstream
-//! connections, see `upstream/pool.rs`) is kept per worker, found by `current()`:
-//! a connection's I/O is driven by the runtime that opened it, so a request on
-//! another worker would wake that runtime's thread and wait to be woken back.
+//! What a request hands on to later requests (upstream connections, idle filter
+//! instances) is kept per worker (`PerWorker`, found by `current()`): a
+//! connection's I/O is driven by the runtime that opened it, so a request on
+//! another worker would wake that runtime's thread and wait to be woken back; an
+//! instance's memory and stack are in the caches of the core that used it last.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,6 +44,45 @@ pub fn current() -> usize {
 /// started): what per-worker state is sized by.
 pub fn total() -> usize {
     TOTAL.load(Ordering::Relaxed)
+}
+
+/// One `T` per worker, each in cache lines of its own, for state that requests on a
+/// worker share with that worker's later requests only.
+pub struct PerWorker<T> {
+    parts: Box<[Padded<T>]>,
+}
+
+/// Two cache lines: adjacent-line prefetching pulls pairs of 64-byte lines.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> PerWorker<T> {
+    /// A part for each of the `total()` workers, made by `make`.
+    pub fn new(mut make: impl FnMut() -> T) -> Self {
+        PerWorker {
+            parts: (0..total()).map(|_| Padded(make())).collect(),
+        }
+    }
+
+    /// The calling worker's part (a thread that is no worker gets worker 0's).
+    pub fn mine(&self) -> &T {
+        &self.parts[current() % self.parts.len()].0
+    }
+
+    /// Every worker's part, for housekeeping and totals.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.parts.iter().map(|p| &p.0)
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.parts.iter_mut().map(|p| &mut p.0)
+    }
+}
+
+impl<T: Default> Default for PerWorker<T> {
+    fn default() -> Self {
+        Self::new(T::default)
+    }
 }
 
 pub struct Workers {

@@ -617,6 +617,23 @@ async fn instances_are_kept_for_reuse_through_bursts_of_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_reuses_its_own_instances() {
+    // Idle instances are kept per worker, so a request finds one that its core's
+    // caches hold. 100 requests one after the other, each on a connection of its
+    // own (the kernel spreads them over both workers), need one instance per worker,
+    // reused by all of that worker's requests.
+    let b1 = Backend::start("b1").await;
+    let proxy = Proxy::start_on_workers(1, &config(&b1, &[("p", "{}")], "")).await;
+    for i in 0..100 {
+        assert_eq!(get(&h1(), &proxy.url("/")).await.0, 200, "request {i}");
+    }
+    let created = proxy
+        .metric(r#"weft_filter_instances_created_total{filter="p"} "#)
+        .await;
+    assert_eq!(created, 2.0, "instances made for 100 requests on 2 workers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_values_carry_facts_across_phases_without_holding_instances() {
     // "a" stores each request's path as a request value, "b" reports it in the
     // response, "c" keeps the path in its own per-request state (extensions). 40

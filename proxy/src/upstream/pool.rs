@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use super::{Cluster, Endpoint, Want};
 use crate::error::ProxyError;
 use crate::proxy::body::RequestBody;
-use crate::workers;
+use crate::workers::PerWorker;
 
 type H1Sender = http1::SendRequest<RequestBody>;
 type H2Sender = http2::SendRequest<RequestBody>;
@@ -33,16 +33,15 @@ type H2Sender = http2::SendRequest<RequestBody>;
 /// worker's connection wake that worker's thread to write it and again to read the
 /// answer back: with 2 workers, 1.1 voluntary context switches per request against
 /// 0.5 once pools were per worker (docs/benchmarks.md, "Connections per worker").
+#[derive(Default)]
 pub struct Pool {
-    workers: Box<[WorkerPool]>,
+    workers: PerWorker<WorkerPool>,
     /// Connections open to this endpoint, pooled or in use, on all workers.
     open: Arc<AtomicUsize>,
 }
 
-/// One worker's connections to an endpoint; aligned so that two workers' locks
-/// never share a cache line.
+/// One worker's connections to an endpoint.
 #[derive(Default)]
-#[repr(align(128))]
 struct WorkerPool {
     idle: Mutex<Vec<Idle>>,
     h2: ArcSwapOption<H2Sender>,
@@ -57,26 +56,15 @@ struct Idle {
     since: Instant,
 }
 
-impl Default for Pool {
-    fn default() -> Self {
-        Pool {
-            workers: (0..workers::total())
-                .map(|_| WorkerPool::default())
-                .collect(),
-            open: Arc::default(),
-        }
-    }
-}
-
 impl Pool {
     /// The calling worker's part of the pool.
     fn mine(&self) -> &WorkerPool {
-        &self.workers[workers::current() % self.workers.len()]
+        self.workers.mine()
     }
 
     /// Drops idle connections older than `max_idle`, on every worker.
     pub(super) fn sweep(&self, max_idle: Duration) {
-        for w in &*self.workers {
+        for w in self.workers.iter() {
             let mut idle = w.idle.lock().unwrap_or_else(|p| p.into_inner());
             idle.retain(|i| i.since.elapsed() < max_idle && !i.sender.is_closed());
         }

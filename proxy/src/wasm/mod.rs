@@ -38,6 +38,7 @@ use crate::config::{FailurePolicy, FilterConfig, FilterLimits, RuntimeConfig};
 use crate::telemetry::metrics::{
     FilterFailureLabels, FilterLabels, FilterPhaseLabels, GuestFamily, Metrics,
 };
+use crate::workers::PerWorker;
 use bindings::{Filter, FilterPre};
 use pool::IdlePool;
 use shared::SharedStore;
@@ -214,18 +215,20 @@ pub struct LoadedFilter {
     host: Arc<Host>,
     pre: FilterPre<HostState>,
     grants: crate::config::FilterGrants,
-    idle: Mutex<IdlePool<FilterInstance>>,
+    /// Per worker: an instance's memory and stack stay in the caches of the core
+    /// whose requests use it.
+    idle: PerWorker<Mutex<IdlePool<FilterInstance>>>,
     /// The module file, for logs.
     pub module: PathBuf,
 }
 
 impl Drop for LoadedFilter {
     fn drop(&mut self) {
-        let idle = self
+        let idle: usize = self
             .idle
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .count();
+            .iter_mut()
+            .map(|pool| pool.get_mut().unwrap_or_else(|p| p.into_inner()).count())
+            .sum();
         self.shared.instances_idle.dec_by(idle as i64);
     }
 }
@@ -298,7 +301,7 @@ impl LoadedFilter {
             host: host.clone(),
             pre,
             grants: cfg.grants.clone(),
-            idle: Mutex::new(IdlePool::new(std::time::Instant::now())),
+            idle: PerWorker::new(|| Mutex::new(IdlePool::new(std::time::Instant::now()))),
             module,
         };
         let first = filter.instantiate().await?;
@@ -345,19 +348,28 @@ impl LoadedFilter {
     /// Destroys the idle instances that went unused for a whole trim period.
     pub fn trim_idle(&self) {
         let now = std::time::Instant::now();
-        let unneeded = self.with_idle(|pool| pool.trim(now));
-        // Destroyed outside the lock: returning their memory to the pool takes a while.
-        drop(unneeded);
+        for pool in self.idle.iter() {
+            let unneeded = Self::in_pool(&self.shared, pool, |pool| pool.trim(now));
+            // Destroyed outside the lock: returning their memory to the pool takes a while.
+            drop(unneeded);
+        }
     }
 
-    /// Runs `f` on the idle pool and keeps `weft_filter_instances_idle` in step.
+    /// Runs `f` on the calling worker's idle pool.
     fn with_idle<R>(&self, f: impl FnOnce(&mut IdlePool<FilterInstance>) -> R) -> R {
-        let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        Self::in_pool(&self.shared, self.idle.mine(), f)
+    }
+
+    /// Runs `f` on one idle pool and keeps `weft_filter_instances_idle` in step.
+    fn in_pool<R>(
+        shared: &FilterShared,
+        pool: &Mutex<IdlePool<FilterInstance>>,
+        f: impl FnOnce(&mut IdlePool<FilterInstance>) -> R,
+    ) -> R {
+        let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
         let before = pool.count() as i64;
         let out = f(&mut pool);
-        self.shared
-            .instances_idle
-            .inc_by(pool.count() as i64 - before);
+        shared.instances_idle.inc_by(pool.count() as i64 - before);
         out
     }
 
