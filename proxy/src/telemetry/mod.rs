@@ -2,6 +2,7 @@
 //! log is one `weft::access` event per request.
 
 pub mod access;
+pub mod histogram;
 pub mod metrics;
 
 use tracing_subscriber::EnvFilter;

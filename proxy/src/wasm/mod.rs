@@ -29,12 +29,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
-use prometheus_client::metrics::histogram::Histogram;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::config::{FailurePolicy, FilterConfig, FilterLimits, RuntimeConfig};
+use crate::telemetry::histogram::WorkerHistogram;
 use crate::telemetry::metrics::{
     FilterFailureLabels, FilterLabels, FilterPhaseLabels, GuestFamily, Metrics,
 };
@@ -174,7 +174,7 @@ pub struct FilterShared {
     pub failure: FailurePolicy,
     /// Phases the filter does not implement (learned from `skip-phase`).
     skip: AtomicU8,
-    durations: [Histogram; 7],
+    durations: [WorkerHistogram; 7],
     instances_created: prometheus_client::metrics::counter::Counter,
     /// Idle instances of this filter, over all the chains that hold it (a reload's
     /// old and new chains add up).
