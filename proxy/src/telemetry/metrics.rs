@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use super::histogram::WorkerHistogram;
+use super::per_worker::{WorkerCounter, WorkerHistogram};
 
 /// The request path's histograms: recorded per worker, without a lock.
 type HistogramFamily<L> = Family<L, WorkerHistogram, fn() -> WorkerHistogram>;
@@ -129,7 +129,7 @@ pub struct FilterFailureLabels {
 /// Every metric of one proxy process.
 pub struct Metrics {
     registry: Mutex<Registry>,
-    pub requests: Family<RequestLabels, Counter>,
+    pub requests: Family<RequestLabels, WorkerCounter>,
     pub request_duration: HistogramFamily<RouteLabels>,
     pub upstream_connect_errors: Family<ClusterLabels, Counter>,
     pub upstream_timeouts: Family<ClusterLabels, Counter>,
@@ -480,7 +480,7 @@ fn openmetrics_to_prometheus(text: &str) -> String {
 /// `ListenerRuntime::stats`, which makes a pair's series on its first request).
 #[derive(Clone)]
 pub struct RouteStatsSource {
-    requests: Family<RequestLabels, Counter>,
+    requests: Family<RequestLabels, WorkerCounter>,
     request_duration: HistogramFamily<RouteLabels>,
 }
 
@@ -509,7 +509,7 @@ impl RouteStatsSource {
 /// Metric handles of one listener and cluster pair.
 #[derive(Clone)]
 pub struct RouteStats {
-    by_class: [Counter; 6],
+    by_class: [WorkerCounter; 6],
     duration: WorkerHistogram,
 }
 

@@ -2,8 +2,8 @@
 //! log is one `weft::access` event per request.
 
 pub mod access;
-pub mod histogram;
 pub mod metrics;
+pub mod per_worker;
 
 use tracing_subscriber::EnvFilter;
 

@@ -34,10 +34,10 @@ use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::config::{FailurePolicy, FilterConfig, FilterLimits, RuntimeConfig};
-use crate::telemetry::histogram::WorkerHistogram;
 use crate::telemetry::metrics::{
     FilterFailureLabels, FilterLabels, FilterPhaseLabels, GuestFamily, Metrics,
 };
+use crate::telemetry::per_worker::WorkerHistogram;
 use crate::workers::PerWorker;
 use bindings::{Filter, FilterPre};
 use pool::IdlePool;

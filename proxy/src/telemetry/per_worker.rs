@@ -1,11 +1,13 @@
-//! The histogram the request path records into: each worker has its own counts,
-//! kept with atomics, and a scrape adds the workers' counts up.
+//! The metrics the request path records into, every request: each worker has its
+//! own counts, kept with atomics, and a scrape adds the workers' counts up.
 //!
 //! prometheus-client's `Histogram` takes a mutex for each observation, one mutex
-//! per series: every worker's requests of one listener and cluster (and every call
-//! of one filter) would take the same lock, moving its cache line from core to
-//! core on every request. Here a worker writes only cache lines of its own, as
-//! Envoy's per-worker stats do; the exposition is still prometheus-client's.
+//! per series, and its `Counter` is one atomic per series: every worker's requests
+//! of one listener and cluster (and every call of one filter) would write the same
+//! cache line, moving it from core to core on every request. Here a worker writes
+//! only cache lines of its own, as Envoy's per-worker stats do; the exposition is
+//! still prometheus-client's. (Gauges stay prometheus-client's: the proxy reads the
+//! open-connections gauge to enforce its limit, and they change per connection.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -103,10 +105,46 @@ impl EncodeMetric for WorkerHistogram {
     }
 }
 
+/// A monotonic counter. Clones share the count.
+#[derive(Clone, Default)]
+pub struct WorkerCounter(Arc<PerWorker<AtomicU64>>);
+
+impl WorkerCounter {
+    pub fn inc(&self) {
+        self.0.mine().fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The count over all workers.
+    pub fn get(&self) -> u64 {
+        self.0.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl std::fmt::Debug for WorkerCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WorkerCounter({})", self.get())
+    }
+}
+
+impl TypedMetric for WorkerCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for WorkerCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use prometheus_client::encoding::text::encode;
+    use prometheus_client::metrics::counter::Counter;
     use prometheus_client::metrics::histogram::Histogram;
     use prometheus_client::registry::Registry;
 
@@ -136,16 +174,31 @@ mod tests {
         assert!(a.contains(r#"h_bucket{le="+Inf"} 9"#), "{a}");
     }
 
+    #[test]
+    fn a_counter_is_exposed_as_prometheus_clients() {
+        let (ours, theirs) = (WorkerCounter::default(), Counter::<u64>::default());
+        for _ in 0..3 {
+            ours.inc();
+            theirs.inc();
+        }
+        assert_eq!(text(ours.clone()), text(theirs));
+        assert_eq!(ours.get(), 3);
+    }
+
     #[tokio::test]
     async fn adds_up_what_every_worker_recorded() {
         let workers = crate::workers::Workers::spawn(1).unwrap();
         let h = WorkerHistogram::new([1.0, 2.0]);
         h.observe(0.5);
-        let on_worker_1 = h.clone();
+        let c = WorkerCounter::default();
+        c.inc();
+        let (on_worker_1, c1) = (h.clone(), c.clone());
         workers.handles()[0]
             .spawn(async move {
                 on_worker_1.observe(1.5);
                 on_worker_1.observe(3.0);
+                c1.inc();
+                c1.inc();
             })
             .await
             .unwrap();
@@ -159,6 +212,9 @@ mod tests {
                 .map(|c| c.buckets.iter().map(|n| n.load(Ordering::Relaxed)).sum())
                 .collect();
         assert_eq!(&parts[..2], &[1, 2]);
+        assert_eq!(c.get(), 3);
+        let counts: Vec<u64> = c.0.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+        assert_eq!(&counts[..2], &[1, 2]);
         workers.stop();
     }
 }
