@@ -166,7 +166,7 @@ mod tests {
             ours.observe(v);
             theirs.observe(v);
         }
-        // NaN makes both sums NaN; compare the rest, then the sums apart.
+        // NaN makes both sums NaN (and NaN != NaN): compare the texts with it masked.
         let (a, b) = (text(ours.clone()), text(theirs));
         assert_eq!(a.replace("NaN", "x"), b.replace("NaN", "x"));
         assert!(a.contains("h_count 9"), "{a}");
