@@ -66,7 +66,13 @@ impl<T> PerWorker<T> {
 
     /// The calling worker's part (a thread that is no worker gets worker 0's).
     pub fn mine(&self) -> &T {
-        &self.parts[current() % self.parts.len()].0
+        self.mine_indexed().1
+    }
+
+    /// The calling worker's part and its index.
+    pub fn mine_indexed(&self) -> (usize, &T) {
+        let i = current() % self.parts.len();
+        (i, &self.parts[i].0)
     }
 
     /// Every worker's part, for housekeeping and totals.

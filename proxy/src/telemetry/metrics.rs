@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use super::per_worker::{WorkerCounter, WorkerHistogram};
+use super::per_worker::{WorkerCounter, WorkerGauge, WorkerHistogram};
 
 /// The request path's histograms: recorded per worker, without a lock.
 type HistogramFamily<L> = Family<L, WorkerHistogram, fn() -> WorkerHistogram>;
@@ -143,7 +143,7 @@ pub struct Metrics {
     pub filter_duration: HistogramFamily<FilterPhaseLabels>,
     pub filter_failures: Family<FilterFailureLabels, Counter>,
     pub filter_instances_created: Family<FilterLabels, Counter>,
-    pub filter_instances_idle: Family<FilterLabels, Gauge>,
+    pub filter_instances_idle: Family<FilterLabels, WorkerGauge>,
     guest: Mutex<HashMap<String, GuestFamily>>,
 }
 

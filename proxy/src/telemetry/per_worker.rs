@@ -6,10 +6,10 @@
 //! of one listener and cluster (and every call of one filter) would write the same
 //! cache line, moving it from core to core on every request. Here a worker writes
 //! only cache lines of its own, as Envoy's per-worker stats do; the exposition is
-//! still prometheus-client's. (Gauges stay prometheus-client's: the proxy reads the
-//! open-connections gauge to enforce its limit, and they change per connection.)
+//! still prometheus-client's. (The open-connections gauge stays prometheus-client's:
+//! the proxy reads it to enforce its limit, and it changes per connection.)
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
@@ -140,11 +140,53 @@ impl EncodeMetric for WorkerCounter {
     }
 }
 
+/// A gauge moved by increments: each worker adds to its own part (a part may go
+/// negative when another thread takes away what a worker added), and a scrape adds
+/// the parts up.
+#[derive(Clone, Default)]
+pub struct WorkerGauge(Arc<PerWorker<AtomicI64>>);
+
+impl WorkerGauge {
+    pub fn inc_by(&self, v: i64) {
+        self.0.mine().fetch_add(v, Ordering::Relaxed);
+    }
+
+    pub fn dec_by(&self, v: i64) {
+        self.0.mine().fetch_sub(v, Ordering::Relaxed);
+    }
+
+    /// The value over all workers.
+    pub fn get(&self) -> i64 {
+        self.0.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl std::fmt::Debug for WorkerGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WorkerGauge({})", self.get())
+    }
+}
+
+impl TypedMetric for WorkerGauge {
+    const TYPE: MetricType = MetricType::Gauge;
+}
+
+impl EncodeMetric for WorkerGauge {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&self.get())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use prometheus_client::encoding::text::encode;
     use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::gauge::Gauge;
     use prometheus_client::metrics::histogram::Histogram;
     use prometheus_client::registry::Registry;
 
@@ -185,6 +227,17 @@ mod tests {
         assert_eq!(ours.get(), 3);
     }
 
+    #[test]
+    fn a_gauge_is_exposed_as_prometheus_clients() {
+        let (ours, theirs) = (WorkerGauge::default(), Gauge::<i64>::default());
+        ours.inc_by(5);
+        ours.dec_by(2);
+        theirs.inc_by(5);
+        theirs.dec_by(2);
+        assert_eq!(text(ours.clone()), text(theirs));
+        assert_eq!(ours.get(), 3);
+    }
+
     #[tokio::test]
     async fn adds_up_what_every_worker_recorded() {
         let workers = crate::workers::Workers::spawn(1).unwrap();
@@ -192,13 +245,16 @@ mod tests {
         h.observe(0.5);
         let c = WorkerCounter::default();
         c.inc();
-        let (on_worker_1, c1) = (h.clone(), c.clone());
+        let g = WorkerGauge::default();
+        g.inc_by(4);
+        let (on_worker_1, c1, g1) = (h.clone(), c.clone(), g.clone());
         workers.handles()[0]
             .spawn(async move {
                 on_worker_1.observe(1.5);
                 on_worker_1.observe(3.0);
                 c1.inc();
                 c1.inc();
+                g1.dec_by(1);
             })
             .await
             .unwrap();
@@ -215,6 +271,8 @@ mod tests {
         assert_eq!(c.get(), 3);
         let counts: Vec<u64> = c.0.iter().map(|n| n.load(Ordering::Relaxed)).collect();
         assert_eq!(&counts[..2], &[1, 2]);
+        // Taken away on another worker than the one that added it: the sum is right.
+        assert_eq!(g.get(), 3);
         workers.stop();
     }
 }

@@ -37,7 +37,7 @@ use crate::config::{FailurePolicy, FilterConfig, FilterLimits, RuntimeConfig};
 use crate::telemetry::metrics::{
     FilterFailureLabels, FilterLabels, FilterPhaseLabels, GuestFamily, Metrics,
 };
-use crate::telemetry::per_worker::WorkerHistogram;
+use crate::telemetry::per_worker::{WorkerGauge, WorkerHistogram};
 use crate::workers::PerWorker;
 use bindings::{Filter, FilterPre};
 use pool::IdlePool;
@@ -178,7 +178,7 @@ pub struct FilterShared {
     instances_created: prometheus_client::metrics::counter::Counter,
     /// Idle instances of this filter, over all the chains that hold it (a reload's
     /// old and new chains add up).
-    instances_idle: prometheus_client::metrics::gauge::Gauge,
+    instances_idle: WorkerGauge,
     pub metrics: Arc<Metrics>,
     pub shared: Arc<SharedStore>,
     /// Metrics the filter declared, by id.
