@@ -223,6 +223,39 @@ async fn a_connection_is_reused_after_responses_without_a_body() {
     assert_eq!(pooled(&proxy).await, (1, 1));
 }
 
+/// Requests one after the other, each on a client connection of its own (so both
+/// workers of a 2-worker proxy serve some), to a cluster allowed one connection.
+async fn one_connection_for_two_workers(proto: Proto, protocol: &str) {
+    let backend = Backend::start_with("a", proto, None).await;
+    let proxy = Proxy::start_on_workers(
+        1,
+        &config(
+            &backend.addr.to_string(),
+            &format!(
+                "protocol = \"{protocol}\"\n[clusters.pool]\nmax_connections_per_endpoint = 1"
+            ),
+        ),
+    )
+    .await;
+    for i in 0..40 {
+        let (status, _, body) = get(&h1(), &proxy.url("/")).await;
+        assert_eq!(status, StatusCode::OK, "request {i}: {body:?}");
+    }
+    assert_eq!(backend.connections.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_connection_limit_a_worker_borrows_another_workers_idle_connection() {
+    // Pools are per worker, but the limit is the endpoint's: a worker that may not
+    // open a connection takes one another worker left idle rather than answering 503.
+    one_connection_for_two_workers(Proto::Http1, "http1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_connection_limit_workers_share_one_http2_connection() {
+    one_connection_for_two_workers(Proto::Http2, "http2").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_worker_reuses_the_upstream_connections_it_opened() {
     // A connection's task runs on the worker that opened it: another worker's requests

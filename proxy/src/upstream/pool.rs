@@ -56,6 +56,27 @@ struct Idle {
     since: Instant,
 }
 
+impl WorkerPool {
+    /// The most recently pooled connection still fit for use.
+    fn take_idle(&self, max_idle: Duration) -> Option<H1Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(i) = idle.pop() {
+            if i.since.elapsed() < max_idle && !i.sender.is_closed() {
+                return Some(i.sender);
+            }
+        }
+        None
+    }
+
+    fn h2(&self) -> Option<H2Sender> {
+        self.h2
+            .load()
+            .as_deref()
+            .filter(|s| !s.is_closed())
+            .cloned()
+    }
+}
+
 impl Pool {
     /// The calling worker's part of the pool.
     fn mine(&self) -> &WorkerPool {
@@ -71,13 +92,7 @@ impl Pool {
     }
 
     fn take_idle(&self, max_idle: Duration) -> Option<H1Sender> {
-        let mut idle = self.mine().idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(i) = idle.pop() {
-            if i.since.elapsed() < max_idle && !i.sender.is_closed() {
-                return Some(i.sender);
-            }
-        }
-        None
+        self.mine().take_idle(max_idle)
     }
 
     /// Returns a connection whose exchange finished cleanly, idle from `now`, to
@@ -94,12 +109,22 @@ impl Pool {
 
     /// The calling worker's shared HTTP/2 connection, if it is open.
     fn h2(&self) -> Option<H2Sender> {
-        self.mine()
-            .h2
-            .load()
-            .as_deref()
-            .filter(|s| !s.is_closed())
-            .cloned()
+        self.mine().h2()
+    }
+
+    /// A connection another worker holds, its HTTP/2 one or an idle HTTP/1.1 one,
+    /// for a worker that the endpoint's connection limit keeps from opening its own.
+    /// Its I/O then crosses threads (and an HTTP/1.1 one stays in the borrower's
+    /// part afterwards): the price of the limit, paid only at it.
+    fn borrow(&self, max_idle: Duration) -> Option<Lease> {
+        if let Some(s) = self.workers.iter().find_map(WorkerPool::h2) {
+            return Some(Lease::H2(s));
+        }
+        let sender = self.workers.iter().find_map(|w| w.take_idle(max_idle))?;
+        Some(Lease::H1 {
+            sender,
+            reused: true,
+        })
     }
 
     pub fn open_connections(&self) -> usize {
@@ -149,14 +174,20 @@ impl Cluster {
     ) -> Result<Lease, ProxyError> {
         let max_idle = self.config.pool.idle_timeout.0;
         match self.use_h2(ep, want).await {
-            Some(true) => self.h2_sender(ep, None).await.map(Lease::H2),
+            Some(true) => match self.h2_sender(ep, None).await {
+                Ok(s) => Ok(Lease::H2(s)),
+                Err(e) => self.borrow(ep, e),
+            },
             Some(false) if want == Want::Upgrade => self.connect_h1(ep, true).await,
             Some(false) => match ep.pool.take_idle(max_idle) {
                 Some(sender) => Ok(Lease::H1 {
                     sender,
                     reused: true,
                 }),
-                None => self.connect_h1(ep, false).await,
+                None => match self.connect_h1(ep, false).await {
+                    Ok(lease) => Ok(lease),
+                    Err(e) => self.borrow(ep, e),
+                },
             },
             // TLS with ALPN: use what the endpoint chose before, else connect and see.
             None => {
@@ -169,7 +200,10 @@ impl Cluster {
                         reused: true,
                     });
                 }
-                let guard = self.reserve(ep)?;
+                let guard = match self.reserve(ep) {
+                    Ok(g) => g,
+                    Err(e) => return self.borrow(ep, e),
+                };
                 let (io, h2) = self.connect_counted(ep, false).await?;
                 if h2 {
                     self.h2_sender(ep, Some((io, guard))).await.map(Lease::H2)
@@ -178,6 +212,15 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// At the endpoint's connection limit (`e`), a connection another worker holds,
+    /// if there is one; any other error stands.
+    fn borrow(&self, ep: &Endpoint, e: ProxyError) -> Result<Lease, ProxyError> {
+        if !matches!(e, ProxyError::PoolExhausted(_)) {
+            return Err(e);
+        }
+        ep.pool.borrow(self.config.pool.idle_timeout.0).ok_or(e)
     }
 
     /// Reserves a connection slot under the endpoint's limit.
