@@ -634,6 +634,31 @@ async fn each_worker_reuses_its_own_instances() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_make_an_instance_takes_another_workers_idle_one() {
+    // One instance in the whole process (`filter_instances = 1`), kept idle by the
+    // worker that made it: the other worker's requests take it rather than fail.
+    let b1 = Backend::start("b1").await;
+    let config = config(&b1, &[("p", r#"{"tag": "t"}"#)], "");
+    let proxy = Proxy::start_on_workers(1, &format!("filter_instances = 1\n{config}")).await;
+    let idle = r#"weft_filter_instances_idle{filter="p"} "#;
+    for i in 0..40 {
+        let (status, headers, body) = get(&h1(), &proxy.url("/")).await;
+        assert_eq!(status, 200, "request {i}: {body:?}");
+        assert_eq!(headers["x-probe"], "t", "request {i}");
+        // The completion phase runs after the response: wait until the instance
+        // is idle again, on whichever worker.
+        let back = eventually(Duration::from_secs(5), async || {
+            proxy.metric(idle).await == 1.0
+        });
+        assert!(back.await, "request {i}: the instance did not come back");
+    }
+    let created = proxy
+        .metric(r#"weft_filter_instances_created_total{filter="p"} "#)
+        .await;
+    assert_eq!(created, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_values_carry_facts_across_phases_without_holding_instances() {
     // "a" stores each request's path as a request value, "b" reports it in the
     // response, "c" keeps the path in its own per-request state (extensions). 40

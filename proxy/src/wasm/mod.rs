@@ -323,7 +323,12 @@ impl LoadedFilter {
         let reused = self.with_idle(|pool| pool.take());
         let mut inst = match reused {
             Some(i) => i,
-            None => self.instantiate().await?,
+            None => match self.instantiate().await {
+                Ok(i) => i,
+                // Such as when `runtime.filter_instances` are all made: an instance
+                // another worker keeps idle serves rather than failing the call.
+                Err(e) => self.take_from_other_workers().ok_or(e)?,
+            },
         };
         inst.uses += 1;
         inst.store.data_mut().call.reset(request_id, part);
@@ -355,6 +360,13 @@ impl LoadedFilter {
         }
     }
 
+    /// An idle instance of any worker's pool, for a worker that cannot make one.
+    fn take_from_other_workers(&self) -> Option<FilterInstance> {
+        self.idle
+            .iter()
+            .find_map(|pool| Self::in_pool(&self.shared, pool, |pool| pool.take()))
+    }
+
     /// Runs `f` on the calling worker's idle pool.
     fn with_idle<R>(&self, f: impl FnOnce(&mut IdlePool<FilterInstance>) -> R) -> R {
         Self::in_pool(&self.shared, self.idle.mine(), f)
@@ -374,7 +386,6 @@ impl LoadedFilter {
     }
 
     async fn instantiate(&self) -> anyhow::Result<FilterInstance> {
-        self.shared.instances_created.inc();
         let limits = &self.shared.limits;
         let mut wasi = WasiCtxBuilder::new();
         for (k, v) in &self.grants.env {
@@ -427,6 +438,7 @@ impl LoadedFilter {
             .instantiate_async(&mut store)
             .await
             .map_err(|e| anyhow!("instantiation failed: {e:#}"))?;
+        self.shared.instances_created.inc();
         let mut inst = FilterInstance {
             store,
             bindings,
