@@ -35,13 +35,15 @@ use tunnel::{ExtendedConnect, UpgradeOverH2};
 /// Serves one request; every failure becomes a response with the right status.
 pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<ResponseBody> {
     let snap = conn.runtime.snapshot();
+    // Borrowed from the snapshot: every reference count the request path moves is a
+    // cache line that all workers write.
     let listener = match snap.listeners.get(&*conn.listener) {
-        Some(l) => l.clone(),
+        Some(l) => l,
         // The listener was removed or renamed by a reload; its connections are closing
         // (`server::serve`). One whose first request was on its way is served by the
         // listener that owns its socket now, if any.
         None => match snap.sockets.get(&conn.socket) {
-            Some(owner) => owner.listener.clone(),
+            Some(owner) => &owner.listener,
             None => return local::bare(StatusCode::SERVICE_UNAVAILABLE, "listener removed"),
         },
     };
@@ -52,7 +54,7 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Res
         req.uri().clone(),
         req.version(),
     ));
-    match forward(req, &snap, &listener, &mut ex).await {
+    match forward(req, &snap, listener, &mut ex).await {
         Ok((mut resp, timeouts)) => {
             HeaderEdit::apply(ex.response_edits_for_answer(false), resp.headers_mut());
             ex.status = resp.status().as_u16();
@@ -162,14 +164,15 @@ async fn forward(
         Some(up) => snap
             .clusters
             .get(&up.cluster)
-            .cloned()
             .ok_or_else(|| ProxyError::UnknownCluster(up.cluster.clone()))?,
-        None => match target.cluster.clone() {
+        None => match &target.cluster {
             Some(c) => c,
             None => return Err(ProxyError::NoCluster),
         },
     };
-    ex.cluster = Some(cluster.clone());
+    if !ex.cluster.as_ref().is_some_and(|c| Arc::ptr_eq(c, cluster)) {
+        ex.cluster = Some(cluster.clone());
+    }
     let over_h2 = match upgrade && cluster.upgrades_over_h2() {
         true => Some(UpgradeOverH2::rewrite(&mut head)?),
         false => None,
@@ -216,7 +219,7 @@ async fn forward(
         let (resp, lease) = send(
             this_head,
             body,
-            &cluster,
+            cluster,
             decision.route.as_ref().and_then(|u| u.hash_key.as_deref()),
             want,
             deadline,
@@ -247,7 +250,7 @@ async fn forward(
             let (parts, b) = resp.into_parts();
             return Ok((
                 finish_response(Response::from_parts(parts, ()), Body::Incoming(b), lr),
-                body_timeouts(&cluster, deadline),
+                body_timeouts(cluster, deadline),
             ));
         }
         let (parts, incoming) = resp.into_parts();
@@ -299,7 +302,7 @@ async fn forward(
         }
         return Ok((
             finish_response(rhead, rbody, lr),
-            body_timeouts(&cluster, deadline),
+            body_timeouts(cluster, deadline),
         ));
     }
 }
