@@ -44,11 +44,17 @@ pub struct Pool {
 #[derive(Default)]
 struct WorkerPool {
     idle: Mutex<Vec<Idle>>,
-    h2: ArcSwapOption<H2Sender>,
+    h2: ArcSwapOption<H2Conn>,
     h2_connect: tokio::sync::Mutex<()>,
-    /// Whether the HTTP/2 connection's peer enabled extended CONNECT (RFC 8441) in
-    /// its settings, as last read; only the connection knows, so its task copies it.
-    h2_extended_connect: Arc<AtomicBool>,
+}
+
+/// A shared HTTP/2 connection.
+#[derive(Clone)]
+pub struct H2Conn {
+    sender: H2Sender,
+    /// Whether the peer enabled extended CONNECT (RFC 8441) in its settings, as last
+    /// read; only the connection knows, so its task copies it here.
+    extended_connect: Arc<AtomicBool>,
 }
 
 struct Idle {
@@ -68,11 +74,11 @@ impl WorkerPool {
         None
     }
 
-    fn h2(&self) -> Option<H2Sender> {
+    fn h2(&self) -> Option<H2Conn> {
         self.h2
             .load()
             .as_deref()
-            .filter(|s| !s.is_closed())
+            .filter(|c| !c.sender.is_closed())
             .cloned()
     }
 }
@@ -108,7 +114,7 @@ impl Pool {
     }
 
     /// The calling worker's shared HTTP/2 connection, if it is open.
-    fn h2(&self) -> Option<H2Sender> {
+    fn h2(&self) -> Option<H2Conn> {
         self.mine().h2()
     }
 
@@ -147,7 +153,7 @@ pub enum Lease {
         sender: H1Sender,
         reused: bool,
     },
-    H2(H2Sender),
+    H2(H2Conn),
 }
 
 impl Lease {
@@ -291,7 +297,7 @@ impl Cluster {
         &self,
         ep: &Endpoint,
         made: Option<(super::connect::Io, OpenGuard)>,
-    ) -> Result<H2Sender, ProxyError> {
+    ) -> Result<H2Conn, ProxyError> {
         if made.is_none() {
             if let Some(s) = ep.pool.h2() {
                 return Ok(s);
@@ -316,7 +322,11 @@ impl Cluster {
             .await
             .map_err(handshake_failed(ep))?;
         let addr = ep.addr;
-        let extended_connect = ep.pool.mine().h2_extended_connect.clone();
+        let shared = H2Conn {
+            sender,
+            extended_connect: Arc::default(),
+        };
+        let extended_connect = shared.extended_connect.clone();
         tokio::spawn(async move {
             let _open = guard;
             let run = std::future::poll_fn(|cx| {
@@ -331,8 +341,8 @@ impl Cluster {
                 tracing::debug!(endpoint = %addr, error = %e, "upstream HTTP/2 connection ended with an error");
             }
         });
-        ep.pool.mine().h2.store(Some(Arc::new(sender.clone())));
-        Ok(sender)
+        ep.pool.mine().h2.store(Some(Arc::new(shared.clone())));
+        Ok(shared)
     }
 
     /// Sends `req` on a leased connection. A request that a reused HTTP/1.1
@@ -346,13 +356,13 @@ impl Cluster {
     ) -> Result<Response<Incoming>, ProxyError> {
         let addr = ep.addr;
         match lease {
-            Lease::H2(sender) => {
+            Lease::H2(conn) => {
                 let extended = req.extensions().get::<hyper::ext::Protocol>().is_some();
-                sender.send_request(req).await.map_err(|source| {
+                conn.sender.send_request(req).await.map_err(|source| {
                     // A server that did not offer extended CONNECT resets the stream;
                     // its settings, read by then, tell that apart from a failure of
                     // the endpoint (a config mismatch must not eject it).
-                    if extended && !ep.pool.mine().h2_extended_connect.load(Ordering::Relaxed) {
+                    if extended && !conn.extended_connect.load(Ordering::Relaxed) {
                         ProxyError::NoExtendedConnect(addr)
                     } else {
                         ProxyError::Upstream { addr, source }
