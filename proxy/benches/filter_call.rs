@@ -137,7 +137,7 @@ async fn request_phase(mut inst: FilterInstance) -> anyhow::Result<FilterInstanc
     }
     let call = &mut inst.store.data_mut().call;
     call.request = Some(req.body(())?);
-    call.values = Some(Default::default());
+    call.scope = Some(Default::default());
     call.phase = Some(Phase::RequestHeaders);
     inst.begin_call();
     inst.bindings

@@ -28,7 +28,7 @@ use crate::proxy::body::Body;
 use crate::server::ConnInfo;
 use crate::snapshot::Snapshot;
 use crate::wasm::bindings::{Action, BodyAction, BodyMode, Completion, LocalResponse, Upstream};
-use crate::wasm::state::{Call, HeaderEdit, Part, Phase, RequestValues};
+use crate::wasm::state::{Call, HeaderEdit, Part, Phase, RequestScope};
 use crate::wasm::{describe_trap, failure_reason, FilterInstance};
 
 /// How many times filters may send one request again.
@@ -52,10 +52,8 @@ enum Slot {
 pub struct ChainRun {
     pub chain: Arc<Chain>,
     request_id: u64,
-    conn: Arc<ConnInfo>,
-    snapshot: Arc<Snapshot>,
-    /// The request values its filters set (`context.set-request-value`).
-    values: Arc<Mutex<RequestValues>>,
+    /// What the host functions reach of the request, lent to each call.
+    scope: Arc<RequestScope>,
     /// Each filter's instance for this request, held across a call's awaits. An
     /// async lock whose uncontended lock and unlock are one atomic each (tokio's
     /// takes its semaphore's inner lock on every release); phases of one request
@@ -213,9 +211,11 @@ impl ChainRun {
         ChainRun {
             chain,
             request_id,
-            conn,
-            snapshot,
-            values: Arc::default(),
+            scope: Arc::new(RequestScope {
+                conn: Some(conn),
+                snapshot: Some(snapshot),
+                values: Mutex::default(),
+            }),
             slots,
             request_head: Mutex::new(None),
             local: Mutex::new(None),
@@ -245,9 +245,7 @@ impl ChainRun {
             match filter.instance(self.request_id, part).await {
                 Ok(mut inst) => {
                     let call = &mut inst.store.data_mut().call;
-                    call.conn = Some(self.conn.clone());
-                    call.snapshot = Some(self.snapshot.clone());
-                    call.values = Some(self.values.clone());
+                    call.scope = Some(self.scope.clone());
                     *slot = Slot::Ready(inst);
                 }
                 Err(e) => {

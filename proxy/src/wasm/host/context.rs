@@ -33,18 +33,18 @@ impl Host for HostState {
     }
 
     fn request_value(&mut self, key: String) -> R<Option<Vec<u8>>> {
-        Ok(self.call.values.as_ref().and_then(|v| {
-            let values = v.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(self.call.scope.as_ref().and_then(|s| {
+            let values = s.values.lock().unwrap_or_else(|p| p.into_inner());
             values.get(&key).map(<[u8]>::to_vec)
         }))
     }
 
     fn set_request_value(&mut self, key: String, value: Vec<u8>) -> R<Result<(), StoreError>> {
-        let Some(values) = &self.call.values else {
+        let Some(scope) = &self.call.scope else {
             // Outside a request (`configure`): nothing to keep it with.
             return Ok(Err(StoreError::Full));
         };
-        let mut values = values.lock().unwrap_or_else(|p| p.into_inner());
+        let mut values = scope.values.lock().unwrap_or_else(|p| p.into_inner());
         Ok(if values.set(key, value) {
             Ok(())
         } else {
@@ -85,7 +85,7 @@ impl Host for HostState {
     }
 
     fn connection(&mut self) -> R<ConnectionInfo> {
-        let Some(c) = &self.call.conn else {
+        let Some(c) = self.call.scope.as_ref().and_then(|s| s.conn.as_ref()) else {
             return Ok(ConnectionInfo {
                 remote_address: String::new(),
                 local_address: String::new(),

@@ -101,7 +101,12 @@ impl Host for HostState {
     }
 
     fn scheme(&mut self) -> R<String> {
-        let tls = self.call.conn.as_ref().is_some_and(|c| c.tls.is_some());
+        let tls = self
+            .call
+            .scope
+            .as_ref()
+            .and_then(|s| s.conn.as_ref())
+            .is_some_and(|c| c.tls.is_some());
         Ok(if tls { "https" } else { "http" }.to_string())
     }
 

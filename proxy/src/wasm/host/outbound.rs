@@ -24,7 +24,7 @@ impl Host for HostState {
                 "at most {limit} calls per request"
             ))));
         }
-        let Some(snapshot) = self.call.snapshot.clone() else {
+        let Some(snapshot) = self.call.scope.as_ref().and_then(|s| s.snapshot.clone()) else {
             return Ok(Err(CallError::Upstream("no request in progress".into())));
         };
         let Some(cluster) = snapshot.clusters.get(&cluster).cloned() else {
