@@ -58,8 +58,10 @@ fn main() -> anyhow::Result<()> {
             if !picked.iter().all(|p| label.contains(p.as_str())) {
                 continue;
             }
+            // Both phases called, the request value carried from one to the other (the
+            // bench filter's two-call form; by default it tags from the request phase).
             let cfg: FilterConfig = toml::from_str(&format!(
-                "name = \"bench\"\nmodule = {:?}\n[limits]\ninstance_reuse = {reuse}\n",
+                "name = \"bench\"\nmodule = {:?}\nconfig = {{ two_phase = true }}\n[limits]\ninstance_reuse = {reuse}\n",
                 module.display().to_string()
             ))?;
             let filter = LoadedFilter::load(
