@@ -254,11 +254,13 @@ impl HeaderNames {
     /// comparison ignores ASCII case, as parsing does (it lowers a valid name's
     /// letters), so "X-Tag" finds "x-tag" rather than filling the list with copies.
     pub fn parse(&mut self, name: &str) -> Result<HeaderName, http::header::InvalidHeaderName> {
-        if let Some(known) = self
-            .0
-            .iter()
-            .find(|n| n.as_str().eq_ignore_ascii_case(name))
-        {
+        // Filters mostly write names in lower case, as they are kept: an exact
+        // comparison (a `memcmp`) finds those before the byte-by-byte one runs.
+        if let Some(known) = self.0.iter().find(|n| n.as_str() == name).or_else(|| {
+            self.0
+                .iter()
+                .find(|n| n.as_str().eq_ignore_ascii_case(name))
+        }) {
             return Ok(known.clone());
         }
         let parsed = HeaderName::from_bytes(name.as_bytes())?;
