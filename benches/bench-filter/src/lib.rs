@@ -8,6 +8,11 @@
 //! works as a proxy-wasm filter must: it remembers what it saw in a request value
 //! (kept by the proxy, so the filter's instance serves other requests in between) and
 //! sets the header in the response-headers phase, two calls per request.
+//!
+//! With `{"floor": true}` it does none of that: its request-headers phase returns
+//! "continue" without a host call, so a request costs one call into the guest and
+//! nothing else. What the proxy and the runtime spend on that call is the floor under
+//! any filter's cost (docs/benchmarks.md, "The floor of a filter call").
 
 use serde::Deserialize;
 use weft_sdk::{Action, ConfigError, Context, Filter};
@@ -18,10 +23,14 @@ pub struct Config {
     /// Set the header in the response-headers phase rather than from the request's.
     #[serde(default)]
     two_phase: bool,
+    /// Do nothing: measure the call alone.
+    #[serde(default)]
+    floor: bool,
 }
 
 pub struct Bench {
     two_phase: bool,
+    floor: bool,
 }
 
 const SAW: &str = "bench.saw";
@@ -41,10 +50,14 @@ impl Filter for Bench {
     fn configure(config: Config) -> Result<Self, ConfigError> {
         Ok(Bench {
             two_phase: config.two_phase,
+            floor: config.floor,
         })
     }
 
     async fn on_request_headers(&self, ctx: &mut Context) -> Action {
+        if self.floor {
+            return Action::Continue;
+        }
         let saw = ctx.request().header("x-bench-in").is_some();
         if !self.two_phase {
             let _ = ctx.response().set_header(HEADER, tag(saw));
@@ -92,6 +105,23 @@ mod tests {
     #[test]
     fn tags_the_response_from_the_request_phase() -> Result<(), Box<dyn std::error::Error>> {
         let t = run(serde_json::json!(null))?;
+        assert_eq!(t.skipped(), [Phase::ResponseHeaders]);
+        Ok(())
+    }
+
+    #[test]
+    fn the_floor_touches_nothing() -> Result<(), Box<dyn std::error::Error>> {
+        let mut t = TestHost::<Bench>::new(serde_json::json!({"floor": true}))?;
+        let action = t
+            .request(Request::get("/").header("x-bench-in", "1").body(())?)
+            .on_request_headers();
+        assert_eq!(action, Action::Continue);
+        let action = t
+            .response(Response::builder().status(200).body(())?)
+            .on_response_headers();
+        assert_eq!(action, Action::Continue);
+        let resp = t.current_response().ok_or("no response")?;
+        assert!(resp.headers().get("x-wasm-filter").is_none());
         assert_eq!(t.skipped(), [Phase::ResponseHeaders]);
         Ok(())
     }

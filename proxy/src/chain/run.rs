@@ -120,13 +120,26 @@ struct Heads<'a> {
 }
 
 impl Heads<'_> {
+    /// Between calls the store holds no heads (`move_out` took them, or the
+    /// instance was reset), so only the ones this phase lends are written: a phase
+    /// lends one or two of the five.
     fn move_in(&mut self, call: &mut Call) {
-        call.request = self.request.as_deref_mut().map(std::mem::take);
-        call.response = self.response.as_deref_mut().map(std::mem::take);
+        if let Some(r) = self.request.as_deref_mut() {
+            call.request = Some(std::mem::take(r));
+        }
+        if let Some(r) = self.response.as_deref_mut() {
+            call.response = Some(std::mem::take(r));
+        }
         call.response_writable = self.response_writable;
-        call.request_trailers = self.request_trailers.as_deref_mut().map(std::mem::take);
-        call.response_trailers = self.response_trailers.as_deref_mut().map(std::mem::take);
-        call.response_edits = self.response_edits.as_deref_mut().map(std::mem::take);
+        if let Some(t) = self.request_trailers.as_deref_mut() {
+            call.request_trailers = Some(std::mem::take(t));
+        }
+        if let Some(t) = self.response_trailers.as_deref_mut() {
+            call.response_trailers = Some(std::mem::take(t));
+        }
+        if let Some(e) = self.response_edits.as_deref_mut() {
+            call.response_edits = Some(std::mem::take(e));
+        }
     }
 
     fn move_out(&mut self, call: &mut Call) {
@@ -222,7 +235,8 @@ impl ChainRun {
         }
     }
 
-    /// Calls filter `i` for `phase`. `Ok(None)`: the filter does not take part
+    /// Calls filter `i` for `phase`: its output, and its part of the request after
+    /// the call (the body modes it chose). `Ok(None)`: the filter does not take part
     /// (does not implement the phase, or failed open earlier).
     async fn invoke(
         &self,
@@ -230,7 +244,7 @@ impl ChainRun {
         phase: Phase,
         input: Input,
         heads: &mut Heads<'_>,
-    ) -> Result<Option<Output>, Failure> {
+    ) -> Result<Option<(Output, Part)>, Failure> {
         let filter = &self.chain.filters[i];
         if !filter.shared.implements(phase) {
             return Ok(None);
@@ -293,7 +307,7 @@ impl ChainRun {
                         filter.release(inst);
                     }
                 }
-                Ok(Some(out))
+                Ok(Some((out, part)))
             }
             Err(trap) => {
                 let failure = Failure {
@@ -359,14 +373,16 @@ impl ChainRun {
             };
             let out = self.invoke(i, phase, Input::Headers, &mut heads).await;
             let action = match out {
-                Ok(Some(Output::Action(a))) => a,
+                Ok(Some((Output::Action(a), part))) => {
+                    self.note_body_mode(i, part.request_body, &mut decision.body);
+                    a
+                }
                 Ok(_) => continue,
                 Err(f) => {
                     self.failed(i, phase, f)?;
                     continue;
                 }
             };
-            self.note_body_mode(i, true, &mut decision.body).await;
             match action {
                 Action::Continue => {}
                 Action::Route(up) => decision.route = Some(up),
@@ -387,19 +403,9 @@ impl ChainRun {
         Ok(decision)
     }
 
-    /// Reads the body mode filter `i` chose in its headers phase.
-    async fn note_body_mode(&self, i: usize, request: bool, plan: &mut BodyPlan) {
-        let slot = self.slots[i].lock().await;
-        let part = match &*slot {
-            Slot::Ready(inst) => &inst.store.data().call.part,
-            Slot::Parked(part) => part,
-            Slot::Unused | Slot::Failed => return,
-        };
-        let mode = if request {
-            part.request_body
-        } else {
-            part.response_body
-        };
+    /// Adds filter `i` to the body plan if the body mode it chose in its headers
+    /// phase asks for the body.
+    fn note_body_mode(&self, i: usize, mode: BodyMode, plan: &mut BodyPlan) {
         if mode != BodyMode::Skip {
             let limit = self.chain.filters[i].shared.limits.body_bytes.as_usize();
             plan.limit = if plan.filters.is_empty() {
@@ -452,7 +458,10 @@ impl ChainRun {
                 ..Heads::default()
             };
             let action = match self.invoke(i, phase, Input::Headers, &mut heads).await {
-                Ok(Some(Output::Action(a))) => a,
+                Ok(Some((Output::Action(a), part))) => {
+                    self.note_body_mode(i, part.response_body, &mut plan);
+                    a
+                }
                 Ok(_) => continue,
                 Err(f) => match self.failed(i, phase, f) {
                     Ok(()) => continue,
@@ -462,7 +471,6 @@ impl ChainRun {
                     }
                 },
             };
-            self.note_body_mode(i, false, &mut plan).await;
             let step = match action {
                 Action::Continue => Ok(None),
                 Action::Respond(local) => match self.local_response(i, local) {
@@ -515,8 +523,10 @@ impl ChainRun {
                 .invoke(i, phase, Input::Body(chunk.clone(), eos), &mut heads)
                 .await;
             match out {
-                Ok(Some(Output::Body(BodyAction::Replace(bytes)))) => chunk = Bytes::from(bytes),
-                Ok(Some(Output::Body(BodyAction::Respond(local)))) => {
+                Ok(Some((Output::Body(BodyAction::Replace(bytes)), _))) => {
+                    chunk = Bytes::from(bytes)
+                }
+                Ok(Some((Output::Body(BodyAction::Respond(local)), _))) => {
                     match self.local_response(i, local) {
                         Ok(r) => return Ok(Err(r)),
                         Err(why) => self.invalid(i, phase, why)?,
@@ -559,10 +569,10 @@ impl ChainRun {
                 }
             };
             match self.invoke(i, phase, Input::Trailers, &mut heads).await {
-                Ok(Some(Output::Action(Action::Continue)))
+                Ok(Some((Output::Action(Action::Continue), _)))
                 | Ok(None)
-                | Ok(Some(Output::Body(_) | Output::Done)) => {}
-                Ok(Some(Output::Action(other))) => {
+                | Ok(Some((Output::Body(_) | Output::Done, _))) => {}
+                Ok(Some((Output::Action(other), _))) => {
                     let what = match other {
                         Action::Respond(_) => "respond",
                         Action::Route(_) => "route",

@@ -267,6 +267,14 @@ async fn forward(
                 ex.response_edits_for_answer(tape.is_some()),
                 rhead.headers_mut(),
             );
+            if !run.chain.wants(crate::wasm::state::Phase::ResponseHeaders) {
+                // No filter of the chain runs in the response phases (filters that
+                // skipped theirs are known after their first request): nothing to call.
+                return Ok((
+                    finish_response(rhead, rbody, lr),
+                    body_timeouts(cluster, deadline),
+                ));
+            }
             let replay = match &tape {
                 Some(t)
                     if ex.retries < MAX_RETRIES
