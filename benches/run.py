@@ -11,6 +11,8 @@ Weft's scenarios added next to its anchors:
   W1P, W4P  as W1 and W4 with the filter in its two-phase form (state in a request value,
        the header set in the response phase: two calls per request, as proxy-wasm needs)
   WF  weft proxy + 1 bench filter, a fresh instance per request (instance_reuse = 1)
+  WN  weft proxy + 1 bench filter that does nothing (`{"floor": true}`): one call into the
+       guest per request and no host call, the floor under any filter's cost
   WE  weft proxy + the example filter (examples/hello-filter: an API-key check, a counter,
        a response header), every request carrying the right key
 
@@ -88,6 +90,8 @@ WEFT_SCENARIOS = {
     "W4": ("W4 weft + 4 Wasm filters", lambda rd: weft_argv(4), ("x-wasm-filter", "seen")),
     "W1P": ("W1P weft + 1 Wasm filter, two phases", lambda rd: weft_argv(1, True), ("x-wasm-filter", "seen")),
     "W4P": ("W4P weft + 4 Wasm filters, two phases", lambda rd: weft_argv(4, True), ("x-wasm-filter", "seen")),
+    "WN": ("WN weft + 1 Wasm filter doing nothing (the floor)",
+           lambda rd: weft_argv(1, spec=FILTER + '={"floor": true}'), None),
     "WF": ("WF weft + 1 Wasm filter, fresh instance per request", lambda rd: weft_config(rd, 1), ("x-wasm-filter", "seen")),
     "WE": ("WE weft + the example filter (hello-filter)",
            lambda rd: weft_argv(1, spec=HELLO + '={"key": "%s"}' % HELLO_KEY), ("x-filtered-by", "hello-filter")),
