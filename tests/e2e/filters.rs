@@ -820,6 +820,52 @@ async fn a_filter_that_spins_is_stopped_while_others_are_served() {
 }
 
 #[tokio::test]
+async fn an_idle_proxy_parks_its_epoch_ticker_and_a_call_wakes_it() {
+    let b1 = Backend::start("b1").await;
+    let probe = filter_wasm("probe_filter");
+    let child = Child::spawn(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &format!("http://{}", b1.addr),
+        "--filter",
+        &format!("{}={{\"spin\":true}}", probe.display()),
+    ])
+    .await;
+    let pid = child.pid();
+    let wakeups = || thread_wakeups(pid, "weft-epoch").expect("the epoch ticker's thread");
+    // Ticking, the thread would wake 750 times in 1.5 s; idle, it sleeps once no
+    // filter has been called for 100 ms, looking up once a second.
+    let quiet = async || {
+        let before = wakeups();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        wakeups() - before <= 5
+    };
+    assert!(
+        eventually(Duration::from_secs(10), quiet).await,
+        "the idle proxy's epoch ticker kept waking"
+    );
+    // A spinning call must wake it, or nothing would stop the call (50 ms of CPU).
+    let url = format!("http://{}/", child.listener_addr("proxy"));
+    let stopped = tokio::time::timeout(Duration::from_secs(20), get(&h1(), &url)).await;
+    assert_eq!(
+        stopped.expect("the spinning call was not stopped").0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    let logged = async || child.logged("CPU time limit of 50ms exceeded");
+    assert!(
+        eventually(Duration::from_secs(10), logged).await,
+        "{:?}",
+        child.lines
+    );
+    assert!(
+        eventually(Duration::from_secs(10), quiet).await,
+        "the ticker did not sleep again"
+    );
+}
+
+#[tokio::test]
 async fn a_filter_that_hoards_memory_is_stopped_by_its_cap() {
     let b1 = Backend::start("b1").await;
     let proxy = Proxy::start(&config(

@@ -584,6 +584,22 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmHWM:")
 }
 
+/// How many times the thread of process `pid` named `name` has been switched to
+/// (voluntary and involuntary context switches), from /proc; None when there is no
+/// such thread.
+pub fn thread_wakeups(pid: u32, name: &str) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let task = tasks.flatten().find(|t| {
+        std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+    })?;
+    let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+    let count = |field: &str| -> Option<u64> {
+        let line = status.lines().find_map(|l| l.strip_prefix(field))?;
+        line.trim().parse().ok()
+    };
+    Some(count("voluntary_ctxt_switches:")? + count("nonvoluntary_ctxt_switches:")?)
+}
+
 /// A `/proc/PID/status` field in KiB (0 when the process or field is gone).
 fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

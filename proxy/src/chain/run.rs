@@ -287,8 +287,10 @@ impl ChainRun {
         call.skipped = false;
         heads.move_in(call);
         inst.begin_call();
+        let running = filter.running();
         let started = Instant::now();
         let result = call_guest(inst, phase, input).await;
+        drop(running);
         inst.end_call();
         filter.shared.observe(phase, started.elapsed());
         let state = inst.store.data_mut();

@@ -22,10 +22,11 @@ mod host;
 pub mod pool;
 pub mod shared;
 pub mod state;
+pub mod ticker;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
@@ -43,6 +44,7 @@ use bindings::{Filter, FilterPre};
 use pool::IdlePool;
 use shared::SharedStore;
 use state::{Call, HostState, Part, Phase};
+use ticker::{EpochTicker, Running};
 
 /// How often the epoch advances: the granularity of CPU budgets and of yielding.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
@@ -58,6 +60,7 @@ pub struct Host {
     /// The setting the engine was made with, for a compiler process to make the same.
     filter_instances: u32,
     compiled: Mutex<std::collections::HashMap<String, Component>>,
+    ticker: Arc<EpochTicker>,
 }
 
 impl Host {
@@ -71,7 +74,8 @@ impl Host {
             |s| s,
         )
         .map_err(|e| wt("linking the weft:filter host", e))?;
-        let host = Arc::new(Host {
+        let ticker = EpochTicker::start(&engine);
+        Ok(Arc::new(Host {
             engine,
             linker,
             cache_dir: runtime
@@ -80,9 +84,8 @@ impl Host {
                 .filter(|p| !p.as_os_str().is_empty()),
             compiled: Default::default(),
             filter_instances: runtime.filter_instances,
-        });
-        spawn_epoch_ticker(Arc::downgrade(&host));
-        Ok(host)
+            ticker,
+        }))
     }
 
     /// Compiles a component, or finds it compiled: in memory for reloads, on disk
@@ -147,23 +150,6 @@ fn content_key(engine: &Engine, bytes: &[u8]) -> String {
     engine.precompile_compatibility_hash().hash(&mut h);
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("{hex}-{:016x}", h.finish())
-}
-
-/// Advances the epoch every tick while the host lives.
-fn spawn_epoch_ticker(host: Weak<Host>) {
-    let engine = match host.upgrade() {
-        Some(h) => h.engine.weak(),
-        None => return,
-    };
-    let _ = std::thread::Builder::new()
-        .name("weft-epoch".into())
-        .spawn(move || loop {
-            std::thread::sleep(EPOCH_TICK);
-            match engine.upgrade() {
-                Some(e) => e.increment_epoch(),
-                None => return,
-            }
-        });
 }
 
 /// What every instance of one configured filter shares.
@@ -343,6 +329,12 @@ impl LoadedFilter {
         Ok(inst)
     }
 
+    /// Counts a call into one of this filter's instances as running (so the epoch
+    /// ticks) until the guard drops.
+    pub fn running(&self) -> Running<'_> {
+        self.host.ticker.running()
+    }
+
     /// Whether `inst` would go back to the idle pool if released now.
     pub fn reusable(&self, inst: &FilterInstance) -> bool {
         !inst.abandoned() && inst.uses < self.shared.limits.instance_reuse
@@ -441,6 +433,8 @@ impl LoadedFilter {
             ))
         });
         store.set_epoch_deadline(1);
+        // Instantiating runs the guest's start code, and `configure` follows.
+        let _running = self.running();
         let bindings = self
             .pre
             .instantiate_async(&mut store)
