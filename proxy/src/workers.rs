@@ -78,6 +78,11 @@ impl<T> PerWorker<T> {
         (i, &self.parts[i].0)
     }
 
+    /// Worker `i`'s part (an index from `mine_indexed` or `iter().enumerate()`).
+    pub fn part(&self, i: usize) -> &T {
+        &self.parts[i % self.parts.len()].0
+    }
+
     /// Every worker's part, for housekeeping and totals.
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.parts.iter().map(|p| &p.0)

@@ -123,12 +123,12 @@ impl Drop for Exchange {
         // An HTTP/1.1 connection is reusable only when both bodies went through whole.
         // One clock read serves the duration, the pool and the connection's state.
         let now = Instant::now();
-        if let (Some(Lease::H1 { sender, .. }), Some(ep), Some(cluster)) =
+        if let (Some(Lease::H1 { sender, home, .. }), Some(ep), Some(cluster)) =
             (self.lease.take(), &self.endpoint, &self.cluster)
         {
             if self.complete && self.tally.request_done.load(Ordering::Relaxed) {
-                ep.pool
-                    .put(sender, cluster.config.pool.max_idle_per_endpoint, now);
+                let max_idle = cluster.config.pool.max_idle_per_endpoint;
+                ep.pool.put(sender, home, max_idle, now);
             }
         }
         let elapsed = now.saturating_duration_since(self.start);

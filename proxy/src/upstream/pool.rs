@@ -97,17 +97,35 @@ impl Pool {
         }
     }
 
-    fn take_idle(&self, max_idle: Duration) -> Option<H1Sender> {
-        self.mine().take_idle(max_idle)
+    /// The calling worker's most recently pooled connection still fit for use.
+    fn take_idle(&self, max_idle: Duration) -> Option<Lease> {
+        let (home, mine) = self.workers.mine_indexed();
+        let sender = mine.take_idle(max_idle)?;
+        Some(Lease::H1 {
+            sender,
+            reused: true,
+            home,
+        })
     }
 
-    /// Returns a connection whose exchange finished cleanly, idle from `now`, to
-    /// the calling worker's part of the pool (the one it was taken from).
-    pub fn put(&self, sender: H1Sender, max_idle_conns: usize, now: Instant) {
+    /// The worker part a connection the calling worker opens belongs to.
+    fn home(&self) -> usize {
+        self.workers.mine_indexed().0
+    }
+
+    /// Returns a connection whose exchange finished cleanly, idle from `now`, to the
+    /// part of the pool of its `home` worker, whose runtime drives its I/O (a
+    /// connection borrowed at the connection limit goes back where it came from).
+    pub fn put(&self, sender: H1Sender, home: usize, max_idle_conns: usize, now: Instant) {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.mine().idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self
+            .workers
+            .part(home)
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if idle.len() < max_idle_conns {
             idle.push(Idle { sender, since: now });
         }
@@ -120,16 +138,21 @@ impl Pool {
 
     /// A connection another worker holds, its HTTP/2 one or an idle HTTP/1.1 one,
     /// for a worker that the endpoint's connection limit keeps from opening its own.
-    /// Its I/O then crosses threads (and an HTTP/1.1 one stays in the borrower's
-    /// part afterwards): the price of the limit, paid only at it.
+    /// Its I/O then crosses threads for this request: the price of the limit, paid
+    /// only at it. An HTTP/1.1 one goes back to its own worker's part afterwards.
     fn borrow(&self, max_idle: Duration) -> Option<Lease> {
         if let Some(s) = self.workers.iter().find_map(WorkerPool::h2) {
             return Some(Lease::H2(s));
         }
-        let sender = self.workers.iter().find_map(|w| w.take_idle(max_idle))?;
+        let (home, sender) = self
+            .workers
+            .iter()
+            .enumerate()
+            .find_map(|(home, w)| Some((home, w.take_idle(max_idle)?)))?;
         Some(Lease::H1 {
             sender,
             reused: true,
+            home,
         })
     }
 
@@ -152,6 +175,8 @@ pub enum Lease {
     H1 {
         sender: H1Sender,
         reused: bool,
+        /// The worker whose pool part the connection returns to (`Pool::put`).
+        home: usize,
     },
     H2(H2Conn),
 }
@@ -186,10 +211,7 @@ impl Cluster {
             },
             Some(false) if want == Want::Upgrade => self.connect_h1(ep, true).await,
             Some(false) => match ep.pool.take_idle(max_idle) {
-                Some(sender) => Ok(Lease::H1 {
-                    sender,
-                    reused: true,
-                }),
+                Some(lease) => Ok(lease),
                 None => match self.connect_h1(ep, false).await {
                     Ok(lease) => Ok(lease),
                     Err(e) => self.borrow(ep, e),
@@ -200,11 +222,8 @@ impl Cluster {
                 if let Some(s) = ep.pool.h2() {
                     return Ok(Lease::H2(s));
                 }
-                if let Some(sender) = ep.pool.take_idle(max_idle) {
-                    return Ok(Lease::H1 {
-                        sender,
-                        reused: true,
-                    });
+                if let Some(lease) = ep.pool.take_idle(max_idle) {
+                    return Ok(lease);
                 }
                 let guard = match self.reserve(ep) {
                     Ok(g) => g,
@@ -287,6 +306,7 @@ impl Cluster {
         Ok(Lease::H1 {
             sender,
             reused: false,
+            home: ep.pool.home(),
         })
     }
 
@@ -369,7 +389,7 @@ impl Cluster {
                     }
                 })
             }
-            Lease::H1 { sender, reused } => {
+            Lease::H1 { sender, reused, .. } => {
                 // A pooled connection turns ready once its last exchange is fully done,
                 // which most are by the time they are leased again: only the others
                 // wait, under a timer (making one reads the clock).
@@ -435,7 +455,7 @@ mod tests {
         let max_idle = Duration::from_secs(60);
 
         // This thread is worker 0: it pools a connection its runtime drives.
-        pool.put(connection(addr).await, 8, Instant::now());
+        pool.put(connection(addr).await, pool.home(), 8, Instant::now());
         assert_eq!(pool.idle_connections(), 1);
 
         // Worker 1 does not take it, and pools one of its own.
@@ -443,7 +463,7 @@ mod tests {
         let on_worker_1 = workers.handles()[0]
             .spawn(async move {
                 let found = p.take_idle(max_idle).is_some();
-                p.put(connection(addr).await, 8, Instant::now());
+                p.put(connection(addr).await, p.home(), 8, Instant::now());
                 found
             })
             .await
@@ -455,6 +475,39 @@ mod tests {
         assert!(pool.take_idle(max_idle).is_some());
         assert!(pool.take_idle(max_idle).is_none());
         assert_eq!(pool.idle_connections(), 1);
+        workers.stop();
+    }
+
+    #[tokio::test]
+    async fn a_borrowed_connection_goes_back_to_the_worker_that_drives_it() {
+        let workers = Workers::spawn(1).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let pool = Arc::new(Pool::default());
+        let max_idle = Duration::from_secs(60);
+        pool.put(connection(addr).await, pool.home(), 8, Instant::now());
+
+        // Worker 1, at the connection limit, borrows worker 0's and is done with it.
+        let p = pool.clone();
+        let (home, own_after) = workers.handles()[0]
+            .spawn(async move {
+                let Some(Lease::H1 { sender, home, .. }) = p.borrow(max_idle) else {
+                    panic!("nothing to borrow");
+                };
+                p.put(sender, home, 8, Instant::now());
+                (home, p.take_idle(max_idle).is_some())
+            })
+            .await
+            .unwrap();
+        assert_eq!(home, 0);
+        assert!(!own_after, "the borrowed connection stayed with worker 1");
+        assert!(pool.take_idle(max_idle).is_some(), "worker 0 lost it");
         workers.stop();
     }
 }

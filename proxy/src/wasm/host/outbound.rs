@@ -68,9 +68,10 @@ impl Host for HostState {
                     .await
                     .map_err(|e| CallError::Limit(format!("response body: {e}")))?
                     .to_bytes();
-                if let crate::upstream::pool::Lease::H1 { sender, .. } = lease {
+                if let crate::upstream::pool::Lease::H1 { sender, home, .. } = lease {
                     ep.pool.put(
                         sender,
+                        home,
                         cluster.config.pool.max_idle_per_endpoint,
                         tokio::time::Instant::now(),
                     );
