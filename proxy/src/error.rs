@@ -65,6 +65,10 @@ pub enum ProxyError {
     BodyTooLarge(usize),
     #[error("invalid request: {0}")]
     BadRequest(String),
+    /// A Host the proxy will not forward (`proxy::headers::check_host`): the reason
+    /// is the client's answer and the access log's `error`.
+    #[error("{0}")]
+    BadHost(&'static str),
     #[error("request header list of {size} bytes is over the limit of {limit}")]
     HeadersTooLarge { size: usize, limit: usize },
     #[error("filter {filter:?} failed: {reason}")]
@@ -98,7 +102,7 @@ impl ProxyError {
             | NoExtendedConnect(_)
             | ResponseTooLarge(_) => StatusCode::BAD_GATEWAY,
             ConnectTimeout(_) | Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            DownstreamBody(_) | BadRequest(_) => StatusCode::BAD_REQUEST,
+            DownstreamBody(_) | BadRequest(_) | BadHost(_) => StatusCode::BAD_REQUEST,
             ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -113,6 +117,7 @@ impl ProxyError {
             DownstreamBody(_)
             | BodyTooLarge(_)
             | BadRequest(_)
+            | BadHost(_)
             | HeadersTooLarge { .. }
             | ClientTimeout => Blame::Downstream,
             _ => Blame::Upstream,
@@ -138,6 +143,7 @@ impl ProxyError {
             BodyTooLarge(_) => "request body too large",
             ClientTimeout => "request body idle timeout",
             BadRequest(_) => "bad request",
+            BadHost(why) => why,
             HeadersTooLarge { .. } => "request headers too large",
             Filter { .. } => "filter failure",
             ResponseTooLarge(_) => "response too large",

@@ -393,3 +393,81 @@ async fn http10_client_gets_http10_response() {
     assert!(out.starts_with("HTTP/1.0 200"), "{out}");
     assert!(out.ends_with("hello from b1"), "{out}");
 }
+
+/// Writes `request` on a new connection and reads until the proxy closes it.
+async fn raw(proxy: &Proxy, request: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(proxy.addr("main"))
+        .await
+        .unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("the proxy did not close the connection")
+        .unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
+async fn host_is_checked_and_made_to_agree_with_the_target() {
+    let backend = Backend::start("b1").await;
+    let proxy = Proxy::start(&config(&backend, "auto")).await;
+    // Requests an upstream could read as naming another host than the proxy routed by.
+    let refused = [
+        "GET /info HTTP/1.1\r\nhost: a.example\r\nhost: b.example\r\nconnection: close\r\n\r\n",
+        "GET /info HTTP/1.1\r\nconnection: close\r\n\r\n",
+        "GET /info HTTP/1.1\r\nhost: a b@c\r\nconnection: close\r\n\r\n",
+        "GET /info HTTP/1.1\r\nhost: a.example:x\r\nconnection: close\r\n\r\n",
+        "GET http://u@t.example/info HTTP/1.1\r\nhost: t.example\r\nconnection: close\r\n\r\n",
+    ];
+    let reasons = [
+        "more than one Host header",
+        "missing Host header",
+        "invalid Host header",
+        "invalid Host header",
+        "invalid authority in the request target",
+    ];
+    for (request, reason) in refused.into_iter().zip(reasons) {
+        let answer = raw(&proxy, request).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 ") && answer.ends_with(&format!("\r\n\r\n{reason}\n")),
+            "{request:?} got {answer}"
+        );
+    }
+    assert_eq!(backend.hits(), 0, "a refused request reached the upstream");
+
+    // The absolute form's authority replaces Host (RFC 9112 §3.2.2).
+    let answer = raw(
+        &proxy,
+        "GET http://t.example/info HTTP/1.1\r\nhost: a.example\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let info: serde_json::Value = serde_json::from_str(body).expect(&answer);
+    assert_eq!(info["headers"]["host"], "t.example", "{answer}");
+    assert_eq!(info["uri"], "/info");
+    // HTTP/1.0 needs no Host.
+    let answer = raw(&proxy, "GET /info HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200 "), "{answer}");
+
+    // HTTP/2: a Host that names another authority than :authority.
+    let (status, _, _) = send(
+        &h2(),
+        Request::get(proxy.url("/info"))
+            .header("host", "elsewhere.example")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let agreeing = format!("{}", proxy.addr("main"));
+    let (status, _, _) = send(
+        &h2(),
+        Request::get(proxy.url("/info"))
+            .header("host", agreeing)
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -4,7 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use http::header::{
-    Entry, HeaderName, HeaderValue, CONNECTION, FORWARDED, TE, TRANSFER_ENCODING, UPGRADE, VIA,
+    Entry, HeaderName, HeaderValue, CONNECTION, FORWARDED, HOST, TE, TRANSFER_ENCODING, UPGRADE,
+    VIA,
 };
 use http::{HeaderMap, Version};
 
@@ -236,6 +237,69 @@ pub fn add_via(headers: &mut HeaderMap, cfg: &ForwardingConfig, version: Version
     }
 }
 
+/// Checks the request's Host against the rules an intermediary must enforce, and
+/// makes it agree with the request target, so that routing, filters and the upstream
+/// all see one authority (two that differ are how requests get smuggled past
+/// host-based rules). `Err` is why the request is a 400:
+/// - more than one `Host` field, or one that is not a valid `host[:port]` (RFC 9112 §3.2);
+/// - an HTTP/1.1 request with neither `Host` nor an authority in its target (RFC 9112
+///   §3.2; as nginx and Envoy do, the absolute form's authority is taken for `Host`);
+/// - an HTTP/2 request whose `Host` names another authority than `:authority`
+///   (RFC 9113 §8.3.1).
+///
+/// An HTTP/1.x request in absolute form (`GET http://a.example/ HTTP/1.1`) goes on
+/// with `Host` set to the target's authority, which RFC 9112 §3.2.2 says replaces it.
+pub fn check_host<B>(req: &mut http::Request<B>) -> Result<(), &'static str> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    // An empty value is valid: it stands for a target without an authority.
+    if let Some(h) = host.filter(|h| !h.is_empty()) {
+        if !valid_authority(h.as_bytes()) {
+            return Err("invalid Host header");
+        }
+    }
+    let Some(target) = req.uri().authority() else {
+        return match (host, req.version()) {
+            (None, Version::HTTP_11) => Err("missing Host header"),
+            _ => Ok(()),
+        };
+    };
+    if !valid_authority(target.as_str().as_bytes()) {
+        return Err("invalid authority in the request target");
+    }
+    if host.is_some_and(|h| h.as_bytes() == target.as_str().as_bytes()) {
+        return Ok(());
+    }
+    match req.version() {
+        Version::HTTP_2 | Version::HTTP_3 => match host {
+            None => Ok(()),
+            Some(_) => Err("Host header differs from :authority"),
+        },
+        _ => {
+            let value = HeaderValue::from_str(target.as_str())
+                .map_err(|_| "invalid authority in the request target")?;
+            req.headers_mut().insert(HOST, value);
+            Ok(())
+        }
+    }
+}
+
+/// `host[:port]` as a request may name it: an authority without user info, whose
+/// port (which `http` does not check) is digits.
+fn valid_authority(bytes: &[u8]) -> bool {
+    if bytes.contains(&b'@') {
+        return false;
+    }
+    let Ok(authority) = http::uri::Authority::try_from(bytes) else {
+        return false;
+    };
+    let port = &authority.as_str()[authority.host().len()..];
+    port.is_empty() || port.starts_with(':') && port[1..].bytes().all(|b| b.is_ascii_digit())
+}
+
 /// The size of an HTTP/2 request's header list as RFC 9113 §6.5.2 counts it (and h2
 /// enforces it): each field's name and value plus 32 octets, pseudo-headers included.
 pub fn h2_header_list_size<B>(req: &http::Request<B>) -> usize {
@@ -267,6 +331,80 @@ mod tests {
             );
         }
         h
+    }
+
+    fn host_check(
+        version: Version,
+        uri: &str,
+        hosts: &[&str],
+    ) -> Result<Option<String>, &'static str> {
+        let mut req = http::Request::get(uri).version(version).body(()).unwrap();
+        for h in hosts {
+            req.headers_mut()
+                .append(HOST, HeaderValue::from_str(h).unwrap());
+        }
+        check_host(&mut req)?;
+        Ok(req
+            .headers()
+            .get(HOST)
+            .map(|h| h.to_str().unwrap().to_string()))
+    }
+
+    #[test]
+    fn host_rules_of_an_intermediary() {
+        use Version as V;
+        let ok = |h: &str| Ok(Some(h.to_string()));
+        assert_eq!(host_check(V::HTTP_11, "/", &["a.example"]), ok("a.example"));
+        assert_eq!(
+            host_check(V::HTTP_11, "/", &["[::1]:8080"]),
+            ok("[::1]:8080")
+        );
+        assert_eq!(host_check(V::HTTP_11, "/", &[""]), ok(""));
+        assert_eq!(host_check(V::HTTP_10, "/", &[]), Ok(None));
+        assert_eq!(host_check(V::HTTP_11, "/", &[]), Err("missing Host header"));
+        assert_eq!(
+            host_check(V::HTTP_11, "/", &["a", "b"]),
+            Err("more than one Host header")
+        );
+        assert_eq!(
+            host_check(V::HTTP_11, "/", &["a", "a"]),
+            Err("more than one Host header")
+        );
+        for bad in ["a b", "u@a.example", "a.example/x", "a:port"] {
+            assert_eq!(
+                host_check(V::HTTP_11, "/", &[bad]),
+                Err("invalid Host header"),
+                "{bad}"
+            );
+        }
+        // Absolute form: the target's authority replaces Host, or stands for it.
+        assert_eq!(
+            host_check(V::HTTP_11, "http://t.example/x", &["a.example"]),
+            ok("t.example")
+        );
+        assert_eq!(
+            host_check(V::HTTP_11, "http://t.example/x", &[]),
+            ok("t.example")
+        );
+        assert_eq!(
+            host_check(V::HTTP_10, "http://t.example/x", &[]),
+            ok("t.example")
+        );
+        assert_eq!(
+            host_check(V::HTTP_11, "http://u@t.example/x", &["t.example"]),
+            Err("invalid authority in the request target")
+        );
+        // HTTP/2: :authority alone, or with a Host that agrees.
+        assert_eq!(host_check(V::HTTP_2, "https://t.example/", &[]), Ok(None));
+        assert_eq!(
+            host_check(V::HTTP_2, "https://t.example/", &["t.example"]),
+            ok("t.example")
+        );
+        assert_eq!(
+            host_check(V::HTTP_2, "https://t.example/", &["a.example"]),
+            Err("Host header differs from :authority")
+        );
+        assert_eq!(host_check(V::HTTP_2, "/", &["a.example"]), ok("a.example"));
     }
 
     #[test]

@@ -96,6 +96,7 @@ async fn forward(
             return Err(ProxyError::HeadersTooLarge { size, limit });
         }
     }
+    headers::check_host(&mut req).map_err(ProxyError::BadHost)?;
     let extended_connect = ExtendedConnect::is(&req);
     if req.method() == Method::CONNECT && !extended_connect {
         return tunnel::connect(req, lr, ex).await;
