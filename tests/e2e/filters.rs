@@ -332,6 +332,48 @@ async fn bodies_stream_or_buffer_through_filters() {
 }
 
 #[tokio::test]
+async fn a_filter_answers_from_the_request_body_phase() {
+    let b1 = Backend::start("b1").await;
+    for mode in ["stream", "buffer"] {
+        let cfg = format!(r#"{{"request_body": "{mode}", "deny_body": "forbidden"}}"#);
+        let proxy = Proxy::start(&config(&b1, &[("p", &cfg)], "")).await;
+        // The verdict comes with the third chunk, after two went on (when streaming).
+        let chunks: Vec<
+            Result<http_body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+        > = ["fine-", "still fine-", "forbidden-", "never seen"]
+            .into_iter()
+            .map(|c| Ok(http_body::Frame::data(bytes::Bytes::from(c))))
+            .collect();
+        let body = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(
+            futures_util::stream::iter(chunks),
+        ));
+        let (status, _, answer) =
+            send(&h1(), Request::post(proxy.url("/echo")).body(body).unwrap()).await;
+        assert_eq!(
+            (status, &answer[..]),
+            (StatusCode::FORBIDDEN, &b"denied by probe\n"[..]),
+            "{mode}"
+        );
+        // Counted as the filter's answer, not as an upstream failure.
+        assert_eq!(
+            proxy
+                .metric(r#"weft_requests_total{listener="main",cluster="b",status_class="4xx"}"#)
+                .await,
+            1.0,
+            "{mode}"
+        );
+        let (status, _, echoed) = send(
+            &h1(),
+            Request::post(proxy.url("/echo"))
+                .body(full("all fine"))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((status, &echoed[..]), (StatusCode::OK, &b"ALL FINE"[..]));
+    }
+}
+
+#[tokio::test]
 async fn a_buffered_body_over_the_limit_is_413() {
     let b1 = Backend::start("b1").await;
     let cfg = config(

@@ -471,3 +471,28 @@ async fn host_is_checked_and_made_to_agree_with_the_target() {
     .await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_malformed_request_body_is_the_clients_fault() {
+    let backend = Backend::start("b1").await;
+    let cfg = format!(
+        "{}[clusters.outlier]\nconsecutive_failures = 1\n",
+        config(&backend, "auto")
+    );
+    let proxy = Proxy::start(&cfg).await;
+    // A chunk size that overflows: the body breaks after the head went upstream.
+    for _ in 0..2 {
+        let answer = raw(
+            &proxy,
+            "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFF1\r\nx\r\n0\r\n\r\n",
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 ") && answer.ends_with("request body error\n"),
+            "{answer}"
+        );
+    }
+    // Not charged to the endpoint: one failure would have ejected it.
+    let (status, _, body) = get(&h1(), &proxy.url("/")).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello from b1"[..]));
+}

@@ -217,7 +217,7 @@ async fn forward(
             run.keep_request_head(&this_head);
         }
         let body = attempt_body.take().unwrap_or_default();
-        let (resp, lease) = send(
+        let sent = send(
             this_head,
             body,
             cluster,
@@ -227,7 +227,16 @@ async fn forward(
             timeout,
             ex,
         )
-        .await?;
+        .await;
+        let (resp, lease) = match sent {
+            Ok(sent) => sent,
+            // A filter answered while the request body streamed, which cut the
+            // exchange off: its answer is the response.
+            Err(e) => match run.as_ref().and_then(|r| r.take_local()) {
+                Some(local) => return Ok((local, BodyTimeouts::default())),
+                None => return Err(e),
+            },
+        };
 
         if let Some(downstream) = on_upgrade {
             // RFC 8441 §5: an extended CONNECT succeeded with any 2xx.
@@ -390,9 +399,15 @@ async fn send(
             tracing::debug!(listener = %ex.conn.listener, remote = %ex.conn.remote, "request body idle timeout");
             Err(ProxyError::ClientTimeout)
         }
+        // The request body failed on its way (malformed, cut off by the client, or
+        // stopped by a filter's answer): the request's fault, not the endpoint's.
+        Err(e) if ex.tally.client_at_fault(false) => {
+            tracing::debug!(listener = %ex.conn.listener, remote = %ex.conn.remote, error = %e, "request body failed");
+            Err(ProxyError::DownstreamBody(e.to_string()))
+        }
         Err(e) => {
-            // Not when the client held up its own body: a slow or broken upload
-            // must not eject a healthy endpoint.
+            // Not when the client held up its own body: a slow upload must not
+            // eject a healthy endpoint.
             let timed_out = matches!(e, ProxyError::Timeout(_));
             if e.counts_against_endpoint() && !ex.tally.client_at_fault(timed_out) {
                 cluster.record(&ep, Err(()));

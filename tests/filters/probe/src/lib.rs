@@ -27,6 +27,8 @@ pub struct Config {
     hash_key: Option<String>,
     /// "stream" or "buffer": watch the request body, upper-casing it.
     request_body: Option<String>,
+    /// In the request-body phase, answers 403 when a chunk holds this text.
+    deny_body: Option<String>,
     /// "stream" or "buffer": watch the response body, upper-casing it.
     response_body: Option<String>,
     /// Asks for a retry when the upstream answers with this status.
@@ -208,6 +210,13 @@ impl Filter for Probe {
     ) -> BodyAction {
         self.requests.inc(&["request_body"]);
         self.maybe_trap("request_body");
+        if let Some(needle) = self.cfg.deny_body.as_deref().filter(|n| !n.is_empty()) {
+            if chunk.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                return Action::respond(StatusCode::FORBIDDEN)
+                    .body("denied by probe\n")
+                    .into();
+            }
+        }
         BodyAction::Replace(chunk.to_ascii_uppercase())
     }
 
