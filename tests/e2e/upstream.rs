@@ -282,3 +282,50 @@ async fn each_worker_reuses_the_upstream_connections_it_opened() {
         pooled(&proxy).await
     );
 }
+
+#[tokio::test]
+async fn a_response_framed_two_ways_loses_its_length_and_its_connection() {
+    // The upstream frames its first response by both Transfer-Encoding and
+    // Content-Length, then (as a response splitting attack would have it) sends
+    // a second response nobody asked for, and answers what comes next "fine".
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut first = true;
+                loop {
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if std::mem::take(&mut first) && head.starts_with(b"GET /split ") {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n")
+                            .await;
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled")
+                            .await;
+                    } else {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nfine")
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = Proxy::start(&config(&addr.to_string(), "")).await;
+    let (status, headers, body) = get(&h1(), &proxy.url("/split")).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b""[..]));
+    assert!(!headers.contains_key("content-length"), "{headers:?}");
+    // Sent while the smuggled response is still on its way: on the same connection,
+    // it would get that response.
+    let (status, _, body) = get(&h1(), &proxy.url("/next")).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"fine"[..]));
+}

@@ -265,9 +265,15 @@ async fn forward(
         }
         let (parts, incoming) = resp.into_parts();
         let mut rhead = Response::from_parts(parts, ());
-        headers::strip_hop_by_hop(rhead.headers_mut(), false);
+        let hop_by_hop = headers::HopByHop::scan(rhead.headers());
+        // Framed by both Transfer-Encoding (which the body was read by) and
+        // Content-Length: the length goes (RFC 9112 §6.3), and so does the
+        // connection, whose next bytes may be a response smuggled in after the body.
+        let framing_conflict = hop_by_hop.has_transfer_encoding()
+            && rhead.headers_mut().remove(CONTENT_LENGTH).is_some();
+        hop_by_hop.strip(rhead.headers_mut(), false);
         let mut rbody = Body::Incoming(incoming);
-        if matches!(lease, Lease::H1 { .. }) {
+        if matches!(lease, Lease::H1 { .. }) && !framing_conflict {
             ex.lease = Some(lease);
         }
         if let Some(run) = &run {
