@@ -163,6 +163,7 @@ fn config_with_everything() -> Config {
                 forwarded: ForwardMode::Append,
                 via: Some("weft".into()),
             },
+            normalize_path: false,
         }],
         clusters: vec![ClusterConfig {
             name: "c".into(),

@@ -496,3 +496,44 @@ async fn a_malformed_request_body_is_the_clients_fault() {
     let (status, _, body) = get(&h1(), &proxy.url("/")).await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello from b1"[..]));
 }
+
+#[tokio::test]
+async fn requests_are_routed_and_forwarded_by_their_normalized_path() {
+    let (b1, b2) = (Backend::start("b1").await, Backend::start("b2").await);
+    let cfg = |normalize: bool| {
+        format!(
+            "[[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\ncluster = \"private\"\n\
+             normalize_path = {normalize}\n\
+             [[listeners.routes]]\npath_prefix = \"/public\"\ncluster = \"public\"\n\
+             [[clusters]]\nname = \"private\"\nendpoints = [\"{}\"]\n\
+             [[clusters]]\nname = \"public\"\nendpoints = [\"{}\"]\n",
+            b1.addr, b2.addr
+        )
+    };
+    // Which backend answered, and the path it saw when that was `/info` (which answers
+    // with what it received).
+    let ask = async |proxy: &Proxy, path: &str| {
+        let (status, headers, body) = get(&h1(), &proxy.url(path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        let uri = serde_json::from_slice::<serde_json::Value>(&body)
+            .map(|v| v["uri"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default();
+        (headers["x-backend"].to_str().unwrap().to_string(), uri)
+    };
+    let proxy = Proxy::start(&cfg(true)).await;
+    // A `/public` route cannot be used to reach past it, and encodings do not hide it.
+    assert_eq!(
+        ask(&proxy, "/public/../info?q=/../x").await,
+        ("b1".into(), "/info?q=/../x".into())
+    );
+    assert_eq!(
+        ask(&proxy, "/public/%2e%2E/info").await,
+        ("b1".into(), "/info".into())
+    );
+    assert_eq!(ask(&proxy, "/%70ublic/./x").await.0, "b2");
+
+    // Turned off, the path goes as it came (for upstreams that give dots a meaning).
+    let raw_proxy = Proxy::start(&cfg(false)).await;
+    assert_eq!(ask(&raw_proxy, "/public/../info").await.0, "b2");
+    assert_eq!(ask(&raw_proxy, "/%70ublic/./x").await.0, "b1");
+}

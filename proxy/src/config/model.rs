@@ -172,6 +172,10 @@ pub struct ListenerConfig {
     pub limits: ListenerLimits,
     #[serde(default)]
     pub forwarding: ForwardingConfig,
+    /// Requests are routed, filtered and forwarded by their normalized path
+    /// (`proxy/path.rs`).
+    #[serde(default = "yes")]
+    pub normalize_path: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ pub mod body;
 pub mod exchange;
 pub mod headers;
 pub mod local;
+pub mod path;
 pub mod tunnel;
 
 use std::sync::Arc;
@@ -97,6 +98,9 @@ async fn forward(
         }
     }
     headers::check_host(&mut req).map_err(ProxyError::BadHost)?;
+    if lr.config.normalize_path {
+        normalize_path(&mut req)?;
+    }
     let extended_connect = ExtendedConnect::is(&req);
     if req.method() == Method::CONNECT && !extended_connect {
         return tunnel::connect(req, lr, ex).await;
@@ -504,6 +508,23 @@ fn set_length(headers: &mut http::HeaderMap, data: &Bytes) {
 }
 
 /// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header.
+/// Puts the request's path in its normal form (`path::normalize`), the one routes,
+/// filters and the upstream then see.
+fn normalize_path<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
+    let Some(normal) = req
+        .uri()
+        .path_and_query()
+        .and_then(|p| path::normalize(p.as_str()))
+    else {
+        return Ok(());
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query =
+        Some(PathAndQuery::try_from(normal).map_err(|e| ProxyError::BadRequest(e.to_string()))?);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    Ok(())
+}
+
 pub fn authority_of<B>(req: &Request<B>) -> Option<&str> {
     req.uri()
         .authority()
