@@ -374,6 +374,39 @@ async fn a_filter_answers_from_the_request_body_phase() {
 }
 
 #[tokio::test]
+async fn a_filters_metric_has_a_bounded_number_of_label_sets() {
+    let b1 = Backend::start("b1").await;
+    let proxy = Proxy::start(&config(
+        &b1,
+        &[("p", r#"{"count_paths": true}"#)],
+        "[filters.limits]\nmetric_series = 3\n",
+    ))
+    .await;
+    for path in ["/a", "/b", "/c", "/d", "/e", "/a"] {
+        assert_eq!(get(&h1(), &proxy.url(path)).await.0, StatusCode::OK);
+    }
+    let metrics = proxy.metrics().await;
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("weft_filter_probe_paths_total{"))
+        .collect();
+    assert_eq!(series.len(), 3, "{series:?}");
+    // Sets it has still count; new ones past the limit are dropped, and counted.
+    assert_eq!(
+        proxy
+            .metric(r#"weft_filter_probe_paths_total{filter="p",path="/a"}"#)
+            .await,
+        2.0
+    );
+    assert_eq!(
+        proxy
+            .metric(r#"weft_filter_metric_series_dropped_total{filter="p"}"#)
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test]
 async fn a_buffered_body_over_the_limit_is_413() {
     let b1 = Backend::start("b1").await;
     let cfg = config(

@@ -669,6 +669,9 @@ pub struct FilterLimits {
     /// Entries in the filter's shared key-value store.
     #[serde(default = "default_shared_entries")]
     pub shared_entries: usize,
+    /// Label sets each of the filter's metrics may have.
+    #[serde(default = "default_metric_series")]
+    pub metric_series: usize,
 }
 
 fn default_filter_memory() -> Bytes {
@@ -695,6 +698,9 @@ fn default_instance_reuse() -> u32 {
 fn default_shared_entries() -> usize {
     10_000
 }
+fn default_metric_series() -> usize {
+    1_000
+}
 
 impl Default for FilterLimits {
     fn default() -> Self {
@@ -707,6 +713,7 @@ impl Default for FilterLimits {
             outbound_calls: default_outbound_calls(),
             instance_reuse: default_instance_reuse(),
             shared_entries: default_shared_entries(),
+            metric_series: default_metric_series(),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! handles it needs (`RouteStats`) are resolved when a config snapshot is built.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -144,6 +144,7 @@ pub struct Metrics {
     pub filter_failures: Family<FilterFailureLabels, Counter>,
     pub filter_instances_created: Family<FilterLabels, Counter>,
     pub filter_instances_idle: Family<FilterLabels, WorkerGauge>,
+    pub filter_metric_series_dropped: Family<FilterLabels, Counter>,
     guest: Mutex<HashMap<String, GuestFamily>>,
 }
 
@@ -152,25 +153,55 @@ pub struct Metrics {
 pub enum GuestFamily {
     Counter(
         Family<Vec<(String, String)>, Counter<f64, AtomicU64>>,
-        Vec<String>,
+        GuestLabels,
     ),
     Gauge(
         Family<Vec<(String, String)>, Gauge<f64, AtomicU64>>,
-        Vec<String>,
+        GuestLabels,
     ),
     Histogram(
         Family<Vec<(String, String)>, Histogram, Buckets>,
-        Vec<String>,
+        GuestLabels,
     ),
+}
+
+/// A guest metric's label names, and how many label sets it has made (shared by the
+/// filters and reloads that declare it, as its family is).
+#[derive(Clone)]
+pub struct GuestLabels {
+    names: Vec<String>,
+    sets: Arc<AtomicUsize>,
 }
 
 impl GuestFamily {
     pub fn label_names(&self) -> &[String] {
+        &self.labels().names
+    }
+
+    fn labels(&self) -> &GuestLabels {
         match self {
             GuestFamily::Counter(_, l)
             | GuestFamily::Gauge(_, l)
             | GuestFamily::Histogram(_, l) => l,
         }
+    }
+
+    /// Whether an update with `labels` fits under `max` label sets: a set the metric
+    /// has, or a new one while there is room (then counted; two updates making the
+    /// same new set at once count it twice, erring on the safe side).
+    pub fn admits(&self, labels: &Vec<(String, String)>, max: usize) -> bool {
+        let has = match self {
+            GuestFamily::Counter(f, _) => f.get(labels).is_some(),
+            GuestFamily::Gauge(f, _) => f.get(labels).is_some(),
+            GuestFamily::Histogram(f, _) => f.get(labels).is_some(),
+        };
+        has || self
+            .labels()
+            .sets
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
     }
 }
 
@@ -294,6 +325,12 @@ impl Metrics {
             "Filter instances kept for reuse (given back after 10 s without use)",
             filter_instances_idle.clone(),
         );
+        let filter_metric_series_dropped = Family::default();
+        r.register(
+            "filter_metric_series_dropped",
+            "Updates of a filter's metrics dropped because they would have made a label set past limits.metric_series",
+            filter_metric_series_dropped.clone(),
+        );
         Metrics {
             registry: Mutex::new(r),
             requests,
@@ -311,6 +348,7 @@ impl Metrics {
             filter_failures,
             filter_instances_created,
             filter_instances_idle,
+            filter_metric_series_dropped,
             guest: Mutex::new(HashMap::new()),
         }
     }
@@ -407,8 +445,12 @@ impl Metrics {
             }
             return Ok(existing.clone());
         }
-        let mut all_labels = vec!["filter".to_string()];
-        all_labels.extend(labels);
+        let mut names = vec!["filter".to_string()];
+        names.extend(labels);
+        let all_labels = GuestLabels {
+            names,
+            sets: Default::default(),
+        };
         let full = format!("filter_{name}");
         let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         let family = match kind {

@@ -35,9 +35,7 @@ use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::config::{FailurePolicy, FilterConfig, FilterLimits, RuntimeConfig};
-use crate::telemetry::metrics::{
-    FilterFailureLabels, FilterLabels, FilterPhaseLabels, GuestFamily, Metrics,
-};
+use crate::telemetry::metrics::{FilterFailureLabels, FilterLabels, FilterPhaseLabels, Metrics};
 use crate::telemetry::per_worker::{WorkerGauge, WorkerHistogram};
 use crate::workers::PerWorker;
 use bindings::{Filter, FilterPre};
@@ -168,7 +166,7 @@ pub struct FilterShared {
     pub metrics: Arc<Metrics>,
     pub shared: Arc<SharedStore>,
     /// Metrics the filter declared, by id.
-    pub guest_metrics: Mutex<Vec<(String, GuestFamily)>>,
+    pub guest_metrics: Mutex<Vec<host::DeclaredMetric>>,
 }
 
 impl FilterShared {

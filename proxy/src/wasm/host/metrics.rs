@@ -1,7 +1,7 @@
 //! `weft:filter/metrics`: metrics a filter declares, exposed in `/metrics` as
 //! `weft_filter_<name>` with the filter's name as the `filter` label.
 
-use crate::telemetry::metrics::{GuestFamily, GuestKind};
+use crate::telemetry::metrics::{FilterLabels, GuestFamily, GuestKind};
 use crate::wasm::bindings::weft::filter::metrics::{Host, MetricId, MetricKind};
 use crate::wasm::state::HostState;
 
@@ -9,6 +9,14 @@ type R<T> = wasmtime::Result<T>;
 
 /// Metrics one filter may declare.
 const MAX_METRICS: usize = 64;
+
+/// A metric a filter declared.
+pub struct DeclaredMetric {
+    name: String,
+    family: GuestFamily,
+    /// An update was dropped for `limits.metric_series` (logged once).
+    overflowed: bool,
+}
 
 impl Host for HostState {
     fn define(
@@ -24,7 +32,7 @@ impl Host for HostState {
             .guest_metrics
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = declared.iter().position(|(n, _)| *n == name) {
+        if let Some(i) = declared.iter().position(|m| m.name == name) {
             return Ok(Ok(i as MetricId));
         }
         if declared.len() >= MAX_METRICS {
@@ -43,7 +51,11 @@ impl Host for HostState {
             .guest_metric(&name, &help, kind, label_names)
         {
             Ok(family) => {
-                declared.push((name, family));
+                declared.push(DeclaredMetric {
+                    name,
+                    family,
+                    overflowed: false,
+                });
                 Ok(Ok((declared.len() - 1) as MetricId))
             }
             Err(e) => Ok(Err(e)),
@@ -84,28 +96,48 @@ impl Host for HostState {
 
 impl HostState {
     /// Pairs label values with the declared names (a wrong count is ignored, as a
-    /// metric with misaligned labels would mislead).
+    /// metric with misaligned labels would mislead). A label set past the metric's
+    /// `limits.metric_series` is dropped and counted: label values taken from requests
+    /// (a path, a user) would otherwise grow the proxy's memory and `/metrics` without
+    /// bound.
     fn record(
         &self,
         id: MetricId,
         values: Vec<String>,
         f: impl FnOnce(&GuestFamily, Vec<(String, String)>),
     ) {
-        let declared = self
+        let mut declared = self
             .filter
             .guest_metrics
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let Some((_, family)) = declared.get(id as usize) else {
+        let Some(metric) = declared.get_mut(id as usize) else {
             return;
         };
-        let names = family.label_names();
+        let names = metric.family.label_names();
         if names.len() != values.len() + 1 {
             return;
         }
         let mut labels = Vec::with_capacity(names.len());
         labels.push((names[0].clone(), self.filter.name.to_string()));
         labels.extend(names[1..].iter().cloned().zip(values));
-        f(family, labels);
+        let max = self.filter.limits.metric_series;
+        if !metric.family.admits(&labels, max) {
+            self.filter
+                .metrics
+                .filter_metric_series_dropped
+                .get_or_create(&FilterLabels {
+                    filter: self.filter.name.to_string(),
+                })
+                .inc();
+            if !std::mem::replace(&mut metric.overflowed, true) {
+                tracing::warn!(
+                    filter = %self.filter.name, metric = %metric.name, limit = max,
+                    "a filter's metric reached its limit of label sets; updates that would add more are dropped"
+                );
+            }
+            return;
+        }
+        f(&metric.family, labels);
     }
 }

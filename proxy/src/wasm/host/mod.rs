@@ -7,4 +7,6 @@ mod metrics;
 mod outbound;
 mod shared;
 
+pub use metrics::DeclaredMetric;
+
 impl super::bindings::weft::filter::types::Host for super::state::HostState {}

@@ -43,6 +43,9 @@ pub struct Config {
     write_header_bytes: Option<usize>,
     /// Calls this cluster with the request's own path (twice, concurrently) before going on.
     call: Option<String>,
+    /// Counts requests in the metric `probe_paths_total` by their path (a label value
+    /// taken from requests, as a metric's label set limit is there for).
+    count_paths: bool,
     /// Counts requests in the shared counter "hits" and reports it in `x-probe-hits`.
     count: bool,
     /// Keeps the request path in per-request state and reports it in the response.
@@ -64,6 +67,7 @@ pub struct Config {
 pub struct Probe {
     cfg: Config,
     requests: Counter,
+    paths: Counter,
 }
 
 #[derive(Clone)]
@@ -101,12 +105,21 @@ impl Filter for Probe {
             "Requests the probe saw, by phase",
             &["phase"],
         )?;
-        Ok(Probe { cfg, requests })
+        let paths = Counter::new("probe_paths_total", "Requests by path", &["path"])?;
+        Ok(Probe {
+            cfg,
+            requests,
+            paths,
+        })
     }
 
     async fn on_request_headers(&self, ctx: &mut Context) -> Action {
         self.requests.inc(&["request_headers"]);
         self.maybe_trap("request_headers");
+        if self.cfg.count_paths {
+            let path = ctx.request().path();
+            self.paths.inc(&[path.as_str()]);
+        }
         if self.cfg.spin {
             let mut n: u64 = 0;
             loop {
