@@ -28,6 +28,23 @@ fn config(backend: &Backend, filters: &[(&str, &str)], extra: &str) -> String {
     text
 }
 
+/// `weft proxy` in front of `backend` with one filter of this workspace (its crate's
+/// file name) given `config` on the command line, as a child process.
+async fn weft_proxy_with(backend: &Backend, filter: &str, config: &str) -> Child {
+    let to = format!("http://{}", backend.addr);
+    let filter = format!("{}={config}", filter_wasm(filter).display());
+    Child::spawn(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &to,
+        "--filter",
+        &filter,
+    ])
+    .await
+}
+
 /// A cluster named `name` whose one endpoint is `backend`, for a filter to call or route to.
 fn cluster_decl(name: &str, backend: &Backend) -> String {
     format!(
@@ -897,17 +914,7 @@ async fn a_filter_that_spins_is_stopped_while_others_are_served() {
 #[tokio::test]
 async fn an_idle_proxy_parks_its_epoch_ticker_and_a_call_wakes_it() {
     let b1 = Backend::start("b1").await;
-    let probe = filter_wasm("probe_filter");
-    let child = Child::spawn(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &format!("http://{}", b1.addr),
-        "--filter",
-        &format!("{}={{\"spin\":true}}", probe.display()),
-    ])
-    .await;
+    let child = weft_proxy_with(&b1, "probe_filter", r#"{"spin":true}"#).await;
     let pid = child.pid();
     let wakeups = || thread_wakeups(pid, "weft-epoch").expect("the epoch ticker's thread");
     // Ticking, the thread would wake 750 times in 1.5 s; idle, it sleeps once no
@@ -1075,17 +1082,7 @@ async fn a_broken_module_is_refused_while_the_old_chain_serves() {
 #[tokio::test]
 async fn weft_proxy_takes_filters_on_the_command_line() {
     let b1 = Backend::start("b1").await;
-    let hello = filter_wasm("hello_filter");
-    let child = Child::spawn(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &format!("http://{}", b1.addr),
-        "--filter",
-        &format!("{}={{\"key\":\"k1\"}}", hello.display()),
-    ])
-    .await;
+    let child = weft_proxy_with(&b1, "hello_filter", r#"{"key":"k1"}"#).await;
     let url = format!("http://{}/", child.listener_addr("proxy"));
     assert_eq!(get(&h1(), &url).await.0, StatusCode::UNAUTHORIZED);
     let (status, headers, _) = send(

@@ -440,9 +440,8 @@ mod tests {
         sender
     }
 
-    #[tokio::test]
-    async fn a_worker_reuses_only_the_connections_it_opened() {
-        let workers = Workers::spawn(1).unwrap();
+    /// A listener that accepts connections and holds them open, never answering.
+    async fn holding_listener() -> std::net::SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -451,6 +450,13 @@ mod tests {
                 held.push(s);
             }
         });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_worker_reuses_only_the_connections_it_opened() {
+        let workers = Workers::spawn(1).unwrap();
+        let addr = holding_listener().await;
         let pool = Arc::new(Pool::default());
         let max_idle = Duration::from_secs(60);
 
@@ -481,14 +487,7 @@ mod tests {
     #[tokio::test]
     async fn a_borrowed_connection_goes_back_to_the_worker_that_drives_it() {
         let workers = Workers::spawn(1).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((s, _)) = listener.accept().await {
-                held.push(s);
-            }
-        });
+        let addr = holding_listener().await;
         let pool = Arc::new(Pool::default());
         let max_idle = Duration::from_secs(60);
         pool.put(connection(addr).await, pool.home(), 8, Instant::now());

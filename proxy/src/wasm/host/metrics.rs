@@ -122,7 +122,8 @@ impl HostState {
         labels.push((names[0].clone(), self.filter.name.to_string()));
         labels.extend(names[1..].iter().cloned().zip(values));
         let max = self.filter.limits.metric_series;
-        if !metric.family.admits(&labels, max) {
+        // Labelled by the filter's name alone, a metric has one set per filter.
+        if names.len() > 1 && !metric.family.admits(&labels, max) {
             self.filter
                 .metrics
                 .filter_metric_series_dropped
