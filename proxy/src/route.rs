@@ -76,13 +76,16 @@ impl RouteTable {
     }
 }
 
-/// The host of an authority, lower case, without port or IPv6 brackets.
+/// The host of an authority, lower case, without port, IPv6 brackets or the
+/// trailing dot of a fully qualified name (`api.example.com.` is `api.example.com`,
+/// and must match its routes: the upstream will take it for that name).
 fn host_of(authority: &str) -> std::borrow::Cow<'_, str> {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
     } else {
         authority.rsplit_once(':').map_or(authority, |(h, _)| h)
     };
+    let host = host.strip_suffix('.').unwrap_or(host);
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
         host.to_ascii_lowercase().into()
     } else {
@@ -137,6 +140,7 @@ mod tests {
         let t = table();
         assert_eq!(which(&t, Some("api.example.com"), "/v1/items"), 1);
         assert_eq!(which(&t, Some("API.Example.com:8443"), "/v1"), 1);
+        assert_eq!(which(&t, Some("api.example.com."), "/v1"), 1);
         assert_eq!(which(&t, Some("api.example.com"), "/v2"), 2);
         assert_eq!(which(&t, Some("www.example.com"), "/static/x"), 2);
         assert_eq!(which(&t, Some("example.com"), "/static/x"), 3);
@@ -144,8 +148,10 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_authority() {
+    fn hosts_are_compared_in_one_form() {
         assert_eq!(host_of("[::1]:8080"), "::1");
         assert_eq!(host_of("Example.COM"), "example.com");
+        assert_eq!(host_of("api.example.com.:8443"), "api.example.com");
+        assert_eq!(host_of("API.example.com."), "api.example.com");
     }
 }

@@ -164,6 +164,7 @@ fn config_with_everything() -> Config {
                 via: Some("weft".into()),
             },
             normalize_path: false,
+            merge_slashes: true,
         }],
         clusters: vec![ClusterConfig {
             name: "c".into(),

@@ -500,10 +500,10 @@ async fn a_malformed_request_body_is_the_clients_fault() {
 #[tokio::test]
 async fn requests_are_routed_and_forwarded_by_their_normalized_path() {
     let (b1, b2) = (Backend::start("b1").await, Backend::start("b2").await);
-    let cfg = |normalize: bool| {
+    let cfg = |normalize: bool, merge: bool| {
         format!(
             "[[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\ncluster = \"private\"\n\
-             normalize_path = {normalize}\n\
+             normalize_path = {normalize}\nmerge_slashes = {merge}\n\
              [[listeners.routes]]\npath_prefix = \"/public\"\ncluster = \"public\"\n\
              [[clusters]]\nname = \"private\"\nendpoints = [\"{}\"]\n\
              [[clusters]]\nname = \"public\"\nendpoints = [\"{}\"]\n",
@@ -520,7 +520,7 @@ async fn requests_are_routed_and_forwarded_by_their_normalized_path() {
             .unwrap_or_default();
         (headers["x-backend"].to_str().unwrap().to_string(), uri)
     };
-    let proxy = Proxy::start(&cfg(true)).await;
+    let proxy = Proxy::start(&cfg(true, false)).await;
     // A `/public` route cannot be used to reach past it, and encodings do not hide it.
     assert_eq!(
         ask(&proxy, "/public/../info?q=/../x").await,
@@ -531,9 +531,17 @@ async fn requests_are_routed_and_forwarded_by_their_normalized_path() {
         ("b1".into(), "/info".into())
     );
     assert_eq!(ask(&proxy, "/%70ublic/./x").await.0, "b2");
+    // Repeated slashes are empty segments unless the listener merges them.
+    assert_eq!(ask(&proxy, "//public/x").await.0, "b1");
+    let merging = Proxy::start(&cfg(true, true)).await;
+    assert_eq!(ask(&merging, "//public//x").await.0, "b2");
+    assert_eq!(
+        ask(&merging, "//info?q=//").await,
+        ("b1".into(), "/info?q=//".into())
+    );
 
     // Turned off, the path goes as it came (for upstreams that give dots a meaning).
-    let raw_proxy = Proxy::start(&cfg(false)).await;
+    let raw_proxy = Proxy::start(&cfg(false, true)).await;
     assert_eq!(ask(&raw_proxy, "/public/../info").await.0, "b2");
     assert_eq!(ask(&raw_proxy, "/%70ublic/./x").await.0, "b1");
 }

@@ -176,6 +176,9 @@ pub struct ListenerConfig {
     /// (`proxy/path.rs`).
     #[serde(default = "yes")]
     pub normalize_path: bool,
+    /// With `normalize_path`, runs of slashes count as one (`//admin` is `/admin`).
+    #[serde(default)]
+    pub merge_slashes: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -99,7 +99,7 @@ async fn forward(
     }
     headers::check_host(&mut req).map_err(ProxyError::BadHost)?;
     if lr.config.normalize_path {
-        normalize_path(&mut req)?;
+        normalize_path(&mut req, lr.config.merge_slashes)?;
     }
     let extended_connect = ExtendedConnect::is(&req);
     if req.method() == Method::CONNECT && !extended_connect {
@@ -510,11 +510,11 @@ fn set_length(headers: &mut http::HeaderMap, data: &Bytes) {
 /// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header.
 /// Puts the request's path in its normal form (`path::normalize`), the one routes,
 /// filters and the upstream then see.
-fn normalize_path<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
+fn normalize_path<B>(req: &mut Request<B>, merge_slashes: bool) -> Result<(), ProxyError> {
     let Some(normal) = req
         .uri()
         .path_and_query()
-        .and_then(|p| path::normalize(p.as_str()))
+        .and_then(|p| path::normalize(p.as_str(), merge_slashes))
     else {
         return Ok(());
     };

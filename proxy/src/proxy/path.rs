@@ -8,24 +8,27 @@
 //! (`%61` is `a`, `%2E` is `.`) and the hex digits of the other encodings upper-cased;
 //! then dot segments are removed (§5.2.4). Encoded slashes (`%2F`) stay encoded: they
 //! are not path delimiters, and decoding them would change what the path means. The
-//! query is left as it is.
+//! query is left as it is. Repeated slashes are empty segments to RFC 3986 but the same
+//! path to many servers (nginx merges them by default), so `//admin` can slip past an
+//! `/admin` route; merging them is the listener's choice (`merge_slashes`).
 //!
 //! Written here rather than taken from a URL crate: those parse a whole URL (WHATWG's
 //! rules, which differ from RFC 3986's, such as reading `\` as `/`), and a path that
 //! needs nothing, which is almost every path, must cost a scan and no allocation.
 
 /// The normal form of `path_and_query` (an origin-form target: `/a/b?q`), or `None`
-/// when it is normal already.
-pub fn normalize(path_and_query: &str) -> Option<String> {
+/// when it is normal already; with `merge_slashes`, runs of slashes count as one.
+pub fn normalize(path_and_query: &str, merge_slashes: bool) -> Option<String> {
     let (path, query) = match path_and_query.find('?') {
         Some(q) => path_and_query.split_at(q),
         None => (path_and_query, ""),
     };
-    if !path.starts_with('/') || !needs_work(path.as_bytes()) {
+    let repeated = merge_slashes && path.contains("//");
+    if !path.starts_with('/') || !(repeated || needs_work(path.as_bytes())) {
         return None;
     }
     let decoded = decode_unreserved(path);
-    let mut out = remove_dot_segments(&decoded);
+    let mut out = remove_dot_segments(&decoded, merge_slashes);
     if out == path {
         return None;
     }
@@ -72,8 +75,9 @@ fn decode_unreserved(path: &str) -> String {
 }
 
 /// RFC 3986 §5.2.4 for an absolute path: `.` segments go, and `..` takes the segment
-/// before it with it (never climbing above the root).
-fn remove_dot_segments(path: &str) -> String {
+/// before it with it (never climbing above the root). With `merge_slashes`, empty
+/// segments go too (but the one a trailing slash ends with).
+fn remove_dot_segments(path: &str, merge_slashes: bool) -> String {
     let mut kept: Vec<&str> = Vec::new();
     let mut segments = path[1..].split('/').peekable();
     // A path ending in `.` or `..` keeps its trailing slash: `/a/b/..` is `/a/`.
@@ -86,6 +90,7 @@ fn remove_dot_segments(path: &str) -> String {
                 kept.pop();
                 trailing_slash = last;
             }
+            "" if merge_slashes && !last => {}
             s => {
                 kept.push(s);
                 trailing_slash = false;
@@ -108,7 +113,7 @@ mod tests {
     use super::*;
 
     fn n(p: &str) -> String {
-        normalize(p).unwrap_or_else(|| p.to_string())
+        normalize(p, false).unwrap_or_else(|| p.to_string())
     }
 
     #[test]
@@ -123,8 +128,19 @@ mod tests {
             "*",
             "",
         ] {
-            assert_eq!(normalize(p), None, "{p}");
+            assert_eq!(normalize(p, false), None, "{p}");
         }
+        assert_eq!(normalize("/a/b/?q=//", true), None);
+    }
+
+    #[test]
+    fn repeated_slashes_merge_when_asked() {
+        let m = |p: &str| normalize(p, true).unwrap_or_else(|| p.to_string());
+        assert_eq!(m("//admin"), "/admin");
+        assert_eq!(m("/a//b///c//"), "/a/b/c/");
+        assert_eq!(m("/a//../b"), "/b");
+        assert_eq!(m("/a//b?x=//y"), "/a/b?x=//y");
+        assert_eq!(n("/a//b/../c"), "/a//c");
     }
 
     #[test]
