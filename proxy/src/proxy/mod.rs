@@ -507,7 +507,6 @@ fn set_length(headers: &mut http::HeaderMap, data: &Bytes) {
     headers.insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
 }
 
-/// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header.
 /// Puts the request's path in its normal form (`path::normalize`), the one routes,
 /// filters and the upstream then see.
 fn normalize_path<B>(req: &mut Request<B>, merge_slashes: bool) -> Result<(), ProxyError> {
@@ -525,6 +524,7 @@ fn normalize_path<B>(req: &mut Request<B>, merge_slashes: bool) -> Result<(), Pr
     Ok(())
 }
 
+/// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header.
 pub fn authority_of<B>(req: &Request<B>) -> Option<&str> {
     req.uri()
         .authority()
