@@ -320,18 +320,7 @@ async fn bodies_stream_or_buffer_through_filters() {
     for mode in ["stream", "buffer"] {
         let cfg = format!(r#"{{"request_body": "{mode}"}}"#);
         let proxy = Proxy::start(&config(&b1, &[("p", &cfg)], "")).await;
-        let chunks: Vec<
-            Result<http_body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>,
-        > = (0..5)
-            .map(|i| {
-                Ok(http_body::Frame::data(bytes::Bytes::from(format!(
-                    "part{i}-"
-                ))))
-            })
-            .collect();
-        let body = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(
-            futures_util::stream::iter(chunks),
-        ));
+        let body = chunks((0..5).map(|i| format!("part{i}-")));
         let (status, _, echoed) =
             send(&h1(), Request::post(proxy.url("/echo")).body(body).unwrap()).await;
         assert_eq!(status, 200, "{mode}");
@@ -355,15 +344,7 @@ async fn a_filter_answers_from_the_request_body_phase() {
         let cfg = format!(r#"{{"request_body": "{mode}", "deny_body": "forbidden"}}"#);
         let proxy = Proxy::start(&config(&b1, &[("p", &cfg)], "")).await;
         // The verdict comes with the third chunk, after two went on (when streaming).
-        let chunks: Vec<
-            Result<http_body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>,
-        > = ["fine-", "still fine-", "forbidden-", "never seen"]
-            .into_iter()
-            .map(|c| Ok(http_body::Frame::data(bytes::Bytes::from(c))))
-            .collect();
-        let body = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(
-            futures_util::stream::iter(chunks),
-        ));
+        let body = chunks(["fine-", "still fine-", "forbidden-", "never seen"]);
         let (status, _, answer) =
             send(&h1(), Request::post(proxy.url("/echo")).body(body).unwrap()).await;
         assert_eq!(

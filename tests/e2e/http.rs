@@ -236,11 +236,7 @@ async fn large_bodies_stream_both_ways_with_bounded_memory() {
 async fn chunked_upload_and_echo() {
     let backend = Backend::start("b1").await;
     let proxy = Proxy::start(&config(&backend, "auto")).await;
-    let chunks: Vec<Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> = (0
-        ..10)
-        .map(|i| Ok(http_body::Frame::data(Bytes::from(format!("chunk{i};")))))
-        .collect();
-    let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks)).boxed();
+    let body = chunks((0..10).map(|i| format!("chunk{i};")));
     let (status, _, echoed) =
         send(&h1(), Request::post(proxy.url("/echo")).body(body).unwrap()).await;
     assert_eq!(status, 200);

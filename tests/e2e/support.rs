@@ -29,6 +29,16 @@ pub fn empty() -> TestBody {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
+/// A body sent as these chunks, one data frame each (chunked on HTTP/1.1).
+pub fn chunks<B: Into<Bytes>>(parts: impl IntoIterator<Item = B>) -> TestBody {
+    let frames: Vec<Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> =
+        parts
+            .into_iter()
+            .map(|p| Ok(http_body::Frame::data(p.into())))
+            .collect();
+    StreamBody::new(futures_util::stream::iter(frames)).boxed()
+}
+
 /// How a test backend speaks.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Proto {
