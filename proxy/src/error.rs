@@ -65,10 +65,15 @@ pub enum ProxyError {
     BodyTooLarge(usize),
     #[error("invalid request: {0}")]
     BadRequest(String),
-    /// A Host the proxy will not forward (`proxy::headers::check_host`): the reason
-    /// is the client's answer and the access log's `error`.
+    /// A request the proxy will not forward as it is (its Host, see
+    /// `proxy::headers::check_host`; its path, see `proxy::path`): the reason is the
+    /// client's answer and the access log's `error`.
     #[error("{0}")]
-    BadHost(&'static str),
+    Refused(&'static str),
+    /// The request names a host its connection's TLS session was not made for
+    /// (`strict_sni_host`); the client may try again on a new connection.
+    #[error("the request's host is not the TLS server name of its connection")]
+    Misdirected,
     #[error("request header list of {size} bytes is over the limit of {limit}")]
     HeadersTooLarge { size: usize, limit: usize },
     #[error("filter {filter:?} failed: {reason}")]
@@ -102,7 +107,8 @@ impl ProxyError {
             | NoExtendedConnect(_)
             | ResponseTooLarge(_) => StatusCode::BAD_GATEWAY,
             ConnectTimeout(_) | Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            DownstreamBody(_) | BadRequest(_) | BadHost(_) => StatusCode::BAD_REQUEST,
+            DownstreamBody(_) | BadRequest(_) | Refused(_) => StatusCode::BAD_REQUEST,
+            Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -117,7 +123,8 @@ impl ProxyError {
             DownstreamBody(_)
             | BodyTooLarge(_)
             | BadRequest(_)
-            | BadHost(_)
+            | Refused(_)
+            | Misdirected
             | HeadersTooLarge { .. }
             | ClientTimeout => Blame::Downstream,
             _ => Blame::Upstream,
@@ -143,7 +150,8 @@ impl ProxyError {
             BodyTooLarge(_) => "request body too large",
             ClientTimeout => "request body idle timeout",
             BadRequest(_) => "bad request",
-            BadHost(why) => why,
+            Refused(why) => why,
+            Misdirected => "host does not match the TLS server name",
             HeadersTooLarge { .. } => "request headers too large",
             Filter { .. } => "filter failure",
             ResponseTooLarge(_) => "response too large",

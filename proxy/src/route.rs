@@ -79,7 +79,7 @@ impl RouteTable {
 /// The host of an authority, lower case, without port, IPv6 brackets or the
 /// trailing dot of a fully qualified name (`api.example.com.` is `api.example.com`,
 /// and must match its routes: the upstream will take it for that name).
-fn host_of(authority: &str) -> std::borrow::Cow<'_, str> {
+pub fn host_of(authority: &str) -> std::borrow::Cow<'_, str> {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
     } else {

@@ -40,6 +40,8 @@ pub struct ListenerRuntime {
     pub config: ListenerConfig,
     pub routes: RouteTable,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Requests must name the host their TLS session was made for (`strict_sni_host`).
+    pub strict_sni_host: bool,
     /// How its connections are served, by protocol (`server::serve_http` tells
     /// which a connection speaks before it starts).
     pub http1: http1::Builder,
@@ -249,6 +251,7 @@ fn build_listener(
         name: l.name.as_str().into(),
         config: l.clone(),
         routes: RouteTable { routes, fallback },
+        strict_sni_host: l.tls.as_ref().is_some_and(|t| t.strict_sni_host()),
         tls,
         http1,
         http2,

@@ -156,6 +156,7 @@ fn config_with_everything() -> Config {
                 }],
                 alpn: vec!["h2".into()],
                 client_ca: Some("ca.pem".into()),
+                strict_sni_host: Some(true),
             }),
             limits: ListenerLimits::default(),
             forwarding: ForwardingConfig {
@@ -165,6 +166,7 @@ fn config_with_everything() -> Config {
             },
             normalize_path: false,
             merge_slashes: true,
+            escaped_slashes: EscapedSlashes::Decode,
         }],
         clusters: vec![ClusterConfig {
             name: "c".into(),

@@ -496,10 +496,10 @@ async fn a_malformed_request_body_is_the_clients_fault() {
 #[tokio::test]
 async fn requests_are_routed_and_forwarded_by_their_normalized_path() {
     let (b1, b2) = (Backend::start("b1").await, Backend::start("b2").await);
-    let cfg = |normalize: bool, merge: bool| {
+    let cfg = |normalize: bool, merge: bool, escaped: &str| {
         format!(
             "[[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\ncluster = \"private\"\n\
-             normalize_path = {normalize}\nmerge_slashes = {merge}\n\
+             normalize_path = {normalize}\nmerge_slashes = {merge}\nescaped_slashes = \"{escaped}\"\n\
              [[listeners.routes]]\npath_prefix = \"/public\"\ncluster = \"public\"\n\
              [[clusters]]\nname = \"private\"\nendpoints = [\"{}\"]\n\
              [[clusters]]\nname = \"public\"\nendpoints = [\"{}\"]\n",
@@ -516,7 +516,7 @@ async fn requests_are_routed_and_forwarded_by_their_normalized_path() {
             .unwrap_or_default();
         (headers["x-backend"].to_str().unwrap().to_string(), uri)
     };
-    let proxy = Proxy::start(&cfg(true, false)).await;
+    let proxy = Proxy::start(&cfg(true, false, "keep")).await;
     // A `/public` route cannot be used to reach past it, and encodings do not hide it.
     assert_eq!(
         ask(&proxy, "/public/../info?q=/../x").await,
@@ -529,15 +529,36 @@ async fn requests_are_routed_and_forwarded_by_their_normalized_path() {
     assert_eq!(ask(&proxy, "/%70ublic/./x").await.0, "b2");
     // Repeated slashes are empty segments unless the listener merges them.
     assert_eq!(ask(&proxy, "//public/x").await.0, "b1");
-    let merging = Proxy::start(&cfg(true, true)).await;
+    let merging = Proxy::start(&cfg(true, true, "keep")).await;
     assert_eq!(ask(&merging, "//public//x").await.0, "b2");
     assert_eq!(
         ask(&merging, "//info?q=//").await,
         ("b1".into(), "/info?q=//".into())
     );
 
+    // Encoded slashes are not delimiters: kept, the route sees `/public` (and the
+    // upstream gets them as they came, for it to read as it will).
+    assert_eq!(
+        ask(&proxy, "/public%2F..%2Finfo").await,
+        ("b2".into(), String::new())
+    );
+    // Refused, for upstreams that would decode them before resolving the path...
+    let rejecting = Proxy::start(&cfg(true, false, "reject")).await;
+    let (status, _, body) = get(&h1(), &rejecting.url("/public%2f..%2Finfo")).await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::BAD_REQUEST, &b"encoded slash in the path\n"[..])
+    );
+    assert_eq!(ask(&rejecting, "/public/x?next=%2Fadmin").await.0, "b2");
+    // ...or decoded, so that the dot segments they hid are removed before routing.
+    let decoding = Proxy::start(&cfg(true, false, "decode")).await;
+    assert_eq!(
+        ask(&decoding, "/public%2F..%2Finfo").await,
+        ("b1".into(), "/info".into())
+    );
+
     // Turned off, the path goes as it came (for upstreams that give dots a meaning).
-    let raw_proxy = Proxy::start(&cfg(false, true)).await;
+    let raw_proxy = Proxy::start(&cfg(false, true, "keep")).await;
     assert_eq!(ask(&raw_proxy, "/public/../info").await.0, "b2");
     assert_eq!(ask(&raw_proxy, "/%70ublic/./x").await.0, "b1");
 }

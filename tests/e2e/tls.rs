@@ -247,6 +247,59 @@ async fn client_ca_requires_a_client_certificate_from_that_ca() {
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["headers"]["x-forwarded-proto"], "https");
     assert_eq!(backend.hits(), 1);
+
+    // Verified for a.test, the client may not name another host (`strict_sni_host`
+    // is on with client certificates unless the listener turns it off).
+    let config = client_config(&pki, &[b"http/1.1"], true, Some(&client));
+    let tls = tls_connect(addr, config, "a.test").await.unwrap();
+    let (_, status, _) = get_over(tls, "b.test", "/info").await.unwrap();
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST);
+    assert_eq!(backend.hits(), 1);
+}
+
+#[tokio::test]
+async fn strict_sni_host_answers_421_to_a_host_other_than_the_sni() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    // One certificate for both names: a client may reuse a connection made for one
+    // to ask for the other (as browsers coalesce HTTP/2 connections).
+    let both = pki.leaf(&["a.test", "b.test"], &[]);
+    let (c, k) = pki.write(dir.path(), "both", &both);
+    let backend = Backend::start("b1").await;
+    let ask = async |proxy: &Proxy, sni: &str, authority: &str, alpn: &str| {
+        let config = client_config(&pki, &[alpn.as_bytes()], true, None);
+        let tls = tls_connect(proxy.addr("main"), config, sni).await.unwrap();
+        let (_, status, body) = get_over(tls, authority, "/").await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+
+    let strict = Proxy::start(&tls_listener(
+        &backend,
+        &[(&c, &k, &[])],
+        "strict_sni_host = true",
+    ))
+    .await;
+    for alpn in ["h2", "http/1.1"] {
+        for authority in ["a.test", "A.Test:443", "a.test."] {
+            let (status, _) = ask(&strict, "a.test", authority, alpn).await;
+            assert_eq!(status, StatusCode::OK, "{authority} over {alpn}");
+        }
+        let (status, body) = ask(&strict, "a.test", "b.test", alpn).await;
+        assert_eq!(
+            (status, &body[..]),
+            (
+                StatusCode::MISDIRECTED_REQUEST,
+                "host does not match the TLS server name\n"
+            ),
+            "over {alpn}"
+        );
+    }
+    assert_eq!(backend.hits(), 6);
+
+    // Off (the default without client certificates), the Host routes as it is.
+    let lenient = Proxy::start(&tls_listener(&backend, &[(&c, &k, &[])], "")).await;
+    let (status, _) = ask(&lenient, "a.test", "b.test", "h2").await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 /// A TLS backend whose certificate comes from `pki` for `names`, offering `alpn`.

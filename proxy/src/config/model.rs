@@ -179,6 +179,25 @@ pub struct ListenerConfig {
     /// With `normalize_path`, runs of slashes count as one (`//admin` is `/admin`).
     #[serde(default)]
     pub merge_slashes: bool,
+    /// What becomes of percent-encoded slashes (`%2F`, `%5C`) in paths.
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+}
+
+/// What a listener does with a path's percent-encoded slashes and backslashes
+/// (`%2F`, `%5C`, either case). They are not delimiters to RFC 3986, so routes
+/// see `/public%2F..%2Fadmin` as under `/public`; an upstream that decodes them
+/// before resolving the path serves `/admin`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// Left encoded (RFC 3986's reading; Envoy's default).
+    #[default]
+    Keep,
+    /// The request is refused with 400.
+    Reject,
+    /// Decoded (`/` and `\`) before the path is normalized, routed and forwarded.
+    Decode,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -211,6 +230,19 @@ pub struct ServerTlsConfig {
     /// PEM file of CAs whose client certificates are accepted; set to require mTLS.
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
+    /// A request's host must be the server name (SNI) of its connection's handshake,
+    /// or it gets 421. Unset: on when `client_ca` is (see `strict_sni_host()`).
+    #[serde(default)]
+    pub strict_sni_host: Option<bool>,
+}
+
+impl ServerTlsConfig {
+    /// Whether requests must name the host their connection's TLS session was made
+    /// for. On by default with client certificates, as in Caddy: a client verified
+    /// for one virtual host must not reach another by naming it in `Host`.
+    pub fn strict_sni_host(&self) -> bool {
+        self.strict_sni_host.unwrap_or(self.client_ca.is_some())
+    }
 }
 
 fn default_alpn() -> Vec<String> {

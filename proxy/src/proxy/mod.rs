@@ -97,9 +97,15 @@ async fn forward(
             return Err(ProxyError::HeadersTooLarge { size, limit });
         }
     }
-    headers::check_host(&mut req).map_err(ProxyError::BadHost)?;
-    if lr.config.normalize_path {
-        normalize_path(&mut req, lr.config.merge_slashes)?;
+    headers::check_host(&mut req).map_err(ProxyError::Refused)?;
+    if let Some(tls) = &ex.conn.tls {
+        if lr.strict_sni_host && !headers::host_is_sni(authority_of(&req), tls.sni.as_deref()) {
+            return Err(ProxyError::Misdirected);
+        }
+    }
+    let path_rules = path::Rules::of(&lr.config);
+    if path_rules.any() {
+        normalize_path(&mut req, path_rules)?;
     }
     let extended_connect = ExtendedConnect::is(&req);
     if req.method() == Method::CONNECT && !extended_connect {
@@ -509,12 +515,11 @@ fn set_length(headers: &mut http::HeaderMap, data: &Bytes) {
 
 /// Puts the request's path in its normal form (`path::normalize`), the one routes,
 /// filters and the upstream then see.
-fn normalize_path<B>(req: &mut Request<B>, merge_slashes: bool) -> Result<(), ProxyError> {
-    let Some(normal) = req
-        .uri()
-        .path_and_query()
-        .and_then(|p| path::normalize(p.as_str(), merge_slashes))
-    else {
+fn normalize_path<B>(req: &mut Request<B>, rules: path::Rules) -> Result<(), ProxyError> {
+    let Some(p) = req.uri().path_and_query() else {
+        return Ok(());
+    };
+    let Some(normal) = path::normalize(p.as_str(), rules).map_err(ProxyError::Refused)? else {
         return Ok(());
     };
     let mut parts = req.uri().clone().into_parts();

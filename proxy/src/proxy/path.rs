@@ -12,28 +12,107 @@
 //! path to many servers (nginx merges them by default), so `//admin` can slip past an
 //! `/admin` route; merging them is the listener's choice (`merge_slashes`).
 //!
+//! Encoded slashes are the listener's choice too (`escaped_slashes`): an upstream that
+//! decodes `%2F` before it resolves the path serves `/admin` for
+//! `/public%2F..%2Fadmin`, which routes see under `/public`. Rejecting them, or
+//! decoding them before the dot segments are removed, closes that (Envoy's
+//! `path_with_escaped_slashes_action`).
+//!
 //! Written here rather than taken from a URL crate: those parse a whole URL (WHATWG's
 //! rules, which differ from RFC 3986's, such as reading `\` as `/`), and a path that
 //! needs nothing, which is almost every path, must cost a scan and no allocation.
 
-/// The normal form of `path_and_query` (an origin-form target: `/a/b?q`), or `None`
-/// when it is normal already; with `merge_slashes`, runs of slashes count as one.
-pub fn normalize(path_and_query: &str, merge_slashes: bool) -> Option<String> {
+use std::borrow::Cow;
+
+use crate::config::{EscapedSlashes, ListenerConfig};
+
+/// How a listener reads paths (its `normalize_path`, `merge_slashes` and
+/// `escaped_slashes`).
+#[derive(Clone, Copy, Debug)]
+pub struct Rules {
+    /// Decode unreserved characters, remove dot segments.
+    pub normalize: bool,
+    /// With `normalize`, runs of slashes count as one.
+    pub merge_slashes: bool,
+    pub escaped_slashes: EscapedSlashes,
+}
+
+impl Rules {
+    pub fn of(listener: &ListenerConfig) -> Self {
+        Rules {
+            normalize: listener.normalize_path,
+            merge_slashes: listener.merge_slashes,
+            escaped_slashes: listener.escaped_slashes,
+        }
+    }
+
+    /// Whether a path can change or be refused under these rules at all.
+    pub fn any(&self) -> bool {
+        self.normalize || self.escaped_slashes != EscapedSlashes::Keep
+    }
+}
+
+/// The path the request goes on with: the normal form of `path_and_query` (an
+/// origin-form target: `/a/b?q`), or `None` when it is normal already. `Err` is why
+/// the request is refused (an encoded slash, when the rules say `reject`).
+pub fn normalize(path_and_query: &str, rules: Rules) -> Result<Option<String>, &'static str> {
     let (path, query) = match path_and_query.find('?') {
         Some(q) => path_and_query.split_at(q),
         None => (path_and_query, ""),
     };
+    let merge_slashes = rules.normalize && rules.merge_slashes;
     let repeated = merge_slashes && path.contains("//");
     if !path.starts_with('/') || !(repeated || needs_work(path.as_bytes())) {
-        return None;
+        return Ok(None);
     }
-    let decoded = decode_unreserved(path);
-    let mut out = remove_dot_segments(&decoded, merge_slashes);
+    let mut owned = Cow::Borrowed(path);
+    if rules.escaped_slashes != EscapedSlashes::Keep && has_escaped_slash(path.as_bytes()) {
+        if rules.escaped_slashes == EscapedSlashes::Reject {
+            return Err("encoded slash in the path");
+        }
+        owned = Cow::Owned(decode_slashes(path));
+    }
+    let mut out = if rules.normalize {
+        remove_dot_segments(&decode_unreserved(&owned), merge_slashes)
+    } else {
+        owned.into_owned()
+    };
     if out == path {
-        return None;
+        return Ok(None);
     }
     out.push_str(query);
-    Some(out)
+    Ok(Some(out))
+}
+
+/// Whether `path` holds `%2F` or `%5C` (in either case).
+fn has_escaped_slash(path: &[u8]) -> bool {
+    path.windows(3).any(|w| {
+        w[0] == b'%'
+            && ((w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'))
+                || (w[1] == b'5' && w[2].eq_ignore_ascii_case(&b'c')))
+    })
+}
+
+/// `%2F` becomes `/` and `%5C` becomes `\`; the rest stays as it is.
+fn decode_slashes(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let code = rest.get(at + 1..at + 3).unwrap_or("");
+        match code {
+            "2F" | "2f" => out.push('/'),
+            "5C" | "5c" => out.push('\\'),
+            _ => {
+                out.push('%');
+                rest = &rest[at + 1..];
+                continue;
+            }
+        }
+        rest = &rest[at + 3..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Whether `path` has a percent-encoding or a segment that starts with a dot.
@@ -112,8 +191,21 @@ fn remove_dot_segments(path: &str, merge_slashes: bool) -> String {
 mod tests {
     use super::*;
 
+    fn rules(merge_slashes: bool, escaped_slashes: EscapedSlashes) -> Rules {
+        Rules {
+            normalize: true,
+            merge_slashes,
+            escaped_slashes,
+        }
+    }
+
+    /// `p` under `rules`: its new form, itself when unchanged, or why it is refused.
+    fn under(rules: Rules, p: &str) -> Result<String, &'static str> {
+        normalize(p, rules).map(|n| n.unwrap_or_else(|| p.to_string()))
+    }
+
     fn n(p: &str) -> String {
-        normalize(p, false).unwrap_or_else(|| p.to_string())
+        under(rules(false, EscapedSlashes::Keep), p).expect("kept")
     }
 
     #[test]
@@ -128,14 +220,20 @@ mod tests {
             "*",
             "",
         ] {
-            assert_eq!(normalize(p, false), None, "{p}");
+            assert_eq!(
+                normalize(p, rules(false, EscapedSlashes::Keep)),
+                Ok(None),
+                "{p}"
+            );
         }
-        assert_eq!(normalize("/a/b/?q=//", true), None);
+        let strict = rules(true, EscapedSlashes::Reject);
+        assert_eq!(normalize("/a/b/?q=//", strict), Ok(None));
+        assert_eq!(normalize("/a/b?q=%2F", strict), Ok(None));
     }
 
     #[test]
     fn repeated_slashes_merge_when_asked() {
-        let m = |p: &str| normalize(p, true).unwrap_or_else(|| p.to_string());
+        let m = |p: &str| under(rules(true, EscapedSlashes::Keep), p).expect("kept");
         assert_eq!(m("//admin"), "/admin");
         assert_eq!(m("/a//b///c//"), "/a/b/c/");
         assert_eq!(m("/a//../b"), "/b");
@@ -167,5 +265,49 @@ mod tests {
         assert_eq!(n("/caf%c3%a9"), "/caf%C3%A9");
         assert_eq!(n("/100%"), "/100%");
         assert_eq!(n("/%zz/%4"), "/%zz/%4");
+    }
+
+    #[test]
+    fn encoded_slashes_are_kept_refused_or_decoded_as_the_listener_says() {
+        let keep = rules(false, EscapedSlashes::Keep);
+        let reject = rules(false, EscapedSlashes::Reject);
+        let decode = rules(false, EscapedSlashes::Decode);
+        for p in ["/public%2F..%2Fadmin", "/a%2fb", "/a%5Cb", "/a%5c..%5cb"] {
+            assert_eq!(under(reject, p), Err("encoded slash in the path"), "{p}");
+        }
+        assert_eq!(
+            under(keep, "/public%2f..%2Fadmin").as_deref(),
+            Ok("/public%2F..%2Fadmin")
+        );
+        // Decoded first, so the dot segments they hid are removed with the others.
+        assert_eq!(
+            under(decode, "/public%2F..%2Fadmin").as_deref(),
+            Ok("/admin")
+        );
+        assert_eq!(under(decode, "/a%2fb%5Cc%5c").as_deref(), Ok("/a/b\\c\\"));
+        assert_eq!(
+            under(rules(true, EscapedSlashes::Decode), "/a%2F%2Fb").as_deref(),
+            Ok("/a/b")
+        );
+        // Other encodings, the query, and a `%` that encodes nothing are not slashes.
+        assert_eq!(
+            under(reject, "/a%2Eb%25%2/?x=%2F").as_deref(),
+            Ok("/a.b%25%2/?x=%2F")
+        );
+        assert_eq!(under(decode, "/a%2%2F").as_deref(), Ok("/a%2/"));
+        // Without `normalize_path`, decoding is all that happens.
+        let only_decode = Rules {
+            normalize: false,
+            ..decode
+        };
+        assert_eq!(
+            under(only_decode, "/a/../b%2Fc").as_deref(),
+            Ok("/a/../b/c")
+        );
+        assert_eq!(
+            normalize("/a/../b", only_decode),
+            Ok(None),
+            "without normalize_path, dot segments stay"
+        );
     }
 }
