@@ -1340,3 +1340,82 @@ async fn a_restart_loads_the_compiled_module_from_the_disk_cache() {
     );
     assert!(second.shutdown().await);
 }
+
+#[tokio::test]
+async fn each_request_logs_one_access_event_whose_id_the_filters_lines_carry() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start("b1").await;
+    let child = weft_proxy_with(&backend, "probe_filter", r#"{"log":"probe saw"}"#).await;
+    let addr = child.listener_addr("proxy");
+    let url = format!("http://{addr}");
+    let (status, _, _) = get(&h1(), &format!("{url}/one?token=secret")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = get(&h2(), &format!("{url}/two")).await;
+    assert_eq!(status, StatusCode::OK);
+    // Refused before any filter runs.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /three HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 400 "));
+
+    let events = |target: &str| -> Vec<serde_json::Value> {
+        let lines = child.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == target)
+            .collect()
+    };
+    let logged = eventually(Duration::from_secs(5), async || {
+        events("weft::access").len() >= 3
+    })
+    .await;
+    assert!(logged, "{:?}", child.lines.lock().unwrap());
+    let access = events("weft::access");
+    assert_eq!(access.len(), 3, "one event per request: {access:#?}");
+    let by_path = |path: &str| {
+        access
+            .iter()
+            .find(|v| v["path"] == path)
+            .unwrap_or_else(|| panic!("no access event for {path}: {access:#?}"))
+    };
+    let (one, two, three) = (by_path("/one"), by_path("/two"), by_path("/three"));
+    for (event, version) in [(one, "HTTP/1.1"), (two, "HTTP/2.0")] {
+        assert_eq!(event["status"], 200, "{event}");
+        assert_eq!(event["method"], "GET");
+        assert_eq!(event["version"], version);
+        assert_eq!(event["authority"], addr.to_string());
+        assert_eq!(event["listener"], "proxy");
+        assert_eq!(event["upstream"], backend.addr.to_string());
+        assert_eq!(event["error"], "-");
+    }
+    assert_eq!(three["status"], 400);
+    assert_eq!(three["error"], "more than one Host header");
+    assert_eq!(three["authority"], "a");
+    assert!(
+        !child.logged("secret"),
+        "the query string must not be logged"
+    );
+
+    // The filter's own lines name the request as the access log does.
+    let ids: Vec<u64> = [one, two, three]
+        .iter()
+        .map(|e| e["request_id"].as_u64().expect("request_id"))
+        .collect();
+    assert!(
+        ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
+        "{ids:?}"
+    );
+    let filter_lines = events("weft::filter");
+    for (event, path) in [(one, "/one"), (two, "/two")] {
+        let line = filter_lines
+            .iter()
+            .find(|l| l["message"] == format!("probe saw {path}"))
+            .unwrap_or_else(|| panic!("no filter line for {path}: {filter_lines:#?}"));
+        assert_eq!(line["request"], event["request_id"], "{line}");
+        assert_eq!(line["filter"], "probe_filter");
+    }
+}

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Uri, Version};
+use http::{HeaderValue, Method, Uri, Version};
 use http_body::{Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
@@ -30,10 +30,14 @@ pub type CompletionHook = Box<dyn FnOnce(&Exchange) + Send>;
 /// Everything needed to settle a request once its response is done.
 pub struct Exchange {
     pub start: Instant,
+    /// Unique in the process; filters see it, and their log lines carry it.
+    pub request_id: u64,
     pub conn: Arc<ConnInfo>,
     pub listener: Arc<ListenerRuntime>,
     pub method: Method,
     pub uri: Uri,
+    /// The client's `Host`, kept for the access log when it is written.
+    pub host: Option<HeaderValue>,
     pub version: Version,
     pub status: u16,
     pub cluster: Option<Arc<Cluster>>,
@@ -68,10 +72,12 @@ impl Exchange {
         conn.state.begin();
         Exchange {
             start: Instant::now(),
+            request_id: conn.runtime.next_request_id(),
             conn,
             listener,
             method,
             uri,
+            host: None,
             version,
             status: 0,
             cluster: None,
@@ -139,11 +145,14 @@ impl Drop for Exchange {
         if let Some(hook) = self.on_complete.take() {
             hook(self);
         }
+        let authority = self.uri.authority().map(|a| a.as_str());
         access::log(&AccessRecord {
+            request_id: self.request_id,
             listener: &self.conn.listener,
             remote: self.conn.remote,
             method: &self.method,
             uri: &self.uri,
+            authority: authority.or_else(|| self.host.as_ref()?.to_str().ok()),
             version: self.version,
             status: self.status,
             cluster,

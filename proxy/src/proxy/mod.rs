@@ -25,6 +25,7 @@ use crate::chain::run::{
 use crate::error::ProxyError;
 use crate::server::ConnInfo;
 use crate::snapshot::{ListenerRuntime, Snapshot};
+use crate::telemetry::access;
 use crate::telemetry::metrics::Limit;
 use crate::upstream::pool::Lease;
 use crate::upstream::{Cluster, Endpoint, Want};
@@ -55,6 +56,9 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Res
         req.uri().clone(),
         req.version(),
     ));
+    if access::enabled() {
+        ex.host = req.headers().get(HOST).cloned();
+    }
     match forward(req, &snap, listener, &mut ex).await {
         Ok((mut resp, timeouts)) => {
             HeaderEdit::apply(ex.response_edits_for_answer(false), resp.headers_mut());
@@ -143,7 +147,7 @@ async fn forward(
     let run = target.chain.clone().map(|c| {
         Arc::new(ChainRun::new(
             c,
-            ex.conn.runtime.next_request_id(),
+            ex.request_id,
             ex.conn.clone(),
             snap.clone(),
         ))

@@ -8,10 +8,14 @@ use http::{Method, Uri, Version};
 
 /// What one finished request looked like.
 pub struct AccessRecord<'a> {
+    /// The number filters' log lines carry as `request`.
+    pub request_id: u64,
     pub listener: &'a str,
     pub remote: SocketAddr,
     pub method: &'a Method,
     pub uri: &'a Uri,
+    /// `:authority`, or the `Host` header, as the client sent it.
+    pub authority: Option<&'a str>,
     pub version: Version,
     pub status: u16,
     pub cluster: Option<&'a str>,
@@ -23,13 +27,21 @@ pub struct AccessRecord<'a> {
     pub error: Option<&'a str>,
 }
 
+/// Whether access-log events are written at all: what only the log needs is not
+/// gathered otherwise.
+pub fn enabled() -> bool {
+    tracing::enabled!(target: "weft::access", tracing::Level::INFO)
+}
+
 pub fn log(r: &AccessRecord<'_>) {
     // The query string may carry secrets; log the path only.
     tracing::info!(
         target: "weft::access",
+        request_id = r.request_id,
         listener = r.listener,
         remote = %r.remote,
         method = %r.method,
+        authority = r.authority.unwrap_or("-"),
         path = r.uri.path(),
         version = ?r.version,
         status = r.status,

@@ -62,6 +62,8 @@ pub struct Config {
     replace_status: Option<u16>,
     /// Answers with the shared store's "last-status" (what `record_completion` wrote).
     report_last_status: bool,
+    /// Logs this message (at info, with the request's path) in the request-headers phase.
+    log: Option<String>,
 }
 
 pub struct Probe {
@@ -119,6 +121,9 @@ impl Filter for Probe {
         if self.cfg.count_paths {
             let path = ctx.request().path();
             self.paths.inc(&[path.as_str()]);
+        }
+        if let Some(message) = &self.cfg.log {
+            weft_sdk::log::info!("{message} {}", ctx.request().path());
         }
         if self.cfg.spin {
             let mut n: u64 = 0;
