@@ -12,6 +12,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -295,6 +296,17 @@ async fn strict_sni_host_answers_421_to_a_host_other_than_the_sni() {
         );
     }
     assert_eq!(backend.hits(), 6);
+    // A CONNECT names where its tunnel goes, not a host of the listener: not checked.
+    let config = client_config(&pki, &[b"http/1.1"], true, None);
+    let mut tls = tls_connect(strict.addr("main"), config, "a.test")
+        .await
+        .unwrap();
+    tls.write_all(b"CONNECT b.test:443 HTTP/1.1\r\nhost: b.test:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    tls.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
 
     // Off (the default without client certificates), the Host routes as it is.
     let lenient = Proxy::start(&tls_listener(&backend, &[(&c, &k, &[])], "")).await;

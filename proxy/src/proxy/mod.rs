@@ -102,11 +102,6 @@ async fn forward(
         }
     }
     headers::check_host(&mut req).map_err(ProxyError::Refused)?;
-    if let Some(tls) = &ex.conn.tls {
-        if lr.strict_sni_host && !headers::host_is_sni(authority_of(&req), tls.sni.as_deref()) {
-            return Err(ProxyError::Misdirected);
-        }
-    }
     let path_rules = path::Rules::of(&lr.config);
     if path_rules.any() {
         normalize_path(&mut req, path_rules)?;
@@ -114,6 +109,12 @@ async fn forward(
     let extended_connect = ExtendedConnect::is(&req);
     if req.method() == Method::CONNECT && !extended_connect {
         return tunnel::connect(req, lr, ex).await;
+    }
+    // After CONNECT: its authority is where the tunnel goes, not a host of ours.
+    if let Some(tls) = &ex.conn.tls {
+        if lr.strict_sni_host && !headers::host_is_sni(authority_of(&req), tls.sni.as_deref()) {
+            return Err(ProxyError::Misdirected);
+        }
     }
     let Some(target) = lr.routes.find(|| authority_of(&req), req.uri().path()) else {
         // Built with `ok_or`, the error would be made (and dropped) on every request.
