@@ -90,13 +90,13 @@ async fn max_connections_per_endpoint_turns_requests_away_at_the_limit() {
     let backend = Backend::start_with("b1", Proto::Http1, None).await;
     let proxy = Proxy::start(&config(
         &backend.addr.to_string(),
-        "[clusters.pool]\nmax_connections_per_endpoint = 2",
+        "[clusters.pool]\nmax_connections_per_endpoint = 2\nmax_pending_per_endpoint = 0",
     ))
     .await;
     let slow = spawn_gets(&proxy.url("/sleep/2000"), 2);
     assert!(eventually(Duration::from_secs(5), async || backend.hits() == 2).await);
 
-    // Both connections are busy: further requests are not queued but answered 503.
+    // Both connections are busy, and no request may wait: further ones are answered 503.
     for _ in 0..3 {
         let (status, _, body) = get(&h1(), &proxy.url("/")).await;
         assert_eq!(
@@ -124,6 +124,52 @@ async fn max_connections_per_endpoint_turns_requests_away_at_the_limit() {
         assert_eq!(get(&h1(), &url).await.0, StatusCode::OK);
     }
     assert_eq!(backend.connections.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_requests_wait_for_a_connection_to_come_free() {
+    let backend = Backend::start_with("b1", Proto::Http1, None).await;
+    let proxy = Proxy::start(&config(
+        &backend.addr.to_string(),
+        "[clusters.pool]\nmax_connections_per_endpoint = 1\nmax_pending_per_endpoint = 2",
+    ))
+    .await;
+    let slow = spawn_gets(&proxy.url("/sleep/1000"), 1);
+    assert!(eventually(Duration::from_secs(5), async || backend.hits() == 1).await);
+    // Two may wait for the one connection...
+    let waiting = spawn_gets(&proxy.url("/"), 2);
+    let pending = "weft_upstream_pending_requests{cluster=\"c\"}";
+    let queued = eventually(Duration::from_secs(5), async || {
+        proxy.metric(pending).await == 2.0
+    })
+    .await;
+    assert!(queued, "{}", proxy.metrics().await);
+    // ...a third may not: the queue is full, and it is answered at once.
+    let (status, _, body) = get(&h1(), &proxy.url("/")).await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::SERVICE_UNAVAILABLE, &b"connection limit\n"[..])
+    );
+    assert!(!slow[0].is_finished(), "the slow request ended too soon");
+    // As the connection comes back, each waiting request gets it in turn.
+    for w in slow.into_iter().chain(waiting) {
+        assert_eq!(w.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(backend.hits(), 3);
+    assert_eq!(backend.connections.load(Ordering::Relaxed), 1);
+    assert_eq!(proxy.metric(pending).await, 0.0);
+
+    // A request waits no longer than the connect timeout.
+    let impatient = Proxy::start(&config(
+        &backend.addr.to_string(),
+        "connect_timeout = \"200ms\"\n[clusters.pool]\nmax_connections_per_endpoint = 1",
+    ))
+    .await;
+    let slow = spawn_gets(&impatient.url("/sleep/3000"), 1);
+    assert!(eventually(Duration::from_secs(5), async || backend.hits() == 4).await);
+    let (status, _, _) = get(&h1(), &impatient.url("/")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!slow[0].is_finished(), "the slow request ended too soon");
 }
 
 /// An HTTP/1.1 upstream that answers the first request of each connection and closes

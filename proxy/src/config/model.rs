@@ -547,9 +547,13 @@ pub struct PoolConfig {
     #[serde(default = "default_max_idle")]
     pub max_idle_per_endpoint: usize,
     /// Connections per endpoint (HTTP/1.1: one per request in flight); 0 for no limit.
-    /// A request that finds the limit reached gets 503.
+    /// A request that finds the limit reached waits for a connection to come free.
     #[serde(default)]
     pub max_connections_per_endpoint: usize,
+    /// Requests that may wait at the connection limit, per endpoint (each for at most
+    /// the cluster's `connect_timeout`); beyond them, or with 0, a request gets 503.
+    #[serde(default = "default_max_pending")]
+    pub max_pending_per_endpoint: usize,
     /// Idle connections are closed after this long.
     #[serde(default = "default_pool_idle")]
     pub idle_timeout: Dur,
@@ -557,6 +561,9 @@ pub struct PoolConfig {
 
 fn default_max_idle() -> usize {
     128
+}
+fn default_max_pending() -> usize {
+    1024
 }
 fn default_pool_idle() -> Dur {
     Dur::secs(90)
@@ -567,6 +574,7 @@ impl Default for PoolConfig {
         PoolConfig {
             max_idle_per_endpoint: default_max_idle(),
             max_connections_per_endpoint: 0,
+            max_pending_per_endpoint: default_max_pending(),
             idle_timeout: default_pool_idle(),
         }
     }

@@ -133,6 +133,7 @@ pub struct Metrics {
     pub request_duration: HistogramFamily<RouteLabels>,
     pub upstream_connect_errors: Family<ClusterLabels, Counter>,
     pub upstream_timeouts: Family<ClusterLabels, Counter>,
+    pub upstream_pending: Family<ClusterLabels, Gauge>,
     pub endpoint_ejections: Family<ClusterLabels, Counter>,
     pub endpoints_healthy: Family<ClusterLabels, Gauge>,
     pub dns_lookups: Family<DnsLabels, Counter>,
@@ -257,6 +258,12 @@ impl Metrics {
             "Requests that hit a connect, request or idle timeout upstream",
             upstream_timeouts.clone(),
         );
+        let upstream_pending = Family::default();
+        r.register(
+            "upstream_pending_requests",
+            "Requests waiting at an endpoint's connection limit for a connection to come free",
+            upstream_pending.clone(),
+        );
         let endpoint_ejections = Family::default();
         r.register(
             "endpoint_ejections",
@@ -337,6 +344,7 @@ impl Metrics {
             request_duration,
             upstream_connect_errors,
             upstream_timeouts,
+            upstream_pending,
             endpoint_ejections,
             endpoints_healthy,
             dns_lookups,
@@ -392,6 +400,7 @@ impl Metrics {
         ClusterStats {
             connect_errors: self.upstream_connect_errors.get_or_create(&l).clone(),
             timeouts: self.upstream_timeouts.get_or_create(&l).clone(),
+            pending: self.upstream_pending.get_or_create(&l).clone(),
             ejections: self.endpoint_ejections.get_or_create(&l).clone(),
             healthy: self.endpoints_healthy.get_or_create(&l).clone(),
             dns_lookups: self.dns_lookups.clone(),
@@ -566,6 +575,8 @@ impl RouteStats {
 pub struct ClusterStats {
     pub connect_errors: Counter,
     pub timeouts: Counter,
+    /// Requests waiting at a connection limit now (`upstream::pool`).
+    pub pending: Gauge,
     pub ejections: Counter,
     pub healthy: Gauge,
     /// Resolved per lookup (off the request path), so that clusters of IP addresses

@@ -17,6 +17,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{Cluster, Endpoint, Want};
@@ -36,8 +37,89 @@ type H2Sender = http2::SendRequest<RequestBody>;
 #[derive(Default)]
 pub struct Pool {
     workers: PerWorker<WorkerPool>,
+    slots: Arc<Slots>,
+}
+
+/// An endpoint's connections counted against its limit, and the requests waiting at
+/// the limit for one to come free (`Cluster::checkout_queued`).
+#[derive(Default)]
+struct Slots {
     /// Connections open to this endpoint, pooled or in use, on all workers.
-    open: Arc<AtomicUsize>,
+    open: AtomicUsize,
+    waiting: AtomicUsize,
+    freed: Notify,
+}
+
+impl Slots {
+    /// Takes a slot under `max` (0: no limit). Never counts past the limit, even for
+    /// a moment: a waiter woken by a freed slot must find it free.
+    fn reserve(self: &Arc<Self>, max: usize) -> Option<OpenGuard> {
+        if max == 0 {
+            self.open.fetch_add(1, Ordering::SeqCst);
+        } else {
+            let mut open = self.open.load(Ordering::Relaxed);
+            loop {
+                if open >= max {
+                    return None;
+                }
+                match self.open.compare_exchange_weak(
+                    open,
+                    open + 1,
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(now) => open = now,
+                }
+            }
+        }
+        Some(OpenGuard(self.clone()))
+    }
+
+    /// Wakes a waiting request, if any, after a connection came back or closed. The
+    /// common case, nobody waiting, is one load. (A waiter counts itself before it
+    /// looks at the pool; this runs after the pool changed: one of the two sees the
+    /// other.)
+    fn free_one(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.freed.notify_one();
+        }
+    }
+
+    /// Wakes every waiting request: an HTTP/2 connection they may all share opened.
+    fn free_all(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.freed.notify_waiters();
+        }
+    }
+
+    /// A place among at most `max` waiting requests, held until dropped.
+    fn queue(self: &Arc<Self>, max: usize) -> Option<Queued> {
+        self.waiting
+            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Queued(self.clone()))
+    }
+}
+
+/// Takes one off a gauge when dropped.
+struct DecOnDrop<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for DecOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A request waiting at an endpoint's connection limit.
+struct Queued(Arc<Slots>);
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// One worker's connections to an endpoint.
@@ -128,6 +210,8 @@ impl Pool {
             .unwrap_or_else(|p| p.into_inner());
         if idle.len() < max_idle_conns {
             idle.push(Idle { sender, since: now });
+            drop(idle);
+            self.slots.free_one();
         }
     }
 
@@ -157,7 +241,7 @@ impl Pool {
     }
 
     pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        self.slots.open.load(Ordering::Relaxed)
     }
 
     pub fn idle_connections(&self) -> usize {
@@ -188,21 +272,63 @@ impl Lease {
 }
 
 /// Counts a connection as open until dropped.
-struct OpenGuard(Arc<AtomicUsize>);
+struct OpenGuard(Arc<Slots>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.free_one();
     }
 }
 
 impl Cluster {
-    /// A connection to `ep` fit for `want`.
+    /// A connection to `ep` fit for `want`. At the endpoint's connection limit, the
+    /// request waits for one to come free (`checkout_queued`).
     pub(crate) async fn checkout(
         &self,
         ep: &Arc<Endpoint>,
         want: Want,
     ) -> Result<Lease, ProxyError> {
+        match self.checkout_now(ep, want).await {
+            Err(ProxyError::PoolExhausted(_)) if self.config.pool.max_pending_per_endpoint > 0 => {
+                // Boxed: the waiting is rare, and would make every request's future larger.
+                Box::pin(self.checkout_queued(ep, want)).await
+            }
+            r => r,
+        }
+    }
+
+    /// At the endpoint's connection limit, with no connection to borrow: waits, among
+    /// at most `max_pending_per_endpoint` requests and for at most the connect
+    /// timeout, for a connection to come back to the pool or close, as Envoy queues
+    /// pending requests rather than failing a burst a little over the limit.
+    async fn checkout_queued(&self, ep: &Arc<Endpoint>, want: Want) -> Result<Lease, ProxyError> {
+        let Some(_queued) = ep
+            .pool
+            .slots
+            .queue(self.config.pool.max_pending_per_endpoint)
+        else {
+            return Err(ProxyError::PoolExhausted(ep.addr));
+        };
+        self.stats.pending.inc();
+        let _counted = DecOnDrop(&self.stats.pending);
+        let deadline = Instant::now() + self.config.connect_timeout.0;
+        loop {
+            // Listening before looking: a connection freed in between still wakes us.
+            let mut freed = std::pin::pin!(ep.pool.slots.freed.notified());
+            freed.as_mut().enable();
+            match self.checkout_now(ep, want).await {
+                Err(ProxyError::PoolExhausted(_)) => {}
+                done => return done,
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(ProxyError::PoolExhausted(ep.addr));
+            }
+        }
+    }
+
+    /// A connection to `ep` fit for `want`, or `PoolExhausted` at the limit.
+    async fn checkout_now(&self, ep: &Arc<Endpoint>, want: Want) -> Result<Lease, ProxyError> {
         let max_idle = self.config.pool.idle_timeout.0;
         match self.use_h2(ep, want).await {
             Some(true) => match self.h2_sender(ep, None).await {
@@ -251,12 +377,10 @@ impl Cluster {
     /// Reserves a connection slot under the endpoint's limit.
     fn reserve(&self, ep: &Endpoint) -> Result<OpenGuard, ProxyError> {
         let max = self.config.pool.max_connections_per_endpoint;
-        let open = ep.pool.open.fetch_add(1, Ordering::Relaxed);
-        let guard = OpenGuard(ep.pool.open.clone());
-        if max != 0 && open >= max {
-            return Err(ProxyError::PoolExhausted(ep.addr));
-        }
-        Ok(guard)
+        ep.pool
+            .slots
+            .reserve(max)
+            .ok_or(ProxyError::PoolExhausted(ep.addr))
     }
 
     async fn connect_counted(
@@ -362,6 +486,7 @@ impl Cluster {
             }
         });
         ep.pool.mine().h2.store(Some(Arc::new(shared.clone())));
+        ep.pool.slots.free_all();
         Ok(shared)
     }
 
@@ -431,6 +556,43 @@ mod tests {
     use super::*;
     use crate::workers::Workers;
     use tokio::net::{TcpListener, TcpStream};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_connection_wakes_a_request_waiting_at_the_limit() {
+        let slots = Arc::new(Slots::default());
+        let held = slots.reserve(1).expect("the first slot");
+        assert!(slots.reserve(1).is_none(), "a slot past the limit");
+        assert_eq!(slots.open.load(Ordering::SeqCst), 1);
+        let queued = slots.queue(1).expect("a place in the queue");
+        assert!(slots.queue(1).is_none(), "a place past the queue's bound");
+        let waiter = {
+            let slots = slots.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut freed = std::pin::pin!(slots.freed.notified());
+                    freed.as_mut().enable();
+                    if let Some(guard) = slots.reserve(1) {
+                        return guard;
+                    }
+                    freed.await;
+                }
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "took a slot while the limit was reached"
+        );
+        drop(held);
+        let guard = tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("the waiter was not woken")
+            .unwrap();
+        assert_eq!(slots.open.load(Ordering::SeqCst), 1);
+        drop((guard, queued));
+        assert_eq!(slots.waiting.load(Ordering::SeqCst), 0);
+        assert!(slots.queue(1).is_some());
+    }
 
     /// An HTTP/1.1 connection to a listener that accepts and holds connections.
     async fn connection(to: std::net::SocketAddr) -> H1Sender {
