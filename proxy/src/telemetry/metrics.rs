@@ -600,6 +600,98 @@ impl ClusterStats {
 mod tests {
     use super::*;
 
+    /// Every family, once it has a series, is named in docs/metrics.md. The pattern
+    /// names every field, so a new family fails to build here until it is touched.
+    #[test]
+    fn docs_name_every_metric() {
+        let m = Metrics::new();
+        let Metrics {
+            registry: _,
+            requests,
+            request_duration,
+            upstream_connect_errors,
+            upstream_timeouts,
+            upstream_pending,
+            endpoint_ejections,
+            endpoints_healthy,
+            dns_lookups,
+            connections_open,
+            connections,
+            limit_hits,
+            reloads,
+            filter_duration,
+            filter_failures,
+            filter_instances_created,
+            filter_instances_idle,
+            filter_metric_series_dropped,
+            guest: _,
+        } = &m;
+        let (l, c, f) = (
+            ListenerLabels {
+                listener: "l".into(),
+            },
+            ClusterLabels {
+                cluster: "c".into(),
+            },
+            FilterLabels { filter: "f".into() },
+        );
+        let route = RouteLabels {
+            listener: "l".into(),
+            cluster: "c".into(),
+        };
+        let _ = requests.get_or_create(&RequestLabels {
+            listener: "l".into(),
+            cluster: "c".into(),
+            status_class: "2xx",
+        });
+        let _ = request_duration.get_or_create(&route);
+        let _ = upstream_connect_errors.get_or_create(&c);
+        let _ = upstream_timeouts.get_or_create(&c);
+        let _ = upstream_pending.get_or_create(&c);
+        let _ = endpoint_ejections.get_or_create(&c);
+        let _ = endpoints_healthy.get_or_create(&c);
+        let _ = dns_lookups.get_or_create(&DnsLabels {
+            cluster: "c".into(),
+            outcome: DnsOutcome::resolved,
+        });
+        let _ = connections_open.get_or_create(&l);
+        let _ = connections.get_or_create(&l);
+        let _ = limit_hits.get_or_create(&LimitLabels {
+            listener: "l".into(),
+            limit: Limit::header_size,
+        });
+        let _ = reloads.get_or_create(&OutcomeLabels {
+            outcome: Outcome::applied,
+        });
+        let _ = filter_duration.get_or_create(&FilterPhaseLabels {
+            filter: "f".into(),
+            phase: "request_headers",
+        });
+        let _ = filter_failures.get_or_create(&FilterFailureLabels {
+            filter: "f".into(),
+            reason: "trap",
+        });
+        let _ = filter_instances_created.get_or_create(&f);
+        let _ = filter_instances_idle.get_or_create(&f);
+        let _ = filter_metric_series_dropped.get_or_create(&f);
+
+        let docs = include_str!("../../../docs/metrics.md");
+        let text = m.encode_prometheus();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next())
+            .collect();
+        assert_eq!(names.len(), 17, "{text}");
+        let missing: Vec<&&str> = names
+            .iter()
+            .filter(|n| !docs.contains(&format!("`{n}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/metrics.md does not name these metrics: {missing:?}"
+        );
+    }
+
     #[test]
     fn route_stats_show_in_exposition() {
         let m = Metrics::new();
