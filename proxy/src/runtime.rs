@@ -55,16 +55,18 @@ impl Runtime {
     }
 }
 
-/// Request ids, unique in the process: the worker's part in the top 16 bits, a
-/// count of its requests below. Counted per worker, so that numbering a request
-/// writes no cache line that other workers write.
+/// Request ids, unique in the process and small enough to read in a log: worker
+/// `i` of `n` numbers its requests `i + 1`, `i + 1 + n`, `i + 1 + 2n`, ... Counted
+/// per worker, so that numbering a request writes no cache line that other workers
+/// write.
 #[derive(Default)]
 struct RequestIds(PerWorker<AtomicU64>);
 
 impl RequestIds {
     fn next(&self) -> u64 {
         let (part, count) = self.0.mine_indexed();
-        (part as u64) << 48 | (count.fetch_add(1, Ordering::Relaxed) + 1)
+        let n = self.0.parts() as u64;
+        count.fetch_add(1, Ordering::Relaxed) * n + part as u64 + 1
     }
 }
 
@@ -87,9 +89,13 @@ mod tests {
         let all: HashSet<u64> = here.iter().chain(&there).copied().collect();
         assert_eq!(all.len(), 200);
         assert!(!all.contains(&0), "0 is never an id");
-        // Each worker counts its own.
-        assert_eq!((here[0], here[99]), (1, 100));
-        assert_eq!((there[0], there[99]), (1 << 48 | 1, 1 << 48 | 100));
+        // Each worker counts its own, in steps of the number of workers.
+        let n = ids.0.parts() as u64;
+        assert!(n >= 2, "one part per worker: {n}");
+        for ids in [&here, &there] {
+            assert!(ids.windows(2).all(|w| w[1] == w[0] + n), "{ids:?}");
+            assert!(ids[0] <= n, "{ids:?}");
+        }
         workers.stop();
     }
 }

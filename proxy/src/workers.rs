@@ -84,6 +84,11 @@ impl<T> PerWorker<T> {
     }
 
     /// Every worker's part, for housekeeping and totals.
+    /// How many parts there are (the workers there were when it was made).
+    pub fn parts(&self) -> usize {
+        self.parts.len()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.parts.iter().map(|p| &p.0)
     }

@@ -49,7 +49,8 @@ pub fn log(r: &AccessRecord<'_>) {
         upstream = %r.upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
         request_bytes = r.request_bytes,
         response_bytes = r.response_bytes,
-        duration_ms = r.duration.as_secs_f64() * 1000.0,
+        // Whole microseconds: `0.321`, not `0.32133900000000004`.
+        duration_ms = r.duration.as_micros() as f64 / 1000.0,
         retries = r.retries,
         error = r.error.unwrap_or("-"),
     );
