@@ -163,6 +163,7 @@ fn config_with_everything() -> Config {
                 x_forwarded_for: ForwardMode::Replace,
                 forwarded: ForwardMode::Append,
                 via: Some("weft".into()),
+                request_id: RequestIdMode::Generate,
             },
             normalize_path: false,
             merge_slashes: true,

@@ -1348,7 +1348,11 @@ async fn each_request_logs_one_access_event_whose_id_the_filters_lines_carry() {
     let child = weft_proxy_with(&backend, "probe_filter", r#"{"log":"probe saw"}"#).await;
     let addr = child.listener_addr("proxy");
     let url = format!("http://{addr}");
-    let (status, _, _) = get(&h1(), &format!("{url}/one?token=secret")).await;
+    let one = Request::get(format!("{url}/one?token=secret"))
+        .header("x-request-id", "trace-1")
+        .body(empty())
+        .unwrap();
+    let (status, _, _) = send(&h1(), one).await;
     assert_eq!(status, StatusCode::OK);
     let (status, _, _) = get(&h2(), &format!("{url}/two")).await;
     assert_eq!(status, StatusCode::OK);
@@ -1392,6 +1396,8 @@ async fn each_request_logs_one_access_event_whose_id_the_filters_lines_carry() {
         assert_eq!(event["upstream"], backend.addr.to_string());
         assert_eq!(event["error"], "-");
     }
+    assert_eq!(one["x_request_id"], "trace-1");
+    assert_eq!(two["x_request_id"], "-");
     assert_eq!(three["status"], 400);
     assert_eq!(three["error"], "more than one Host header");
     assert_eq!(three["authority"], "a");

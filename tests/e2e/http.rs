@@ -129,6 +129,52 @@ endpoints = ["{}"]
 }
 
 #[tokio::test]
+async fn request_ids_are_added_kept_or_replaced_as_the_listener_says() {
+    let backend = Backend::start("b1").await;
+    let mut cfg = String::new();
+    for mode in ["off", "generate", "replace"] {
+        cfg += &format!(
+            "[[listeners]]\nname = \"{mode}\"\naddress = \"127.0.0.1:0\"\ncluster = \"b\"\n\
+             [listeners.forwarding]\nrequest_id = \"{mode}\"\n"
+        );
+    }
+    cfg += &format!(
+        "[[clusters]]\nname = \"b\"\nendpoints = [\"{}\"]\n",
+        backend.addr
+    );
+    let proxy = Proxy::start(&cfg).await;
+    // The upstream's view of X-Request-ID, for a client that sent `sent`.
+    let seen = async |listener: &str, sent: Option<&str>| {
+        let mut req = Request::get(format!("http://{}/info", proxy.addr(listener)));
+        if let Some(id) = sent {
+            req = req.header("x-request-id", id);
+        }
+        let (_, _, body) = send(&h1(), req.body(empty()).unwrap()).await;
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v["headers"]["x-request-id"].as_str().map(str::to_string)
+    };
+    let is_uuid = |id: &str| {
+        let groups: Vec<usize> = id.split('-').map(str::len).collect();
+        groups == [8, 4, 4, 4, 12]
+            && id.chars().all(|c| c == '-' || c.is_ascii_hexdigit())
+            && id.as_bytes()[14] == b'4'
+    };
+
+    assert_eq!(seen("off", None).await, None);
+    assert_eq!(seen("off", Some("abc")).await.as_deref(), Some("abc"));
+    // Made when missing, different each time; the client's kept.
+    let (a, b) = (
+        seen("generate", None).await.unwrap(),
+        seen("generate", None).await.unwrap(),
+    );
+    assert!(is_uuid(&a) && is_uuid(&b) && a != b, "{a} {b}");
+    assert_eq!(seen("generate", Some("abc")).await.as_deref(), Some("abc"));
+    // At an edge, never the client's.
+    let c = seen("replace", Some("abc")).await.unwrap();
+    assert!(is_uuid(&c), "{c}");
+}
+
+#[tokio::test]
 async fn via_names_the_version_each_message_was_received_with() {
     // (client, upstream protocol setting, backend speaks, version the backend sees)
     let cases = [

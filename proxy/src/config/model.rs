@@ -348,6 +348,23 @@ pub struct ForwardingConfig {
     /// Pseudonym to add to `Via`; none adds no `Via`.
     #[serde(default)]
     pub via: Option<String>,
+    /// `X-Request-ID` on requests to the upstream.
+    #[serde(default)]
+    pub request_id: RequestIdMode,
+}
+
+/// Whether requests get an `X-Request-ID` (a random UUID), for the upstream's logs
+/// and the access log to name a request alike.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestIdMode {
+    /// Requests go with whatever the client sent.
+    #[default]
+    Off,
+    /// A request without one gets one; the client's is kept (behind another proxy).
+    Generate,
+    /// Every request gets a new one in place of the client's (at the edge).
+    Replace,
 }
 
 fn append() -> ForwardMode {
@@ -363,6 +380,7 @@ impl Default for ForwardingConfig {
             x_forwarded_for: append(),
             forwarded: off(),
             via: None,
+            request_id: RequestIdMode::Off,
         }
     }
 }

@@ -38,6 +38,9 @@ pub struct Exchange {
     pub uri: Uri,
     /// The client's `Host`, kept for the access log when it is written.
     pub host: Option<HeaderValue>,
+    /// The request's `X-Request-ID` (the client's, or the one the proxy made), kept
+    /// for the access log when it is written.
+    pub x_request_id: Option<HeaderValue>,
     pub version: Version,
     pub status: u16,
     pub cluster: Option<Arc<Cluster>>,
@@ -78,6 +81,7 @@ impl Exchange {
             method,
             uri,
             host: None,
+            x_request_id: None,
             version,
             status: 0,
             cluster: None,
@@ -153,6 +157,7 @@ impl Drop for Exchange {
             method: &self.method,
             uri: &self.uri,
             authority: authority.or_else(|| self.host.as_ref()?.to_str().ok()),
+            x_request_id: self.x_request_id.as_ref().and_then(|v| v.to_str().ok()),
             version: self.version,
             status: self.status,
             cluster,

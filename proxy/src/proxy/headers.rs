@@ -1,5 +1,6 @@
 //! Header rules of an intermediary: hop-by-hop headers stay on their hop, and the
-//! forwarding headers (`X-Forwarded-For`, `Forwarded`, `Via`) say where a request came from.
+//! forwarding headers (`X-Forwarded-For`, `Forwarded`, `Via`) say where a request came
+//! from; `X-Request-ID` names it.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -9,12 +10,13 @@ use http::header::{
 };
 use http::{HeaderMap, Version};
 
-use crate::config::{ForwardMode, ForwardingConfig};
+use crate::config::{ForwardMode, ForwardingConfig, RequestIdMode};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The hop-by-hop headers, by their place in `HopByHop`'s table: the ones every
 /// message loses (but `Upgrade` on an upgrade, and `TE: trailers`), then
@@ -220,7 +222,28 @@ pub fn add_forwarding(
             }
         }
     }
+    match cfg.request_id {
+        RequestIdMode::Off => {}
+        RequestIdMode::Generate => {
+            if let Entry::Vacant(field) = headers.entry(&X_REQUEST_ID) {
+                field.insert(new_request_id());
+            }
+        }
+        RequestIdMode::Replace => {
+            headers.insert(&X_REQUEST_ID, new_request_id());
+        }
+    }
     add_via(headers, cfg, version);
+}
+
+/// A random (version 4) UUID, as `X-Request-ID` values usually are: unique across
+/// proxies and restarts, which the proxy's own request numbers are not.
+fn new_request_id() -> HeaderValue {
+    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = id.hyphenated().encode_lower(&mut text);
+    // Hex digits and hyphens.
+    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// Appends `<version> <pseudonym>` to `Via` when a pseudonym is configured.

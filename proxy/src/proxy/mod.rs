@@ -142,6 +142,9 @@ async fn forward(
         https,
         version,
     );
+    if access::enabled() {
+        ex.x_request_id = head.headers().get(&headers::X_REQUEST_ID).cloned();
+    }
     let mut body = Body::Incoming(incoming);
 
     // Request phases of the filter chain.

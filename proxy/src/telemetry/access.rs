@@ -16,6 +16,8 @@ pub struct AccessRecord<'a> {
     pub uri: &'a Uri,
     /// `:authority`, or the `Host` header, as the client sent it.
     pub authority: Option<&'a str>,
+    /// The request's `X-Request-ID`: the client's, or the one the proxy made.
+    pub x_request_id: Option<&'a str>,
     pub version: Version,
     pub status: u16,
     pub cluster: Option<&'a str>,
@@ -43,6 +45,7 @@ pub fn log(r: &AccessRecord<'_>) {
         method = %r.method,
         authority = r.authority.unwrap_or("-"),
         path = r.uri.path(),
+        x_request_id = r.x_request_id.unwrap_or("-"),
         version = ?r.version,
         status = r.status,
         cluster = r.cluster.unwrap_or("-"),
