@@ -298,6 +298,28 @@ async fn under_a_connection_limit_a_worker_borrows_another_workers_idle_connecti
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_both_workers_wait_in_turn_for_one_connection() {
+    // Concurrent requests on client connections of their own (so both workers serve
+    // some) to a cluster allowed one connection: the ones that find it busy wait, and
+    // whichever worker holds it, each is served in turn.
+    let backend = Backend::start_with("a", Proto::Http1, None).await;
+    let proxy = Proxy::start_on_workers(
+        1,
+        &config(
+            &backend.addr.to_string(),
+            "[clusters.pool]\nmax_connections_per_endpoint = 1",
+        ),
+    )
+    .await;
+    let requests = spawn_gets(&proxy.url("/sleep/20"), 12);
+    for (i, r) in requests.into_iter().enumerate() {
+        assert_eq!(r.await.unwrap(), StatusCode::OK, "request {i}");
+    }
+    assert_eq!(backend.hits(), 12);
+    assert_eq!(backend.connections.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_a_connection_limit_workers_share_one_http2_connection() {
     one_connection_for_two_workers(Proto::Http2, "http2").await;
 }
