@@ -81,11 +81,11 @@ async fn hello_filter_checks_the_key_and_tags_responses() {
     );
     let m = proxy.metrics().await;
     assert!(
-        m.contains(r#"weft_filter_hello_requests_total{filter="hello",outcome="denied"} 1"#),
+        m.contains("weft_filter_hello_requests_total{filter=\"hello\",outcome=\"denied\"} 1\n"),
         "{m}"
     );
     assert!(
-        m.contains(r#"weft_filter_hello_requests_total{filter="hello",outcome="allowed"} 1"#),
+        m.contains("weft_filter_hello_requests_total{filter=\"hello\",outcome=\"allowed\"} 1\n"),
         "{m}"
     );
     assert!(

@@ -8,7 +8,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{
+    CounterValueEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeLabelValue,
+    GaugeValueEncoder,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
@@ -149,15 +152,100 @@ pub struct Metrics {
     guest: Mutex<HashMap<String, GuestFamily>>,
 }
 
+/// A number a filter gave a metric: an `f64`, as the WIT passes it, exposed as an
+/// integer when it is one, so that a count of requests reads `2` and not `2.0`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GuestNumber(pub f64);
+
+impl GuestNumber {
+    /// The integer it is, if it is one that an `f64` holds exactly.
+    fn integer(self) -> Option<i64> {
+        const EXACT: f64 = (1u64 << 53) as f64;
+        (self.0.fract() == 0.0 && self.0.abs() <= EXACT).then_some(self.0 as i64)
+    }
+}
+
+impl EncodeCounterValue for GuestNumber {
+    fn encode(&self, encoder: &mut CounterValueEncoder) -> std::fmt::Result {
+        match self.integer() {
+            Some(n) if n >= 0 => EncodeCounterValue::encode(&(n as u64), encoder),
+            _ => EncodeCounterValue::encode(&self.0, encoder),
+        }
+    }
+}
+
+impl EncodeGaugeValue for GuestNumber {
+    fn encode(&self, encoder: &mut GaugeValueEncoder) -> std::fmt::Result {
+        match self.integer() {
+            Some(n) => EncodeGaugeValue::encode(&n, encoder),
+            None => EncodeGaugeValue::encode(&self.0, encoder),
+        }
+    }
+}
+
+/// Where a filter's counter or gauge keeps its `GuestNumber`: the bits of an `f64`.
+#[derive(Debug, Default)]
+pub struct GuestValue(AtomicU64);
+
+impl GuestValue {
+    /// Applies `f`, returning the value before.
+    fn update(&self, f: impl Fn(f64) -> f64) -> GuestNumber {
+        let old = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some(f(f64::from_bits(bits)).to_bits())
+            })
+            .unwrap_or_else(|bits| bits);
+        GuestNumber(f64::from_bits(old))
+    }
+
+    fn load(&self) -> GuestNumber {
+        GuestNumber(f64::from_bits(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl prometheus_client::metrics::counter::Atomic<GuestNumber> for GuestValue {
+    fn inc(&self) -> GuestNumber {
+        self.update(|v| v + 1.0)
+    }
+    fn inc_by(&self, by: GuestNumber) -> GuestNumber {
+        self.update(|v| v + by.0)
+    }
+    fn get(&self) -> GuestNumber {
+        self.load()
+    }
+}
+
+impl prometheus_client::metrics::gauge::Atomic<GuestNumber> for GuestValue {
+    fn inc(&self) -> GuestNumber {
+        self.update(|v| v + 1.0)
+    }
+    fn inc_by(&self, by: GuestNumber) -> GuestNumber {
+        self.update(|v| v + by.0)
+    }
+    fn dec(&self) -> GuestNumber {
+        self.update(|v| v - 1.0)
+    }
+    fn dec_by(&self, by: GuestNumber) -> GuestNumber {
+        self.update(|v| v - by.0)
+    }
+    fn set(&self, to: GuestNumber) -> GuestNumber {
+        self.update(|_| to.0)
+    }
+    fn get(&self) -> GuestNumber {
+        self.load()
+    }
+}
+
 /// A metric a filter declared. Label names are fixed at declaration.
 #[derive(Clone)]
 pub enum GuestFamily {
     Counter(
-        Family<Vec<(String, String)>, Counter<f64, AtomicU64>>,
+        Family<Vec<(String, String)>, Counter<GuestNumber, GuestValue>>,
         GuestLabels,
     ),
     Gauge(
-        Family<Vec<(String, String)>, Gauge<f64, AtomicU64>>,
+        Family<Vec<(String, String)>, Gauge<GuestNumber, GuestValue>>,
         GuestLabels,
     ),
     Histogram(
@@ -690,6 +778,39 @@ mod tests {
             missing.is_empty(),
             "docs/metrics.md does not name these metrics: {missing:?}"
         );
+    }
+
+    #[test]
+    fn filters_numbers_print_as_integers_when_they_are() {
+        let m = Metrics::new();
+        let labels = vec![("filter".to_string(), "f".to_string())];
+        let Ok(GuestFamily::Counter(c, _)) =
+            m.guest_metric("hits", "h", GuestKind::Counter, vec![])
+        else {
+            panic!("a counter");
+        };
+        let Ok(GuestFamily::Gauge(g, _)) = m.guest_metric("level", "l", GuestKind::Gauge, vec![])
+        else {
+            panic!("a gauge");
+        };
+        let Ok(GuestFamily::Counter(bytes, _)) =
+            m.guest_metric("bytes", "b", GuestKind::Counter, vec![])
+        else {
+            panic!("a counter");
+        };
+        let _ = c.get_or_create(&labels).inc_by(GuestNumber(1.0));
+        let _ = c.get_or_create(&labels).inc();
+        let _ = g.get_or_create(&labels).set(GuestNumber(5.0));
+        let _ = g.get_or_create(&labels).dec_by(GuestNumber(7.0));
+        let _ = bytes.get_or_create(&labels).inc_by(GuestNumber(0.25));
+        let text = m.encode_prometheus();
+        for line in [
+            "weft_filter_hits_total{filter=\"f\"} 2\n",
+            "weft_filter_level{filter=\"f\"} -2\n",
+            "weft_filter_bytes_total{filter=\"f\"} 0.25\n",
+        ] {
+            assert!(text.contains(line), "{line}in:\n{text}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `weft:filter/metrics`: metrics a filter declares, exposed in `/metrics` as
 //! `weft_filter_<name>` with the filter's name as the `filter` label.
 
-use crate::telemetry::metrics::{FilterLabels, GuestFamily, GuestKind};
+use crate::telemetry::metrics::{FilterLabels, GuestFamily, GuestKind, GuestNumber};
 use crate::wasm::bindings::weft::filter::metrics::{Host, MetricId, MetricKind};
 use crate::wasm::state::HostState;
 
@@ -65,10 +65,10 @@ impl Host for HostState {
     fn add(&mut self, id: MetricId, label_values: Vec<String>, value: f64) -> R<()> {
         self.record(id, label_values, |f, labels| match f {
             GuestFamily::Counter(c, _) if value >= 0.0 => {
-                c.get_or_create(&labels).inc_by(value);
+                c.get_or_create(&labels).inc_by(GuestNumber(value));
             }
             GuestFamily::Gauge(g, _) => {
-                g.get_or_create(&labels).inc_by(value);
+                g.get_or_create(&labels).inc_by(GuestNumber(value));
             }
             _ => {}
         });
@@ -78,7 +78,7 @@ impl Host for HostState {
     fn set(&mut self, id: MetricId, label_values: Vec<String>, value: f64) -> R<()> {
         self.record(id, label_values, |f, labels| {
             if let GuestFamily::Gauge(g, _) = f {
-                g.get_or_create(&labels).set(value);
+                g.get_or_create(&labels).set(GuestNumber(value));
             }
         });
         Ok(())
