@@ -17,6 +17,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -93,32 +94,29 @@ impl Slots {
         }
     }
 
-    /// A place among at most `max` waiting requests, held until dropped.
-    fn queue(self: &Arc<Self>, max: usize) -> Option<Queued> {
+    /// A place among at most `max` waiting requests, counted in `gauge` too, held
+    /// until dropped.
+    fn queue<'a>(&'a self, max: usize, gauge: &'a Gauge) -> Option<Queued<'a>> {
         self.waiting
             .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| {
                 (n < max).then_some(n + 1)
             })
             .ok()?;
-        Some(Queued(self.clone()))
-    }
-}
-
-/// Takes one off a gauge when dropped.
-struct DecOnDrop<'a>(&'a prometheus_client::metrics::gauge::Gauge);
-
-impl Drop for DecOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
+        gauge.inc();
+        Some(Queued { slots: self, gauge })
     }
 }
 
 /// A request waiting at an endpoint's connection limit.
-struct Queued(Arc<Slots>);
+struct Queued<'a> {
+    slots: &'a Slots,
+    gauge: &'a Gauge,
+}
 
-impl Drop for Queued {
+impl Drop for Queued<'_> {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.slots.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.gauge.dec();
     }
 }
 
@@ -303,15 +301,10 @@ impl Cluster {
     /// timeout, for a connection to come back to the pool or close, as Envoy queues
     /// pending requests rather than failing a burst a little over the limit.
     async fn checkout_queued(&self, ep: &Arc<Endpoint>, want: Want) -> Result<Lease, ProxyError> {
-        let Some(_queued) = ep
-            .pool
-            .slots
-            .queue(self.config.pool.max_pending_per_endpoint)
-        else {
+        let max = self.config.pool.max_pending_per_endpoint;
+        let Some(_queued) = ep.pool.slots.queue(max, &self.stats.pending) else {
             return Err(ProxyError::PoolExhausted(ep.addr));
         };
-        self.stats.pending.inc();
-        let _counted = DecOnDrop(&self.stats.pending);
         let deadline = Instant::now() + self.config.connect_timeout.0;
         loop {
             // Listening before looking: a connection freed in between still wakes us.
@@ -563,8 +556,13 @@ mod tests {
         let held = slots.reserve(1).expect("the first slot");
         assert!(slots.reserve(1).is_none(), "a slot past the limit");
         assert_eq!(slots.open.load(Ordering::SeqCst), 1);
-        let queued = slots.queue(1).expect("a place in the queue");
-        assert!(slots.queue(1).is_none(), "a place past the queue's bound");
+        let pending = Gauge::default();
+        let queued = slots.queue(1, &pending).expect("a place in the queue");
+        assert!(
+            slots.queue(1, &pending).is_none(),
+            "a place past the queue's bound"
+        );
+        assert_eq!(pending.get(), 1);
         let waiter = {
             let slots = slots.clone();
             tokio::spawn(async move {
@@ -591,7 +589,8 @@ mod tests {
         assert_eq!(slots.open.load(Ordering::SeqCst), 1);
         drop((guard, queued));
         assert_eq!(slots.waiting.load(Ordering::SeqCst), 0);
-        assert!(slots.queue(1).is_some());
+        assert_eq!(pending.get(), 0);
+        assert!(slots.queue(1, &pending).is_some());
     }
 
     /// An HTTP/1.1 connection to a listener that accepts and holds connections.
