@@ -397,3 +397,118 @@ async fn a_response_framed_two_ways_loses_its_length_and_its_connection() {
     let (status, _, body) = get(&h1(), &proxy.url("/next")).await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"fine"[..]));
 }
+
+/// An HTTP/2 upstream allowing `streams` concurrent streams per connection (its
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`) that holds every request until `release` is
+/// set. Counts connections and the requests it holds.
+struct GatedH2 {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    held: Arc<AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl GatedH2 {
+    async fn start(streams: u32) -> GatedH2 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (connections, held) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (release, gate) = tokio::sync::watch::channel(false);
+        let (c, h) = (connections.clone(), held.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::Relaxed);
+                let (h, gate) = (h.clone(), gate.clone());
+                let svc = hyper::service::service_fn(move |_req| {
+                    let (h, mut gate) = (h.clone(), gate.clone());
+                    async move {
+                        h.fetch_add(1, Ordering::Relaxed);
+                        let _ = gate.wait_for(|open| *open).await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .max_concurrent_streams(streams)
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc),
+                );
+            }
+        });
+        GatedH2 {
+            addr,
+            connections,
+            held,
+            release,
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+#[tokio::test]
+async fn requests_beyond_an_http2_connections_streams_go_on_another_connection() {
+    // The upstream allows two streams per connection, and the cluster says so: five
+    // requests at once are all at the upstream together, over three connections.
+    let upstream = GatedH2::start(2).await;
+    let proxy = Proxy::start(&config(
+        &upstream.addr.to_string(),
+        "protocol = \"http2\"\n[clusters.pool]\nmax_streams_per_connection = 2",
+    ))
+    .await;
+    let requests = spawn_gets(&proxy.url("/"), 5);
+    let all_held = eventually(Duration::from_secs(5), async || upstream.held() == 5).await;
+    assert!(
+        all_held,
+        "{} of 5 requests reached the upstream",
+        upstream.held()
+    );
+    assert_eq!(upstream.connections(), 3);
+    assert_eq!(pooled(&proxy).await.0, 3, "open connections");
+    upstream.release.send_replace(true);
+    for (i, r) in requests.into_iter().enumerate() {
+        assert_eq!(r.await.unwrap(), StatusCode::OK, "request {i}");
+    }
+    // Streams that ended make room again: later requests reuse the connections.
+    for _ in 0..6 {
+        assert_eq!(get(&h1(), &proxy.url("/")).await.0, StatusCode::OK);
+    }
+    let _ = futures_util::future::join_all(spawn_gets(&proxy.url("/"), 4)).await;
+    assert_eq!(upstream.connections(), 3);
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_busy_http2_connections_take_requests_in_turn() {
+    // Two connections of two streams: four requests are at the upstream, the fifth
+    // waits for a stream (in the connection, not refused) and is served after them.
+    let upstream = GatedH2::start(2).await;
+    let proxy = Proxy::start(&config(
+        &upstream.addr.to_string(),
+        "protocol = \"http2\"\n[clusters.pool]\nmax_streams_per_connection = 2\nmax_connections_per_endpoint = 2",
+    ))
+    .await;
+    let requests = spawn_gets(&proxy.url("/"), 5);
+    let four_held = eventually(Duration::from_secs(5), async || upstream.held() == 4).await;
+    assert!(
+        four_held,
+        "{} of 5 requests reached the upstream",
+        upstream.held()
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(upstream.held(), 4, "a stream past the upstream's limit");
+    assert!(
+        requests.iter().all(|r| !r.is_finished()),
+        "a request was answered early"
+    );
+    upstream.release.send_replace(true);
+    for (i, r) in requests.into_iter().enumerate() {
+        assert_eq!(r.await.unwrap(), StatusCode::OK, "request {i}");
+    }
+    assert_eq!(upstream.held(), 5);
+    assert_eq!(upstream.connections(), 2);
+}

@@ -572,6 +572,10 @@ pub struct PoolConfig {
     /// the cluster's `connect_timeout`); beyond them, or with 0, a request gets 503.
     #[serde(default = "default_max_pending")]
     pub max_pending_per_endpoint: usize,
+    /// Requests at a time on one HTTP/2 connection before the worker opens another
+    /// (within `max_connections_per_endpoint`); 0: one connection per worker.
+    #[serde(default = "default_streams_per_connection")]
+    pub max_streams_per_connection: usize,
     /// Idle connections are closed after this long.
     #[serde(default = "default_pool_idle")]
     pub idle_timeout: Dur,
@@ -583,6 +587,11 @@ fn default_max_idle() -> usize {
 fn default_max_pending() -> usize {
     1024
 }
+/// The least `SETTINGS_MAX_CONCURRENT_STREAMS` RFC 9113 (§6.5.2) recommends a server
+/// allow, and what many gRPC servers do.
+fn default_streams_per_connection() -> usize {
+    100
+}
 fn default_pool_idle() -> Dur {
     Dur::secs(90)
 }
@@ -593,6 +602,7 @@ impl Default for PoolConfig {
             max_idle_per_endpoint: default_max_idle(),
             max_connections_per_endpoint: 0,
             max_pending_per_endpoint: default_max_pending(),
+            max_streams_per_connection: default_streams_per_connection(),
             idle_timeout: default_pool_idle(),
         }
     }

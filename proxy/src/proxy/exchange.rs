@@ -46,7 +46,8 @@ pub struct Exchange {
     pub cluster: Option<Arc<Cluster>>,
     /// The endpoint the request went to; its `pending` count includes this request.
     pub endpoint: Option<Arc<Endpoint>>,
-    /// An HTTP/1.1 connection to hand back to the pool if the exchange ends cleanly.
+    /// The connection the response comes on: an HTTP/1.1 one goes back to the pool if
+    /// the exchange ends cleanly; an HTTP/2 one counts this stream until it ends.
     pub lease: Option<Lease>,
     pub tally: Arc<Tally>,
     pub response_bytes: u64,

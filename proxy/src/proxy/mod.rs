@@ -266,7 +266,7 @@ async fn forward(
                 return Ok((
                     tunnel::splice_upgrade(
                         downstream,
-                        resp,
+                        (resp, lease),
                         extended_connect.as_ref(),
                         over_h2.as_ref(),
                         ex,
@@ -291,8 +291,10 @@ async fn forward(
             && rhead.headers_mut().remove(CONTENT_LENGTH).is_some();
         hop_by_hop.strip(rhead.headers_mut(), false);
         let mut rbody = Body::Incoming(incoming);
-        if matches!(lease, Lease::H1 { .. }) && !framing_conflict {
-            ex.lease = Some(lease);
+        match lease {
+            // The connection goes with this response: its next bytes are suspect.
+            Lease::H1 { .. } if framing_conflict => {}
+            lease => ex.lease = Some(lease),
         }
         if let Some(run) = &run {
             // What the request phases wrote for the response, before the response

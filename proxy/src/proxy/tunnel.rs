@@ -31,6 +31,7 @@ use crate::runtime::Runtime;
 use crate::server::drain::Drain;
 use crate::snapshot::ListenerRuntime;
 use crate::telemetry::metrics::Limit;
+use crate::upstream::pool::Lease;
 
 /// An HTTP/2 client's extended CONNECT (RFC 8441), turned into the HTTP/1.1
 /// upgrade it stands for: upgrades reach upstreams over HTTP/1.1, where WebSocket
@@ -165,10 +166,11 @@ fn websocket_accept(key: &[u8]) -> String {
 /// Joins the client's and the upstream's upgraded connections once both are ready,
 /// and returns the response for the client: a `101` for an HTTP/1.1 client (the
 /// upstream's own, if it spoke HTTP/1.1), a `200` for an HTTP/2 client's extended
-/// CONNECT.
+/// CONNECT. The upstream connection's `lease` is kept while the tunnel lasts (on
+/// HTTP/2, the tunnel is one of its streams).
 pub fn splice_upgrade(
     downstream: OnUpgrade,
-    mut resp: Response<Incoming>,
+    (mut resp, lease): (Response<Incoming>, Lease),
     extended: Option<&ExtendedConnect>,
     over_h2: Option<&UpgradeOverH2>,
     ex: &Exchange,
@@ -188,6 +190,7 @@ pub fn splice_upgrade(
         .and_then(|c| c.config.idle_timeout.non_zero());
     let listener = ex.conn.listener.clone();
     tokio::spawn(async move {
+        let _stream = lease;
         match tokio::try_join!(downstream, upstream) {
             Ok((d, u)) => {
                 if let Err(e) = pipe(TokioIo::new(d), TokioIo::new(u), idle).await {

@@ -1,5 +1,7 @@
 //! Connections kept to each endpoint, per worker: idle HTTP/1.1 connections (one
-//! request at a time each) and one shared HTTP/2 connection.
+//! request at a time each) and shared HTTP/2 connections (up to
+//! `max_streams_per_connection` requests at a time each, another one opened when all
+//! are that busy).
 //!
 //! Built directly on hyper's connection API rather than hyper-util's pooled client:
 //! that client spawns a task per request to hand the connection back, which showed
@@ -12,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -124,17 +126,54 @@ impl Drop for Queued<'_> {
 #[derive(Default)]
 struct WorkerPool {
     idle: Mutex<Vec<Idle>>,
-    h2: ArcSwapOption<H2Conn>,
+    /// HTTP/2 connections, oldest first: a request takes the first with room, so
+    /// the newer ones serve only the overflow. Read without a lock on every request;
+    /// replaced whole (under `h2_connect`) when a connection opens or is swept.
+    h2: ArcSwap<Vec<Arc<H2Conn>>>,
     h2_connect: tokio::sync::Mutex<()>,
 }
 
 /// A shared HTTP/2 connection.
-#[derive(Clone)]
 pub struct H2Conn {
     sender: H2Sender,
     /// Whether the peer enabled extended CONNECT (RFC 8441) in its settings, as last
     /// read; only the connection knows, so its task copies it here.
     extended_connect: Arc<AtomicBool>,
+    /// Requests on it whose exchange has not ended (`H2Stream`s alive).
+    streams: AtomicUsize,
+}
+
+impl H2Conn {
+    fn is_open(&self) -> bool {
+        !self.sender.is_closed()
+    }
+
+    /// Whether it may take another request under `max_streams` (0: no limit).
+    fn has_room(&self, max_streams: usize) -> bool {
+        self.is_open() && (max_streams == 0 || self.streams.load(Ordering::Relaxed) < max_streams)
+    }
+
+    /// A request's use of the connection, counted until it is dropped.
+    fn stream(self: &Arc<Self>) -> H2Stream {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        H2Stream {
+            sender: self.sender.clone(),
+            conn: self.clone(),
+        }
+    }
+}
+
+/// One request on a shared HTTP/2 connection, counted among the connection's streams
+/// while the exchange lasts (its response body, or its tunnel, included).
+pub struct H2Stream {
+    sender: H2Sender,
+    conn: Arc<H2Conn>,
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        self.conn.streams.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct Idle {
@@ -154,12 +193,49 @@ impl WorkerPool {
         None
     }
 
-    fn h2(&self) -> Option<H2Conn> {
-        self.h2
+    /// The oldest HTTP/2 connection with room for another request.
+    fn h2(&self, max_streams: usize) -> Option<H2Stream> {
+        let conns = self.h2.load();
+        conns
+            .iter()
+            .find(|c| c.has_room(max_streams))
+            .map(H2Conn::stream)
+    }
+
+    /// The open HTTP/2 connection with the fewest requests on it, and that number.
+    fn least_busy_h2(&self) -> Option<(usize, Arc<H2Conn>)> {
+        let conns = self.h2.load();
+        conns
+            .iter()
+            .filter(|c| c.is_open())
+            .map(|c| (c.streams.load(Ordering::Relaxed), c.clone()))
+            .min_by_key(|(n, _)| *n)
+    }
+
+    /// Adds a connection just opened, dropping the closed ones. Called under
+    /// `h2_connect`, so no other change is lost.
+    fn add_h2(&self, conn: Arc<H2Conn>) {
+        let mut conns: Vec<_> = self
+            .h2
             .load()
-            .as_deref()
-            .filter(|c| !c.sender.is_closed())
+            .iter()
+            .filter(|c| c.is_open())
             .cloned()
+            .collect();
+        conns.push(conn);
+        self.h2.store(Arc::new(conns));
+    }
+
+    /// Drops closed HTTP/2 connections, unless one is being opened (then next time).
+    fn sweep_h2(&self) {
+        let Ok(_one_at_a_time) = self.h2_connect.try_lock() else {
+            return;
+        };
+        let conns = self.h2.load();
+        if conns.iter().any(|c| !c.is_open()) {
+            let open: Vec<_> = conns.iter().filter(|c| c.is_open()).cloned().collect();
+            self.h2.store(Arc::new(open));
+        }
     }
 }
 
@@ -169,11 +245,13 @@ impl Pool {
         self.workers.mine()
     }
 
-    /// Drops idle connections older than `max_idle`, on every worker.
+    /// Drops idle connections older than `max_idle`, and closed ones, on every worker.
     pub(super) fn sweep(&self, max_idle: Duration) {
         for w in self.workers.iter() {
             let mut idle = w.idle.lock().unwrap_or_else(|p| p.into_inner());
             idle.retain(|i| i.since.elapsed() < max_idle && !i.sender.is_closed());
+            drop(idle);
+            w.sweep_h2();
         }
     }
 
@@ -213,18 +291,33 @@ impl Pool {
         }
     }
 
-    /// The calling worker's shared HTTP/2 connection, if it is open.
-    fn h2(&self) -> Option<H2Conn> {
-        self.mine().h2()
+    /// One of the calling worker's HTTP/2 connections with room for a request.
+    fn h2(&self, max_streams: usize) -> Option<H2Stream> {
+        self.mine().h2(max_streams)
     }
 
-    /// A connection another worker holds, its HTTP/2 one or an idle HTTP/1.1 one,
-    /// for a worker that the endpoint's connection limit keeps from opening its own.
-    /// Its I/O then crosses threads for this request: the price of the limit, paid
-    /// only at it. An HTTP/1.1 one goes back to its own worker's part afterwards.
-    fn borrow(&self, max_idle: Duration) -> Option<Lease> {
-        if let Some(s) = self.workers.iter().find_map(WorkerPool::h2) {
+    /// For a request that the endpoint's connection limit keeps from opening a
+    /// connection: an HTTP/2 connection with room on any worker, else the least busy
+    /// one (its further requests wait in it for streams the upstream allows), else an
+    /// idle HTTP/1.1 connection of another worker. Another worker's connection has
+    /// its I/O cross threads for this request: the price of the limit, paid only at
+    /// it. An HTTP/1.1 one goes back to its own worker's part afterwards.
+    fn borrow(&self, max_idle: Duration, max_streams: usize) -> Option<Lease> {
+        let (mine, _) = self.workers.mine_indexed();
+        let workers = || {
+            self.workers
+                .iter()
+                .skip(mine)
+                .chain(self.workers.iter().take(mine))
+        };
+        if let Some(s) = workers().find_map(|w| w.h2(max_streams)) {
             return Some(Lease::H2(s));
+        }
+        if let Some((_, c)) = workers()
+            .filter_map(WorkerPool::least_busy_h2)
+            .min_by_key(|(n, _)| *n)
+        {
+            return Some(Lease::H2(c.stream()));
         }
         let (home, sender) = self
             .workers
@@ -260,7 +353,7 @@ pub enum Lease {
         /// The worker whose pool part the connection returns to (`Pool::put`).
         home: usize,
     },
-    H2(H2Conn),
+    H2(H2Stream),
 }
 
 impl Lease {
@@ -324,7 +417,7 @@ impl Cluster {
     async fn checkout_now(&self, ep: &Arc<Endpoint>, want: Want) -> Result<Lease, ProxyError> {
         let max_idle = self.config.pool.idle_timeout.0;
         match self.use_h2(ep, want).await {
-            Some(true) => match self.h2_sender(ep, None).await {
+            Some(true) => match self.h2_stream(ep, None).await {
                 Ok(s) => Ok(Lease::H2(s)),
                 Err(e) => self.borrow(ep, e),
             },
@@ -338,7 +431,7 @@ impl Cluster {
             },
             // TLS with ALPN: use what the endpoint chose before, else connect and see.
             None => {
-                if let Some(s) = ep.pool.h2() {
+                if let Some(s) = ep.pool.h2(self.config.pool.max_streams_per_connection) {
                     return Ok(Lease::H2(s));
                 }
                 if let Some(lease) = ep.pool.take_idle(max_idle) {
@@ -350,7 +443,7 @@ impl Cluster {
                 };
                 let (io, h2) = self.connect_counted(ep, false).await?;
                 if h2 {
-                    self.h2_sender(ep, Some((io, guard))).await.map(Lease::H2)
+                    self.h2_stream(ep, Some((io, guard))).await.map(Lease::H2)
                 } else {
                     self.handshake_h1(ep, io, guard, false).await
                 }
@@ -364,7 +457,10 @@ impl Cluster {
         if !matches!(e, ProxyError::PoolExhausted(_)) {
             return Err(e);
         }
-        ep.pool.borrow(self.config.pool.idle_timeout.0).ok_or(e)
+        let pool = &self.config.pool;
+        ep.pool
+            .borrow(pool.idle_timeout.0, pool.max_streams_per_connection)
+            .ok_or(e)
     }
 
     /// Reserves a connection slot under the endpoint's limit.
@@ -427,21 +523,23 @@ impl Cluster {
         })
     }
 
-    /// The calling worker's shared HTTP/2 connection to the endpoint, made on first
-    /// use (once, however many requests wait for it). `made` is a connection already
-    /// opened by ALPN.
-    async fn h2_sender(
+    /// A request's stream on one of the calling worker's shared HTTP/2 connections to
+    /// the endpoint with room for it, or on a new one when all are busy (opened once,
+    /// however many requests wait for it). `made` is a connection already opened by
+    /// ALPN.
+    async fn h2_stream(
         &self,
         ep: &Endpoint,
         made: Option<(super::connect::Io, OpenGuard)>,
-    ) -> Result<H2Conn, ProxyError> {
+    ) -> Result<H2Stream, ProxyError> {
+        let max_streams = self.config.pool.max_streams_per_connection;
         if made.is_none() {
-            if let Some(s) = ep.pool.h2() {
+            if let Some(s) = ep.pool.h2(max_streams) {
                 return Ok(s);
             }
         }
         let _one_at_a_time = ep.pool.mine().h2_connect.lock().await;
-        if let Some(s) = ep.pool.h2() {
+        if let Some(s) = ep.pool.h2(max_streams) {
             return Ok(s);
         }
         let (io, guard) = match made {
@@ -459,10 +557,11 @@ impl Cluster {
             .await
             .map_err(handshake_failed(ep))?;
         let addr = ep.addr;
-        let shared = H2Conn {
+        let shared = Arc::new(H2Conn {
             sender,
             extended_connect: Arc::default(),
-        };
+            streams: AtomicUsize::new(0),
+        });
         let extended_connect = shared.extended_connect.clone();
         tokio::spawn(async move {
             let _open = guard;
@@ -478,9 +577,10 @@ impl Cluster {
                 tracing::debug!(endpoint = %addr, error = %e, "upstream HTTP/2 connection ended with an error");
             }
         });
-        ep.pool.mine().h2.store(Some(Arc::new(shared.clone())));
+        let stream = shared.stream();
+        ep.pool.mine().add_h2(shared);
         ep.pool.slots.free_all();
-        Ok(shared)
+        Ok(stream)
     }
 
     /// Sends `req` on a leased connection. A request that a reused HTTP/1.1
@@ -494,13 +594,13 @@ impl Cluster {
     ) -> Result<Response<Incoming>, ProxyError> {
         let addr = ep.addr;
         match lease {
-            Lease::H2(conn) => {
+            Lease::H2(stream) => {
                 let extended = req.extensions().get::<hyper::ext::Protocol>().is_some();
-                conn.sender.send_request(req).await.map_err(|source| {
+                stream.sender.send_request(req).await.map_err(|source| {
                     // A server that did not offer extended CONNECT resets the stream;
                     // its settings, read by then, tell that apart from a failure of
                     // the endpoint (a config mismatch must not eject it).
-                    if extended && !conn.extended_connect.load(Ordering::Relaxed) {
+                    if extended && !stream.conn.extended_connect.load(Ordering::Relaxed) {
                         ProxyError::NoExtendedConnect(addr)
                     } else {
                         ProxyError::Upstream { addr, source }
@@ -657,7 +757,7 @@ mod tests {
         let p = pool.clone();
         let (home, own_after) = workers.handles()[0]
             .spawn(async move {
-                let Some(Lease::H1 { sender, home, .. }) = p.borrow(max_idle) else {
+                let Some(Lease::H1 { sender, home, .. }) = p.borrow(max_idle, 100) else {
                     panic!("nothing to borrow");
                 };
                 p.put(sender, home, 8, Instant::now());
