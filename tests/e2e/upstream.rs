@@ -172,6 +172,41 @@ async fn at_the_connection_limit_requests_wait_for_a_connection_to_come_free() {
     assert!(!slow[0].is_finished(), "the slow request ended too soon");
 }
 
+#[tokio::test]
+async fn requests_waiting_at_the_connection_limit_are_served_in_the_order_they_came() {
+    let backend = Backend::start_with("b1", Proto::Http1, None).await;
+    let proxy = Proxy::start(&config(
+        &backend.addr.to_string(),
+        "[clusters.pool]\nmax_connections_per_endpoint = 1",
+    ))
+    .await;
+    let slow = spawn_gets(&proxy.url("/sleep/500"), 1);
+    assert!(eventually(Duration::from_secs(5), async || backend.hits() == 1).await);
+    // Each joins the queue before the next is sent; they finish in turn on the one
+    // connection, so the order they finish in is the order they were served in.
+    let done = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let pending = "weft_upstream_pending_requests{cluster=\"c\"}";
+    let mut waiting = Vec::new();
+    for i in 0..4 {
+        let (url, done) = (proxy.url("/sleep/20"), done.clone());
+        waiting.push(tokio::spawn(async move {
+            let status = get(&h1(), &url).await.0;
+            done.lock().unwrap().push(i);
+            status
+        }));
+        let queued = eventually(Duration::from_secs(5), async || {
+            proxy.metric(pending).await == f64::from(i + 1)
+        })
+        .await;
+        assert!(queued, "request {i} did not wait");
+    }
+    for w in slow.into_iter().chain(waiting) {
+        assert_eq!(w.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(*done.lock().unwrap(), [0, 1, 2, 3]);
+    assert_eq!(backend.connections.load(Ordering::Relaxed), 1);
+}
+
 /// An HTTP/1.1 upstream that answers the first request of each connection and closes
 /// the connection `linger` later without having said so (no `Connection: close`), as
 /// a server whose keep-alive timeout is shorter than the proxy's pool idle time does.

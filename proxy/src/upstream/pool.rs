@@ -8,6 +8,7 @@
 //! up in profiles. Here a connection returns to the pool when the exchange that
 //! used it ends (see `proxy::exchange`), with no extra task.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,7 +21,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::{Cluster, Endpoint, Want};
@@ -44,18 +45,38 @@ pub struct Pool {
 }
 
 /// An endpoint's connections counted against its limit, and the requests waiting at
-/// the limit for one to come free (`Cluster::checkout_queued`).
+/// the limit for one to come free (`Cluster::checkout_queued`), served in the order
+/// they came: what comes free is handed to the one that waited longest, so a request
+/// arriving later cannot take it first.
 #[derive(Default)]
 struct Slots {
     /// Connections open to this endpoint, pooled or in use, on all workers.
     open: AtomicUsize,
+    /// Requests waiting at the limit (counted before they join `waiters`).
     waiting: AtomicUsize,
-    freed: Notify,
+    /// The waiting requests, oldest first (and some that gave up, skipped when met).
+    waiters: Mutex<VecDeque<Waiter>>,
+    /// Wakes every waiting request when an HTTP/2 connection they may share opens.
+    h2_opened: Notify,
+}
+
+/// What comes free at the limit, for a waiting request.
+enum Freed {
+    /// An HTTP/1.1 connection whose exchange ended, and the worker that drives it.
+    Conn { sender: H1Sender, home: usize },
+    /// The place of a connection that closed, for the request to open its own.
+    Slot(OpenGuard),
+}
+
+struct Waiter {
+    freed: oneshot::Sender<Freed>,
+    /// Whether it can use a pooled connection (an upgrade needs a new one).
+    takes_conn: bool,
 }
 
 impl Slots {
     /// Takes a slot under `max` (0: no limit). Never counts past the limit, even for
-    /// a moment: a waiter woken by a freed slot must find it free.
+    /// a moment: a request that finds the limit reached must be able to trust it.
     fn reserve(self: &Arc<Self>, max: usize) -> Option<OpenGuard> {
         if max == 0 {
             self.open.fetch_add(1, Ordering::SeqCst);
@@ -76,23 +97,54 @@ impl Slots {
                 }
             }
         }
-        Some(OpenGuard(self.clone()))
+        Some(OpenGuard(Some(self.clone())))
     }
 
-    /// Wakes a waiting request, if any, after a connection came back or closed. The
-    /// common case, nobody waiting, is one load. (A waiter counts itself before it
-    /// looks at the pool; this runs after the pool changed: one of the two sees the
-    /// other.)
-    fn free_one(&self) {
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.freed.notify_one();
+    /// Hands `freed` to the request that has waited longest and can use it, or gives
+    /// it back when none does. The common case, nobody waiting, is one load. (A
+    /// waiter counts itself before it last looks at the pool; this runs after the
+    /// pool changed: one of the two sees the other.)
+    fn hand_over(&self, mut freed: Freed) -> Option<Freed> {
+        if self.waiting.load(Ordering::SeqCst) == 0 {
+            return Some(freed);
         }
+        let is_conn = matches!(freed, Freed::Conn { .. });
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut i = 0;
+        while i < waiters.len() {
+            if is_conn && !waiters[i].takes_conn && !waiters[i].freed.is_closed() {
+                i += 1;
+                continue;
+            }
+            let Some(w) = waiters.remove(i) else { break };
+            // A waiter that gave up (timed out, or served otherwise) refuses it.
+            match w.freed.send(freed) {
+                Ok(()) => return None,
+                Err(back) => freed = back,
+            }
+        }
+        Some(freed)
+    }
+
+    /// Joins the waiting requests (after `queue`); what is handed over comes on the
+    /// receiver.
+    fn wait_turn(&self, takes_conn: bool) -> oneshot::Receiver<Freed> {
+        let (tx, rx) = oneshot::channel();
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        // Those that gave up since anything was last handed over go now, so the
+        // queue holds no more than the requests that may wait.
+        waiters.retain(|w| !w.freed.is_closed());
+        waiters.push_back(Waiter {
+            freed: tx,
+            takes_conn,
+        });
+        rx
     }
 
     /// Wakes every waiting request: an HTTP/2 connection they may all share opened.
-    fn free_all(&self) {
+    fn h2_opened(&self) {
         if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.freed.notify_waiters();
+            self.h2_opened.notify_waiters();
         }
     }
 
@@ -274,10 +326,15 @@ impl Pool {
     /// Returns a connection whose exchange finished cleanly, idle from `now`, to the
     /// part of the pool of its `home` worker, whose runtime drives its I/O (a
     /// connection borrowed at the connection limit goes back where it came from).
+    /// A request waiting at the connection limit gets it first.
     pub fn put(&self, sender: H1Sender, home: usize, max_idle_conns: usize, now: Instant) {
         if sender.is_closed() {
             return;
         }
+        let Some(Freed::Conn { sender, home }) = self.slots.hand_over(Freed::Conn { sender, home })
+        else {
+            return;
+        };
         let mut idle = self
             .workers
             .part(home)
@@ -286,8 +343,6 @@ impl Pool {
             .unwrap_or_else(|p| p.into_inner());
         if idle.len() < max_idle_conns {
             idle.push(Idle { sender, since: now });
-            drop(idle);
-            self.slots.free_one();
         }
     }
 
@@ -362,13 +417,23 @@ impl Lease {
     }
 }
 
-/// Counts a connection as open until dropped.
-struct OpenGuard(Arc<Slots>);
+/// Counts a connection as open until dropped; then its place passes to the request
+/// that has waited longest at the limit, if one does. (`None` once passed on.)
+struct OpenGuard(Option<Arc<Slots>>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::SeqCst);
-        self.0.free_one();
+        let Some(slots) = self.0.take() else { return };
+        if slots.waiting.load(Ordering::SeqCst) > 0 {
+            let passed = OpenGuard(Some(slots.clone()));
+            match slots.hand_over(Freed::Slot(passed)) {
+                None => return,
+                // Nobody took it: disarmed, and freed below.
+                Some(Freed::Slot(mut back)) => back.0 = None,
+                Some(Freed::Conn { .. }) => {}
+            }
+        }
+        slots.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -392,23 +457,37 @@ impl Cluster {
     /// At the endpoint's connection limit, with no connection to borrow: waits, among
     /// at most `max_pending_per_endpoint` requests and for at most the connect
     /// timeout, for a connection to come back to the pool or close, as Envoy queues
-    /// pending requests rather than failing a burst a little over the limit.
+    /// pending requests rather than failing a burst a little over the limit. Waiting
+    /// requests are served in the order they came (`Slots::hand_over`).
     async fn checkout_queued(&self, ep: &Arc<Endpoint>, want: Want) -> Result<Lease, ProxyError> {
+        let slots = &ep.pool.slots;
         let max = self.config.pool.max_pending_per_endpoint;
-        let Some(_queued) = ep.pool.slots.queue(max, &self.stats.pending) else {
+        let Some(_queued) = slots.queue(max, &self.stats.pending) else {
             return Err(ProxyError::PoolExhausted(ep.addr));
         };
-        let deadline = Instant::now() + self.config.connect_timeout.0;
+        let mut freed = slots.wait_turn(want != Want::Upgrade);
+        let deadline = tokio::time::sleep_until(Instant::now() + self.config.connect_timeout.0);
+        let mut deadline = std::pin::pin!(deadline);
         loop {
-            // Listening before looking: a connection freed in between still wakes us.
-            let mut freed = std::pin::pin!(ep.pool.slots.freed.notified());
-            freed.as_mut().enable();
+            // Listening before looking: a connection freed or opened in between still
+            // reaches us. (What freed it before we were counted is in the pool.)
+            let mut h2_opened = std::pin::pin!(slots.h2_opened.notified());
+            h2_opened.as_mut().enable();
             match self.checkout_now(ep, want).await {
                 Err(ProxyError::PoolExhausted(_)) => {}
                 done => return done,
             }
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                return Err(ProxyError::PoolExhausted(ep.addr));
+            tokio::select! {
+                got = &mut freed => return match got {
+                    Ok(Freed::Conn { sender, home }) => Ok(Lease::H1 { sender, reused: true, home }),
+                    Ok(Freed::Slot(guard)) => {
+                        let use_h2 = self.use_h2(ep, want).await;
+                        self.connect_on(ep, want, use_h2, guard).await
+                    }
+                    Err(_) => Err(ProxyError::PoolExhausted(ep.addr)),
+                },
+                () = h2_opened => {}
+                () = &mut deadline => return Err(ProxyError::PoolExhausted(ep.addr)),
             }
         }
     }
@@ -437,17 +516,29 @@ impl Cluster {
                 if let Some(lease) = ep.pool.take_idle(max_idle) {
                     return Ok(lease);
                 }
-                let guard = match self.reserve(ep) {
-                    Ok(g) => g,
-                    Err(e) => return self.borrow(ep, e),
-                };
-                let (io, h2) = self.connect_counted(ep, false).await?;
-                if h2 {
-                    self.h2_stream(ep, Some((io, guard))).await.map(Lease::H2)
-                } else {
-                    self.handshake_h1(ep, io, guard, false).await
+                match self.reserve(ep) {
+                    Ok(guard) => self.connect_on(ep, want, None, guard).await,
+                    Err(e) => self.borrow(ep, e),
                 }
             }
+        }
+    }
+
+    /// A new connection to `ep` for `want`, in the slot `guard` holds, over HTTP/2
+    /// as `use_h2` says (`None`: as TLS's ALPN chooses).
+    async fn connect_on(
+        &self,
+        ep: &Arc<Endpoint>,
+        want: Want,
+        use_h2: Option<bool>,
+        guard: OpenGuard,
+    ) -> Result<Lease, ProxyError> {
+        let (io, alpn_h2) = self.connect_counted(ep, use_h2 == Some(false)).await?;
+        if use_h2.unwrap_or(alpn_h2) {
+            self.h2_stream(ep, Some((io, guard))).await.map(Lease::H2)
+        } else {
+            self.handshake_h1(ep, io, guard, want == Want::Upgrade)
+                .await
         }
     }
 
@@ -525,8 +616,8 @@ impl Cluster {
 
     /// A request's stream on one of the calling worker's shared HTTP/2 connections to
     /// the endpoint with room for it, or on a new one when all are busy (opened once,
-    /// however many requests wait for it). `made` is a connection already opened by
-    /// ALPN.
+    /// however many requests wait for it). `made` is a connection already opened (one
+    /// TLS's ALPN chose HTTP/2 for, or one a waiting request opened in its slot).
     async fn h2_stream(
         &self,
         ep: &Endpoint,
@@ -579,7 +670,7 @@ impl Cluster {
         });
         let stream = shared.stream();
         ep.pool.mine().add_h2(shared);
-        ep.pool.slots.free_all();
+        ep.pool.slots.h2_opened();
         Ok(stream)
     }
 
@@ -650,47 +741,65 @@ mod tests {
     use crate::workers::Workers;
     use tokio::net::{TcpListener, TcpStream};
 
-    #[tokio::test(start_paused = true)]
-    async fn a_closed_connection_wakes_a_request_waiting_at_the_limit() {
+    #[test]
+    fn a_closed_connections_place_passes_to_the_request_waiting_longest() {
         let slots = Arc::new(Slots::default());
         let held = slots.reserve(1).expect("the first slot");
         assert!(slots.reserve(1).is_none(), "a slot past the limit");
-        assert_eq!(slots.open.load(Ordering::SeqCst), 1);
         let pending = Gauge::default();
-        let queued = slots.queue(1, &pending).expect("a place in the queue");
+        let first = slots.queue(2, &pending).expect("a place in the queue");
+        let mut first_turn = slots.wait_turn(true);
+        let second = slots.queue(2, &pending).expect("a second place");
+        let mut second_turn = slots.wait_turn(false);
         assert!(
-            slots.queue(1, &pending).is_none(),
+            slots.queue(2, &pending).is_none(),
             "a place past the queue's bound"
         );
-        assert_eq!(pending.get(), 1);
-        let waiter = {
-            let slots = slots.clone();
-            tokio::spawn(async move {
-                loop {
-                    let mut freed = std::pin::pin!(slots.freed.notified());
-                    freed.as_mut().enable();
-                    if let Some(guard) = slots.reserve(1) {
-                        return guard;
-                    }
-                    freed.await;
-                }
-            })
-        };
-        tokio::task::yield_now().await;
-        assert!(
-            !waiter.is_finished(),
-            "took a slot while the limit was reached"
-        );
+        assert_eq!(pending.get(), 2);
+
+        // The slot passes on, still counted: nobody arriving now may take it.
         drop(held);
-        let guard = tokio::time::timeout(Duration::from_secs(1), waiter)
-            .await
-            .expect("the waiter was not woken")
-            .unwrap();
         assert_eq!(slots.open.load(Ordering::SeqCst), 1);
-        drop((guard, queued));
-        assert_eq!(slots.waiting.load(Ordering::SeqCst), 0);
+        assert!(slots.reserve(1).is_none(), "a newcomer took the slot");
+        let Ok(Freed::Slot(guard)) = first_turn.try_recv() else {
+            panic!("the first waiter did not get the slot");
+        };
+        assert!(
+            second_turn.try_recv().is_err(),
+            "the second waiter was served first"
+        );
+        drop(first);
+
+        // The second waiter gave up: the next slot is freed, not lost.
+        drop((second_turn, second));
+        drop(guard);
+        assert_eq!(slots.open.load(Ordering::SeqCst), 0);
         assert_eq!(pending.get(), 0);
-        assert!(slots.queue(1, &pending).is_some());
+        assert!(slots.waiters.lock().unwrap().len() <= 1);
+        assert!(slots.reserve(1).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_connection_put_back_goes_to_a_waiting_request_before_the_pool() {
+        let addr = holding_listener().await;
+        let pool = Pool::default();
+        let max_idle = Duration::from_secs(60);
+        let pending = Gauge::default();
+        let queued = pool.slots.queue(4, &pending).expect("a place");
+        // An upgrade cannot use a pooled connection; the request behind it can.
+        let mut upgrade = pool.slots.wait_turn(false);
+        let mut request = pool.slots.wait_turn(true);
+        pool.put(connection(addr).await, pool.home(), 8, Instant::now());
+        assert!(pool.take_idle(max_idle).is_none(), "pooled for a newcomer");
+        assert!(matches!(request.try_recv(), Ok(Freed::Conn { .. })));
+        assert!(
+            upgrade.try_recv().is_err(),
+            "an upgrade got a pooled connection"
+        );
+        drop((upgrade, queued));
+        // Nobody waits: back to the pool.
+        pool.put(connection(addr).await, pool.home(), 8, Instant::now());
+        assert!(pool.take_idle(max_idle).is_some());
     }
 
     /// An HTTP/1.1 connection to a listener that accepts and holds connections.
