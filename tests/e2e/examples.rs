@@ -164,6 +164,7 @@ fn config_with_everything() -> Config {
                 forwarded: ForwardMode::Append,
                 via: Some("weft".into()),
                 request_id: RequestIdMode::Generate,
+                request_id_in_response: true,
             },
             normalize_path: false,
             merge_slashes: true,

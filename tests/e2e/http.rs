@@ -175,6 +175,77 @@ async fn request_ids_are_added_kept_or_replaced_as_the_listener_says() {
 }
 
 #[tokio::test]
+async fn responses_carry_the_request_id_back_when_the_listener_says() {
+    let backend = Backend::start("b1").await;
+    let mut cfg = String::new();
+    for (name, mode, back) in [
+        ("generate", "generate", true),
+        ("replace", "replace", true),
+        ("off", "off", true),
+        ("silent", "generate", false),
+    ] {
+        cfg += &format!(
+            "[[listeners]]\nname = \"{name}\"\naddress = \"127.0.0.1:0\"\ncluster = \"b\"\n\
+             escaped_slashes = \"reject\"\n\
+             [listeners.forwarding]\nrequest_id = \"{mode}\"\nrequest_id_in_response = {back}\n"
+        );
+    }
+    cfg += &format!(
+        "[[clusters]]\nname = \"b\"\nendpoints = [\"{}\"]\n",
+        backend.addr
+    );
+    let proxy = Proxy::start(&cfg).await;
+    // (the upstream's X-Request-ID, the response's), for a client that sent `sent`.
+    let ids = async |listener: &str, path: &str, sent: Option<&str>| {
+        let mut req = Request::get(format!("http://{}{path}", proxy.addr(listener)));
+        if let Some(id) = sent {
+            req = req.header("x-request-id", id);
+        }
+        let (status, headers, body) = send(&h1(), req.body(empty()).unwrap()).await;
+        let upstream = match status {
+            StatusCode::OK => {
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                v["headers"]["x-request-id"].as_str().map(str::to_string)
+            }
+            _ => None,
+        };
+        let back = headers
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_string());
+        (upstream, back)
+    };
+
+    let (upstream, back) = ids("generate", "/info", None).await;
+    assert!(
+        upstream.is_some() && upstream == back,
+        "{upstream:?} {back:?}"
+    );
+    let abc = Some("abc".to_string());
+    assert_eq!(
+        ids("generate", "/info", Some("abc")).await,
+        (abc.clone(), abc.clone())
+    );
+    let (upstream, back) = ids("replace", "/info", Some("abc")).await;
+    assert!(upstream != abc && upstream == back, "{upstream:?} {back:?}");
+    assert_eq!(ids("off", "/info", None).await, (None, None));
+    assert_eq!(
+        ids("off", "/info", Some("abc")).await,
+        (abc.clone(), abc.clone())
+    );
+    assert_eq!(
+        ids("silent", "/info", Some("abc")).await,
+        (abc.clone(), None)
+    );
+    // Refused before it was forwarded (400, an encoded slash): the response still
+    // names the request, by the client's id or a new one.
+    let (_, back) = ids("generate", "/a%2Fb", None).await;
+    assert_eq!(back.map(|id| id.len()), Some(36));
+    assert_eq!(ids("generate", "/a%2Fb", Some("abc")).await.1, abc);
+    let (_, back) = ids("replace", "/a%2Fb", Some("abc")).await;
+    assert!(back.is_some() && back != abc, "{back:?}");
+}
+
+#[tokio::test]
 async fn via_names_the_version_each_message_was_received_with() {
     // (client, upstream protocol setting, backend speaks, version the backend sees)
     let cases = [

@@ -351,6 +351,9 @@ pub struct ForwardingConfig {
     /// `X-Request-ID` on requests to the upstream.
     #[serde(default)]
     pub request_id: RequestIdMode,
+    /// Whether responses carry the request's `X-Request-ID` back to the client.
+    #[serde(default)]
+    pub request_id_in_response: bool,
 }
 
 /// Whether requests get an `X-Request-ID` (a random UUID), for the upstream's logs
@@ -381,6 +384,7 @@ impl Default for ForwardingConfig {
             forwarded: off(),
             via: None,
             request_id: RequestIdMode::Off,
+            request_id_in_response: false,
         }
     }
 }

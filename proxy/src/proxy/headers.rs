@@ -236,6 +236,23 @@ pub fn add_forwarding(
     add_via(headers, cfg, version);
 }
 
+/// The `X-Request-ID` a response carries back with `request_id_in_response`, so a
+/// client can quote what the proxy's and the upstream's logs call the request: `id`,
+/// the one it was forwarded with (or, answered before it was forwarded, the client's),
+/// else a new one when the listener makes them, kept in `id` for the access log.
+pub fn request_id_for_response(
+    id: &mut Option<HeaderValue>,
+    cfg: &ForwardingConfig,
+) -> Option<HeaderValue> {
+    if !cfg.request_id_in_response {
+        return None;
+    }
+    if id.is_none() && cfg.request_id != RequestIdMode::Off {
+        *id = Some(new_request_id());
+    }
+    id.clone()
+}
+
 /// A random (version 4) UUID, as `X-Request-ID` values usually are: unique across
 /// proxies and restarts, which the proxy's own request numbers are not.
 fn new_request_id() -> HeaderValue {

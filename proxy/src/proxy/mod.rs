@@ -22,6 +22,7 @@ use crate::chain::run::{
     self, BodyPlan, ChainRun, CollectError, FilteredBody, RequestDecision, ResponseDecision,
     MAX_RETRIES,
 };
+use crate::config::RequestIdMode;
 use crate::error::ProxyError;
 use crate::server::ConnInfo;
 use crate::snapshot::{ListenerRuntime, Snapshot};
@@ -59,9 +60,17 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Res
     if access::enabled() {
         ex.host = req.headers().get(HOST).cloned();
     }
+    let forwarding = &listener.config.forwarding;
+    if forwarding.request_id_in_response && forwarding.request_id != RequestIdMode::Replace {
+        // What the response names if the request is answered before it is forwarded.
+        ex.x_request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
+    }
     match forward(req, &snap, listener, &mut ex).await {
         Ok((mut resp, timeouts)) => {
             HeaderEdit::apply(ex.response_edits_for_answer(false), resp.headers_mut());
+            if let Some(id) = headers::request_id_for_response(&mut ex.x_request_id, forwarding) {
+                resp.headers_mut().insert(&headers::X_REQUEST_ID, id);
+            }
             ex.status = resp.status().as_u16();
             let (mut parts, body) = resp.into_parts();
             // The client's protocol, not the upstream's, decides how the response is framed.
@@ -74,8 +83,12 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Res
         }
         Err(e) => {
             let edits = ex.response_edits_for_answer(false);
+            let id = headers::request_id_for_response(&mut ex.x_request_id, forwarding);
             let mut resp = local::error(e, ex);
             HeaderEdit::apply(edits, resp.headers_mut());
+            if let Some(id) = id {
+                resp.headers_mut().insert(&headers::X_REQUEST_ID, id);
+            }
             resp
         }
     }
@@ -142,7 +155,7 @@ async fn forward(
         https,
         version,
     );
-    if access::enabled() {
+    if access::enabled() || lr.config.forwarding.request_id_in_response {
         ex.x_request_id = head.headers().get(&headers::X_REQUEST_ID).cloned();
     }
     let mut body = Body::Incoming(incoming);
