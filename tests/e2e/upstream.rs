@@ -518,6 +518,40 @@ async fn requests_beyond_an_http2_connections_streams_go_on_another_connection()
 }
 
 #[tokio::test]
+async fn http2_connections_a_burst_opened_close_once_idle() {
+    let upstream = GatedH2::start(2).await;
+    let proxy = Proxy::start(&config(
+        &upstream.addr.to_string(),
+        "protocol = \"http2\"\n[clusters.pool]\nmax_streams_per_connection = 2\nidle_timeout = \"1s\"",
+    ))
+    .await;
+    let burst = spawn_gets(&proxy.url("/"), 5);
+    assert!(eventually(Duration::from_secs(5), async || upstream.held() == 5).await);
+    upstream.release.send_replace(true);
+    for r in burst {
+        assert_eq!(r.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(upstream.connections(), 3);
+    // Steady traffic, one request at a time, keeps the first connection; the others
+    // close after a second unused (the sweep runs once a second).
+    let opened = upstream.connections();
+    let steady = async || {
+        assert_eq!(get(&h1(), &proxy.url("/")).await.0, StatusCode::OK);
+        pooled(&proxy).await.0 == 1
+    };
+    assert!(
+        eventually(Duration::from_secs(8), steady).await,
+        "open: {}",
+        pooled(&proxy).await.0
+    );
+    assert_eq!(
+        upstream.connections(),
+        opened,
+        "the connection in use was replaced"
+    );
+}
+
+#[tokio::test]
 async fn at_the_connection_limit_busy_http2_connections_take_requests_in_turn() {
     // Two connections of two streams: four requests are at the upstream, the fifth
     // waits for a stream (in the connection, not refused) and is served after them.

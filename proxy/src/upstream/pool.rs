@@ -193,6 +193,10 @@ pub struct H2Conn {
     extended_connect: Arc<AtomicBool>,
     /// Requests on it whose exchange has not ended (`H2Stream`s alive).
     streams: AtomicUsize,
+    /// Set by each request, cleared by the sweep: whether it was used since.
+    used: AtomicBool,
+    /// Since when the sweep has found it unused (only the sweep touches it).
+    unused_since: Mutex<Option<Instant>>,
 }
 
 impl H2Conn {
@@ -208,6 +212,7 @@ impl H2Conn {
     /// A request's use of the connection, counted until it is dropped.
     fn stream(self: &Arc<Self>) -> H2Stream {
         self.streams.fetch_add(1, Ordering::Relaxed);
+        self.used.store(true, Ordering::Relaxed);
         H2Stream {
             sender: self.sender.clone(),
             conn: self.clone(),
@@ -278,15 +283,26 @@ impl WorkerPool {
         self.h2.store(Arc::new(conns));
     }
 
-    /// Drops closed HTTP/2 connections, unless one is being opened (then next time).
-    fn sweep_h2(&self) {
+    /// Drops closed HTTP/2 connections, and those no request used for `max_idle`
+    /// (a burst's extra connections do not stay; hyper closes one when the pool's
+    /// handle, the last, goes). Skipped while a connection is being opened.
+    fn sweep_h2(&self, max_idle: Duration) {
         let Ok(_one_at_a_time) = self.h2_connect.try_lock() else {
             return;
         };
         let conns = self.h2.load();
-        if conns.iter().any(|c| !c.is_open()) {
-            let open: Vec<_> = conns.iter().filter(|c| c.is_open()).cloned().collect();
-            self.h2.store(Arc::new(open));
+        let now = Instant::now();
+        let keep = |c: &&Arc<H2Conn>| {
+            let mut since = c.unused_since.lock().unwrap_or_else(|p| p.into_inner());
+            if c.used.swap(false, Ordering::Relaxed) || c.streams.load(Ordering::Relaxed) > 0 {
+                *since = None;
+                return c.is_open();
+            }
+            c.is_open() && now.duration_since(*since.get_or_insert(now)) < max_idle
+        };
+        let kept: Vec<_> = conns.iter().filter(keep).cloned().collect();
+        if kept.len() < conns.len() {
+            self.h2.store(Arc::new(kept));
         }
     }
 }
@@ -297,13 +313,13 @@ impl Pool {
         self.workers.mine()
     }
 
-    /// Drops idle connections older than `max_idle`, and closed ones, on every worker.
+    /// Drops connections idle for `max_idle`, and closed ones, on every worker.
     pub(super) fn sweep(&self, max_idle: Duration) {
         for w in self.workers.iter() {
             let mut idle = w.idle.lock().unwrap_or_else(|p| p.into_inner());
             idle.retain(|i| i.since.elapsed() < max_idle && !i.sender.is_closed());
             drop(idle);
-            w.sweep_h2();
+            w.sweep_h2(max_idle);
         }
     }
 
@@ -652,6 +668,8 @@ impl Cluster {
             sender,
             extended_connect: Arc::default(),
             streams: AtomicUsize::new(0),
+            used: AtomicBool::new(false),
+            unused_since: Mutex::new(None),
         });
         let extended_connect = shared.extended_connect.clone();
         tokio::spawn(async move {
