@@ -246,3 +246,76 @@ server_name = "backend.test"
     })
     .await;
 }
+
+#[tokio::test]
+async fn calls_the_proxy_fails_end_with_a_grpc_status() {
+    // A gRPC client reads the outcome from grpc-status: the proxy's own failures
+    // come as gRPC statuses with the reason, not as bare HTTP errors.
+    let server = GrpcServer::start(None).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = Proxy::start(&format!(
+        r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+[[listeners.routes]]
+path_prefix = "/weft.test.Echo/"
+cluster = "grpc"
+timeout = "300ms"
+
+[[listeners]]
+name = "unrouted"
+address = "127.0.0.1:0"
+[[listeners.routes]]
+path_prefix = "/elsewhere/"
+cluster = "grpc"
+
+[[listeners]]
+name = "down"
+address = "127.0.0.1:0"
+cluster = "gone"
+
+[[clusters]]
+name = "grpc"
+endpoints = ["{}"]
+protocol = "http2"
+
+[[clusters]]
+name = "gone"
+endpoints = ["{closed}"]
+protocol = "http2"
+"#,
+        server.addr
+    ))
+    .await;
+    let at = |listener: &str| Target::clear(proxy.addr(listener));
+    let outcome = |v: &Value| (v["code"].clone(), v["details"].clone());
+
+    assert_eq!(call(&at("main"), "unary", &["hi"]).await["code"], "OK");
+    let v = call(&at("main"), "unary", &["sleep:3000"]).await;
+    assert_eq!(
+        outcome(&v),
+        (json!("DEADLINE_EXCEEDED"), json!("upstream timeout"))
+    );
+    let v = call(&at("unrouted"), "unary", &["hi"]).await;
+    assert_eq!(outcome(&v), (json!("UNIMPLEMENTED"), json!("no route")));
+    let v = call(&at("down"), "unary", &["hi"]).await;
+    assert_eq!(
+        outcome(&v),
+        (json!("UNAVAILABLE"), json!("upstream connect error"))
+    );
+    let v = call(&at("down"), "bidi", &["a", "b"]).await;
+    assert_eq!(
+        outcome(&v),
+        (json!("UNAVAILABLE"), json!("upstream connect error"))
+    );
+    // Counted as the failures they are, though the wire says 200.
+    let failed = |listener: &str, cluster: &str| {
+        format!("weft_requests_total{{listener=\"{listener}\",cluster=\"{cluster}\",status_class=\"5xx\"}}")
+    };
+    assert_eq!(proxy.metric(&failed("main", "grpc")).await, 1.0);
+    assert_eq!(proxy.metric(&failed("down", "gone")).await, 2.0);
+}

@@ -42,6 +42,11 @@ pub struct Exchange {
     /// for the access log when it is written.
     pub x_request_id: Option<HeaderValue>,
     pub version: Version,
+    /// Whether the request is a gRPC call, whose failures the proxy answers with a
+    /// gRPC status (`local::error`).
+    pub grpc: bool,
+    /// The HTTP status answered; for a gRPC call the proxy failed, the one the
+    /// failure stands for (the response itself is a `200` with a `grpc-status`).
     pub status: u16,
     pub cluster: Option<Arc<Cluster>>,
     /// The endpoint the request went to; its `pending` count includes this request.
@@ -84,6 +89,7 @@ impl Exchange {
             host: None,
             x_request_id: None,
             version,
+            grpc: false,
             status: 0,
             cluster: None,
             endpoint: None,

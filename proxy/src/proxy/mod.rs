@@ -60,6 +60,8 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Res
     if access::enabled() {
         ex.host = req.headers().get(HOST).cloned();
     }
+    // gRPC runs over HTTP/2 only: HTTP/1.1 requests need no look.
+    ex.grpc = ex.version == Version::HTTP_2 && headers::is_grpc(req.headers());
     let forwarding = &listener.config.forwarding;
     if forwarding.request_id_in_response && forwarding.request_id != RequestIdMode::Replace {
         // What the response names if the request is answered before it is forwarded.

@@ -8,13 +8,15 @@ text, or under TLS with the given PEM certificate chain and key.
 
 - `Unary`: answers `echo:<request>`; sends the `x-forwarded-for` it received as
   initial metadata and `x-echo-trailer` as trailing metadata. A request
-  `abort:<CODE>:<message>` ends the call with that status instead.
+  `abort:<CODE>:<message>` ends the call with that status instead; a request
+  `sleep:<ms>` is answered that much later.
 - `Bidi`: answers every message with `echo:<message>` as it arrives; a message
   `abort:<CODE>:<message>` ends the call with that status.
 """
 
 import argparse
 import sys
+import time
 from concurrent import futures
 
 import grpc
@@ -28,6 +30,8 @@ def _abort_if_asked(request, context):
 
 def unary(request, context):
     _abort_if_asked(request, context)
+    if request.startswith(b"sleep:"):
+        time.sleep(int(request[len(b"sleep:") :]) / 1000)
     received = dict(context.invocation_metadata())
     context.send_initial_metadata(
         (("x-seen-forwarded-for", received.get("x-forwarded-for", "")),)
