@@ -1,5 +1,5 @@
-//! The admin endpoints: /live, /ready, /metrics, /config, /clusters, and what they
-//! answer to unknown paths and wrong methods. POST /reload is covered in `reload`.
+//! The admin endpoints: /live, /ready, /metrics, /config, /clusters, /logging, and
+//! what they answer to unknown paths and wrong methods. POST /reload is covered in `reload`.
 
 use std::time::Duration;
 
@@ -356,4 +356,74 @@ async fn a_client_that_leaves_before_the_response_counts_as_none_not_1xx() {
         m.contains(r#"weft_requests_total{listener="main",cluster="up",status_class="1xx"} 0"#),
         "{m}"
     );
+}
+
+#[tokio::test]
+async fn the_log_filter_changes_while_the_proxy_runs() {
+    let backend = Backend::start("b1").await;
+    let to = format!("http://{}", backend.addr);
+    let child = Child::spawn(&[
+        "--log",
+        "info,weft::access=off",
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &to,
+        "--admin",
+        "127.0.0.1:0",
+    ])
+    .await;
+    let url = format!("http://{}/", child.listener_addr("proxy"));
+    let admin = format!("http://{}/logging", child.admin_addr());
+    let access_lines = || {
+        let lines = child.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.contains("\"weft::access\""))
+            .count()
+    };
+    let post = async |filter: &str| {
+        let req = Request::post(&admin)
+            .body(full(filter.to_string()))
+            .unwrap();
+        let (status, _, body) = send(&h1(), req).await;
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+
+    assert_eq!(get(&h1(), &url).await.0, StatusCode::OK);
+    let (status, _, body) = get(&h1(), &admin).await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::OK, &b"weft::access=off,info\n"[..])
+    );
+
+    // Turned on: each request logs its access line from now on.
+    assert_eq!(
+        post("info").await,
+        (StatusCode::OK, "logging: info\n".into())
+    );
+    assert_eq!(get(&h1(), &url).await.0, StatusCode::OK);
+    assert!(eventually(Duration::from_secs(5), async || access_lines() == 1).await);
+    assert!(child.logged("log filter changed"));
+
+    // A filter that does not parse is refused, and the one in force stays.
+    let (status, body) = post("info,weft=notalevel").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body.starts_with("invalid log filter \"info,weft=notalevel\": "),
+        "{body}"
+    );
+    let (_, _, body) = get(&h1(), &admin).await;
+    assert_eq!(&body[..], b"info\n");
+
+    // And off again.
+    assert_eq!(post("info,weft::access=off").await.0, StatusCode::OK);
+    assert_eq!(get(&h1(), &url).await.0, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(access_lines(), 1);
+
+    let (status, headers, _) = send(&h1(), Request::delete(&admin).body(empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers[ALLOW], "GET, POST");
 }

@@ -1,5 +1,6 @@
 //! The admin endpoint, off the data path (loopback by default):
-//! `GET /ready`, `GET /live`, `GET /metrics`, `GET /config`, `GET /clusters`, `POST /reload`.
+//! `GET /ready`, `GET /live`, `GET /metrics`, `GET /config`, `GET /clusters`, `POST /reload`,
+//! `GET` and `POST /logging`.
 
 use std::convert::Infallible;
 use std::pin::pin;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{ACCEPT, ALLOW, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -16,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::{App, ReloadError, Reloaded};
+use crate::telemetry::{self, LogFilterError};
 
 /// Serves until `stopped` turns true. That is when shutdown has finished, not when it
 /// begins: during the drain `/ready` answers 503 and `/live` and `/metrics` still work.
@@ -70,18 +72,56 @@ async fn route(req: Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
                 text(StatusCode::BAD_REQUEST, &format!("reload refused: {e}\n"))
             }
         },
-        (_, path @ ("/live" | "/ready" | "/metrics" | "/config" | "/clusters" | "/reload")) => {
+        (&Method::GET, "/logging") => match telemetry::log_filter() {
+            Some(f) => text(StatusCode::OK, &format!("{f}\n")),
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("{}\n", LogFilterError::NotSetUp),
+            ),
+        },
+        (&Method::POST, "/logging") => set_logging(req).await,
+        (
+            _,
+            path @ ("/live" | "/ready" | "/metrics" | "/config" | "/clusters" | "/reload"
+            | "/logging"),
+        ) => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             // A 405 must say what is allowed (RFC 9110, 15.5.6).
-            let allow = if path == "/reload" { "POST" } else { "GET" };
+            let allow = match path {
+                "/reload" => "POST",
+                "/logging" => "GET, POST",
+                _ => "GET",
+            };
             r.headers_mut()
                 .insert(ALLOW, http::HeaderValue::from_static(allow));
             r
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /ready /live /metrics /config /clusters /reload\n",
+            "not found: try /ready /live /metrics /config /clusters /reload /logging\n",
         ),
+    }
+}
+
+/// `POST /logging` with `EnvFilter` directives as the body (`debug`,
+/// `info,weft::access=off`): what is logged from now on.
+async fn set_logging(req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let body = match Limited::new(req.into_body(), 4096).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("unreadable body: {e}\n")),
+    };
+    let Ok(directives) = std::str::from_utf8(&body) else {
+        return text(StatusCode::BAD_REQUEST, "the log filter is not UTF-8\n");
+    };
+    match telemetry::set_log_filter(directives) {
+        Ok(now) => {
+            tracing::info!(filter = %now, "log filter changed");
+            text(StatusCode::OK, &format!("logging: {now}\n"))
+        }
+        Err(e @ LogFilterError::Invalid(..)) => text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+        Err(e @ LogFilterError::NotSetUp) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n"))
+        }
     }
 }
 
