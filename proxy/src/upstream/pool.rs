@@ -104,10 +104,16 @@ impl Slots {
     /// it back when none does. The common case, nobody waiting, is one load. (A
     /// waiter counts itself before it last looks at the pool; this runs after the
     /// pool changed: one of the two sees the other.)
-    fn hand_over(&self, mut freed: Freed) -> Option<Freed> {
+    #[inline]
+    fn hand_over(&self, freed: Freed) -> Option<Freed> {
         if self.waiting.load(Ordering::SeqCst) == 0 {
             return Some(freed);
         }
+        self.hand_over_to_waiter(freed)
+    }
+
+    #[inline(never)]
+    fn hand_over_to_waiter(&self, mut freed: Freed) -> Option<Freed> {
         let is_conn = matches!(freed, Freed::Conn { .. });
         let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         let mut i = 0;
