@@ -581,3 +581,69 @@ async fn at_the_connection_limit_busy_http2_connections_take_requests_in_turn() 
     assert_eq!(upstream.held(), 5);
     assert_eq!(upstream.connections(), 2);
 }
+
+/// An HTTP/2 upstream that, as servers with a maximum of requests or age per
+/// connection do (nginx's `keepalive_requests`, gRPC's `MaxConnectionAge`), shuts each
+/// connection down gracefully (GOAWAY) after `per_connection` requests, and answers
+/// the requests it has taken after `delay`. Counts connections.
+async fn goaway_upstream(per_connection: usize, delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let (taken, enough) = (
+                    Arc::new(AtomicUsize::new(0)),
+                    Arc::new(tokio::sync::Notify::new()),
+                );
+                let (t, e) = (taken.clone(), enough.clone());
+                let svc = hyper::service::service_fn(move |_req| {
+                    if t.fetch_add(1, Ordering::Relaxed) + 1 == per_connection {
+                        e.notify_one();
+                    }
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
+                    }
+                });
+                let conn =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    () = enough.notified() => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn requests_racing_an_upstreams_goaway_are_not_lost() {
+    let (addr, connections) = goaway_upstream(3, Duration::ZERO).await;
+    let proxy = Proxy::start(&config(&addr.to_string(), "protocol = \"http2\"")).await;
+    let url = proxy.url("/");
+    let mut failed = Vec::new();
+    for round in 0..50 {
+        let statuses = futures_util::future::join_all(spawn_gets(&url, 16)).await;
+        for s in statuses {
+            let s = s.unwrap();
+            if s != StatusCode::OK {
+                failed.push((round, s));
+            }
+        }
+    }
+    let n = connections.load(Ordering::Relaxed);
+    assert!(
+        failed.is_empty(),
+        "failed over {n} connections: {} {failed:?}",
+        failed.len()
+    );
+    assert!(n >= 30, "{n} connections");
+}
