@@ -278,6 +278,17 @@ name = "down"
 address = "127.0.0.1:0"
 cluster = "gone"
 
+[[listeners]]
+name = "guarded"
+address = "127.0.0.1:0"
+cluster = "grpc"
+chain = "hello"
+
+{hello}
+[[chains]]
+name = "hello"
+filters = ["hello"]
+
 [[clusters]]
 name = "grpc"
 endpoints = ["{}"]
@@ -288,7 +299,12 @@ name = "gone"
 endpoints = ["{closed}"]
 protocol = "http2"
 "#,
-        server.addr
+        server.addr,
+        hello = filter_decl(
+            "hello",
+            &filter_wasm("hello_filter"),
+            r#"{"key": "s3cret"}"#
+        ),
     ))
     .await;
     let at = |listener: &str| Target::clear(proxy.addr(listener));
@@ -312,10 +328,20 @@ protocol = "http2"
         outcome(&v),
         (json!("UNAVAILABLE"), json!("upstream connect error"))
     );
+    // A filter's answer too: its 401 is UNAUTHENTICATED, its body the message.
+    let v = call(&at("guarded"), "unary", &["hi"]).await;
+    assert_eq!(
+        outcome(&v),
+        (
+            json!("UNAUTHENTICATED"),
+            json!("missing or wrong x-api-key")
+        )
+    );
     // Counted as the failures they are, though the wire says 200.
-    let failed = |listener: &str, cluster: &str| {
-        format!("weft_requests_total{{listener=\"{listener}\",cluster=\"{cluster}\",status_class=\"5xx\"}}")
+    let failed = |listener: &str, cluster: &str, class: &str| {
+        format!("weft_requests_total{{listener=\"{listener}\",cluster=\"{cluster}\",status_class=\"{class}\"}}")
     };
-    assert_eq!(proxy.metric(&failed("main", "grpc")).await, 1.0);
-    assert_eq!(proxy.metric(&failed("down", "gone")).await, 2.0);
+    assert_eq!(proxy.metric(&failed("main", "grpc", "5xx")).await, 1.0);
+    assert_eq!(proxy.metric(&failed("down", "gone", "5xx")).await, 2.0);
+    assert_eq!(proxy.metric(&failed("guarded", "grpc", "4xx")).await, 1.0);
 }

@@ -726,7 +726,7 @@ pub fn filter_wasm(crate_file_name: &str) -> PathBuf {
     path
 }
 
-/// Config text declaring a filter and a one-filter chain of the same name.
+/// Config text declaring a filter (a `[[filters]]` table; chains are declared apart).
 pub fn filter_decl(name: &str, wasm: &std::path::Path, config_json: &str) -> String {
     format!(
         "[[filters]]\nname = \"{name}\"\nmodule = \"{}\"\nconfig = {}\n",

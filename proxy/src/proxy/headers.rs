@@ -5,8 +5,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use http::header::{
-    Entry, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, FORWARDED, HOST, TE,
-    TRANSFER_ENCODING, UPGRADE, VIA,
+    Entry, HeaderName, HeaderValue, CONNECTION, FORWARDED, HOST, TE, TRANSFER_ENCODING, UPGRADE,
+    VIA,
 };
 use http::{HeaderMap, Version};
 
@@ -236,19 +236,6 @@ pub fn add_forwarding(
     add_via(headers, cfg, version);
 }
 
-/// Whether a request is a gRPC call: `application/grpc`, or with a message format
-/// (`application/grpc+proto`) or parameters. Not gRPC-Web (`application/grpc-web`),
-/// whose clients read statuses from the body.
-pub fn is_grpc(headers: &HeaderMap) -> bool {
-    const GRPC: &[u8] = b"application/grpc";
-    headers.get(CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes();
-        v.len() >= GRPC.len()
-            && v[..GRPC.len()].eq_ignore_ascii_case(GRPC)
-            && matches!(v.get(GRPC.len()), None | Some(b'+' | b';'))
-    })
-}
-
 /// The `X-Request-ID` a response carries back with `request_id_in_response`, so a
 /// client can quote what the proxy's and the upstream's logs call the request: `id`,
 /// the one it was forwarded with (or, answered before it was forwarded, the client's),
@@ -427,22 +414,6 @@ pub fn h2_header_list_size<B>(req: &http::Request<B>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grpc_calls_are_told_by_their_content_type() {
-        let with = |ct: &str| {
-            let mut h = HeaderMap::new();
-            h.insert(CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
-            is_grpc(&h)
-        };
-        assert!(with("application/grpc"));
-        assert!(with("application/grpc+proto"));
-        assert!(with("Application/GRPC;charset=utf-8"));
-        assert!(!with("application/grpc-web"));
-        assert!(!with("application/grpcx"));
-        assert!(!with("application/json"));
-        assert!(!is_grpc(&HeaderMap::new()));
-    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod exchange;
+pub mod grpc;
 pub mod headers;
 pub mod local;
 pub mod path;
@@ -61,7 +62,7 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Res
         ex.host = req.headers().get(HOST).cloned();
     }
     // gRPC runs over HTTP/2 only: HTTP/1.1 requests need no look.
-    ex.grpc = ex.version == Version::HTTP_2 && headers::is_grpc(req.headers());
+    ex.grpc = ex.version == Version::HTTP_2 && grpc::is_grpc(req.headers());
     let forwarding = &listener.config.forwarding;
     if forwarding.request_id_in_response && forwarding.request_id != RequestIdMode::Replace {
         // What the response names if the request is answered before it is forwarded.
@@ -74,6 +75,12 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Res
                 resp.headers_mut().insert(&headers::X_REQUEST_ID, id);
             }
             ex.status = resp.status().as_u16();
+            if ex.grpc {
+                grpc::answer_local(&mut resp);
+                if let Some(was) = resp.extensions().get::<grpc::StandsFor>() {
+                    ex.status = was.0.as_u16();
+                }
+            }
             let (mut parts, body) = resp.into_parts();
             // The client's protocol, not the upstream's, decides how the response is framed.
             parts.version = if ex.version == Version::HTTP_10 {

@@ -1,0 +1,168 @@
+//! gRPC calls the proxy answers itself. A gRPC client reads a call's outcome from
+//! `grpc-status`, not from the HTTP status, so a failure the proxy or a filter
+//! answers goes as a gRPC server would send it: trailers-only (`200`, and the status
+//! and its message in the one HEADERS frame that ends the stream), as Envoy answers.
+
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+
+use super::body::Body;
+use crate::error::ProxyError;
+
+/// The HTTP status a gRPC failure answered with `200` stands for, for metrics and
+/// the access log (a response extension).
+#[derive(Clone, Copy)]
+pub struct StandsFor(pub StatusCode);
+
+/// Whether a request is a gRPC call: `application/grpc`, or with a message format
+/// (`application/grpc+proto`) or parameters. Not gRPC-Web (`application/grpc-web`),
+/// whose clients read statuses from the body.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    headers.get(CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= GRPC.len()
+            && v[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+            && matches!(v.get(GRPC.len()), None | Some(b'+' | b';'))
+    })
+}
+
+/// Makes `resp`, whose body must be empty, the trailers-only failure of a gRPC call
+/// with `code` and `msg`, remembering the HTTP status it had.
+pub fn fail<B>(resp: &mut Response<B>, code: u8, msg: &str) {
+    let was = std::mem::replace(resp.status_mut(), StatusCode::OK);
+    resp.extensions_mut().insert(StandsFor(was));
+    let headers = resp.headers_mut();
+    headers.remove(http::header::CONTENT_LENGTH);
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    if let Ok(v) = HeaderValue::try_from(message(msg)) {
+        headers.insert("grpc-message", v);
+    }
+}
+
+/// A filter's answer to a gRPC call (a whole body, not the upstream's stream) that is
+/// not one already (no `grpc-status`): made one, with its body's text as the
+/// message.
+pub fn answer_local(resp: &mut Response<Body>) {
+    let status = resp.status();
+    if status == StatusCode::OK || resp.headers().contains_key("grpc-status") {
+        return;
+    }
+    let text = match resp.body() {
+        Body::Full(Some(b)) => String::from_utf8_lossy(&b[..b.len().min(1024)])
+            .trim()
+            .to_string(),
+        Body::Empty | Body::Full(None) => status.canonical_reason().unwrap_or("").to_string(),
+        Body::Incoming(_) | Body::Boxed(_) => return,
+    };
+    *resp.body_mut() = Body::Empty;
+    fail(resp, code_for(status), &text);
+}
+
+const UNKNOWN: u8 = 2;
+const DEADLINE_EXCEEDED: u8 = 4;
+const PERMISSION_DENIED: u8 = 7;
+const RESOURCE_EXHAUSTED: u8 = 8;
+const UNIMPLEMENTED: u8 = 12;
+const INTERNAL: u8 = 13;
+const UNAVAILABLE: u8 = 14;
+const UNAUTHENTICATED: u8 = 16;
+
+/// The gRPC status code for the proxy's own failure: by its cause where that tells
+/// more (the request's deadline, a size limit), else by its HTTP status.
+pub fn code_for_error(e: &ProxyError, status: StatusCode) -> u8 {
+    match e {
+        ProxyError::Timeout(_) => DEADLINE_EXCEEDED,
+        ProxyError::BodyTooLarge(_)
+        | ProxyError::HeadersTooLarge { .. }
+        | ProxyError::ResponseTooLarge(_) => RESOURCE_EXHAUSTED,
+        _ => code_for(status),
+    }
+}
+
+/// The gRPC status code for an HTTP status, as gRPC maps them
+/// (grpc/doc/http-grpc-status-mapping.md), with `500` as INTERNAL: an answer the
+/// proxy or a filter gave, not a server's unknown failure.
+pub fn code_for(status: StatusCode) -> u8 {
+    match status.as_u16() {
+        400 | 500 => INTERNAL,
+        401 => UNAUTHENTICATED,
+        403 => PERMISSION_DENIED,
+        404 => UNIMPLEMENTED,
+        413 | 431 => RESOURCE_EXHAUSTED,
+        429 | 502 | 503 | 504 => UNAVAILABLE,
+        _ => UNKNOWN,
+    }
+}
+
+/// `grpc-message` is percent-encoded: every byte outside printable ASCII, and `%`.
+pub fn message(msg: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(msg.len());
+    for b in msg.bytes() {
+        match b {
+            b' '..=b'~' if b != b'%' => out.push(char::from(b)),
+            _ => {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_calls_are_told_by_their_content_type() {
+        let with = |ct: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+            is_grpc(&h)
+        };
+        assert!(with("application/grpc"));
+        assert!(with("application/grpc+proto"));
+        assert!(with("Application/GRPC;charset=utf-8"));
+        assert!(!with("application/grpc-web"));
+        assert!(!with("application/grpcx"));
+        assert!(!with("application/json"));
+        assert!(!is_grpc(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_encoded_where_they_must_be() {
+        assert_eq!(message("no route"), "no route");
+        assert_eq!(message("100% ü\n"), "100%25 %C3%BC%0A");
+    }
+
+    #[test]
+    fn the_proxys_failures_map_to_the_grpc_codes_clients_expect() {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        let code = |e: ProxyError| code_for_error(&e, e.status());
+        assert_eq!(code(ProxyError::NoRoute), UNIMPLEMENTED);
+        assert_eq!(code(ProxyError::PoolExhausted(addr)), UNAVAILABLE);
+        assert_eq!(code(ProxyError::ConnectTimeout(addr)), UNAVAILABLE);
+        let deadline = std::time::Duration::from_secs(1);
+        assert_eq!(code(ProxyError::Timeout(deadline)), DEADLINE_EXCEEDED);
+        assert_eq!(code(ProxyError::BodyTooLarge(10)), RESOURCE_EXHAUSTED);
+        assert_eq!(code(ProxyError::Misdirected), UNKNOWN);
+        assert_eq!(code(ProxyError::BadRequest("x".into())), INTERNAL);
+        assert_eq!(code_for(StatusCode::UNAUTHORIZED), UNAUTHENTICATED);
+        assert_eq!(code_for(StatusCode::FORBIDDEN), PERMISSION_DENIED);
+        assert_eq!(code_for(StatusCode::TOO_MANY_REQUESTS), UNAVAILABLE);
+    }
+
+    #[test]
+    fn a_failure_keeps_the_status_it_stands_for() {
+        let mut resp = Response::new(());
+        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        fail(&mut resp, UNAVAILABLE, "no healthy endpoint");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["grpc-status"], "14");
+        assert_eq!(resp.headers()["grpc-message"], "no healthy endpoint");
+        let was = resp.extensions().get::<StandsFor>().map(|s| s.0);
+        assert_eq!(was, Some(StatusCode::SERVICE_UNAVAILABLE));
+    }
+}
