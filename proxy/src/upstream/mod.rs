@@ -101,6 +101,9 @@ pub enum Want {
     Upgrade,
 }
 
+/// A clear-text endpoint not yet probed for HTTP/2 (`Cluster::use_h2_known`).
+pub(crate) struct Unprobed;
+
 impl Cluster {
     /// Builds a cluster and starts its background work (DNS, health checks,
     /// housekeeping). `resolve` maps paths in the config to files.
@@ -203,27 +206,36 @@ impl Cluster {
     /// Whether this request should go over HTTP/2 to `ep`, deciding for clear-text
     /// `auto` clusters by probing the endpoint once.
     pub(crate) async fn use_h2(&self, ep: &Endpoint, want: Want) -> Option<bool> {
+        match self.use_h2_known(ep, want) {
+            Ok(known) => known,
+            Err(Unprobed) => {
+                let yes = connect::probe_h2c(ep.addr, self.connector.connect_timeout).await;
+                ep.h2c.store(if yes { 1 } else { 2 }, Ordering::Relaxed);
+                tracing::debug!(cluster = %self.name, endpoint = %ep.addr, h2c = yes, "probed for clear-text HTTP/2");
+                Some(yes)
+            }
+        }
+    }
+
+    /// `use_h2` when it is known without probing, as it is on every request but an
+    /// endpoint's first (a plain call: the request path need not poll a future).
+    pub(crate) fn use_h2_known(&self, ep: &Endpoint, want: Want) -> Result<Option<bool>, Unprobed> {
         let downstream_h2 = match want {
-            Want::Upgrade => return Some(self.upgrades_over_h2()),
+            Want::Upgrade => return Ok(Some(self.upgrades_over_h2())),
             Want::Request { downstream_h2 } => downstream_h2,
         };
-        match (self.config.protocol, self.connector.tls.is_some()) {
+        Ok(match (self.config.protocol, self.connector.tls.is_some()) {
             (UpstreamProtocol::Http1, _) => Some(false),
             (UpstreamProtocol::Http2, _) => Some(true),
             // Under TLS, ALPN decides when the connection is made.
             (UpstreamProtocol::Auto, true) => None,
             (UpstreamProtocol::Auto, false) if !downstream_h2 => Some(false),
-            (UpstreamProtocol::Auto, false) => Some(match ep.h2c.load(Ordering::Relaxed) {
-                1 => true,
-                2 => false,
-                _ => {
-                    let yes = connect::probe_h2c(ep.addr, self.connector.connect_timeout).await;
-                    ep.h2c.store(if yes { 1 } else { 2 }, Ordering::Relaxed);
-                    tracing::debug!(cluster = %self.name, endpoint = %ep.addr, h2c = yes, "probed for clear-text HTTP/2");
-                    yes
-                }
-            }),
-        }
+            (UpstreamProtocol::Auto, false) => match ep.h2c.load(Ordering::Relaxed) {
+                1 => Some(true),
+                2 => Some(false),
+                _ => return Err(Unprobed),
+            },
+        })
     }
 
     /// Records how a request to `ep` went, for balancing and outlier detection.

@@ -517,7 +517,11 @@ impl Cluster {
     /// A connection to `ep` fit for `want`, or `PoolExhausted` at the limit.
     async fn checkout_now(&self, ep: &Arc<Endpoint>, want: Want) -> Result<Lease, ProxyError> {
         let max_idle = self.config.pool.idle_timeout.0;
-        match self.use_h2(ep, want).await {
+        let use_h2 = match self.use_h2_known(ep, want) {
+            Ok(known) => known,
+            Err(_) => self.use_h2(ep, want).await,
+        };
+        match use_h2 {
             Some(true) => match self.h2_stream(ep, None).await {
                 Ok(s) => Ok(Lease::H2(s)),
                 Err(e) => self.borrow(ep, e),
