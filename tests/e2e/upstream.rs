@@ -505,6 +505,13 @@ async fn requests_beyond_an_http2_connections_streams_go_on_another_connection()
     );
     assert_eq!(upstream.connections(), 3);
     assert_eq!(pooled(&proxy).await.0, 3, "open connections");
+    let (_, _, body) = get(&h1(), &proxy.admin_url("/clusters")).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let ep = &v["clusters"][0]["endpoints"][0];
+    assert_eq!(
+        (&ep["http2_connections"], &ep["http2_streams"]),
+        (&3.into(), &5.into())
+    );
     upstream.release.send_replace(true);
     for (i, r) in requests.into_iter().enumerate() {
         assert_eq!(r.await.unwrap(), StatusCode::OK, "request {i}");

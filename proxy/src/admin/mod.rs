@@ -241,6 +241,8 @@ fn clusters(app: &App) -> serde_json::Value {
                         "pending": e.pending.load(std::sync::atomic::Ordering::Relaxed),
                         "open_connections": e.pool.open_connections(),
                         "idle_connections": e.pool.idle_connections(),
+                        "http2_connections": e.pool.h2_connections(),
+                        "http2_streams": e.pool.h2_streams(),
                     })
                 })
                 .collect();

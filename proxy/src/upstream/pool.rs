@@ -412,6 +412,24 @@ impl Pool {
         self.slots.open.load(Ordering::Relaxed)
     }
 
+    /// Open HTTP/2 connections, on all workers.
+    pub fn h2_connections(&self) -> usize {
+        let open = |w: &WorkerPool| w.h2.load().iter().filter(|c| c.is_open()).count();
+        self.workers.iter().map(open).sum()
+    }
+
+    /// Requests on HTTP/2 connections now, on all workers.
+    pub fn h2_streams(&self) -> usize {
+        let streams = |w: &WorkerPool| -> usize {
+            let conns = w.h2.load();
+            conns
+                .iter()
+                .map(|c| c.streams.load(Ordering::Relaxed))
+                .sum()
+        };
+        self.workers.iter().map(streams).sum()
+    }
+
     pub fn idle_connections(&self) -> usize {
         self.workers
             .iter()
