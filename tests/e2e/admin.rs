@@ -205,11 +205,7 @@ async fn config_shows_defaults_and_no_key_material() {
 async fn clusters_list_endpoints_with_their_state() {
     let live = Backend::start("live").await;
     let sick = Backend::start("sick").await;
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = closed_addr();
     let proxy = Proxy::start(&format!(
         r#"
 [[listeners]]

@@ -252,10 +252,7 @@ async fn calls_the_proxy_fails_end_with_a_grpc_status() {
     // A gRPC client reads the outcome from grpc-status: the proxy's own failures
     // come as gRPC statuses with the reason, not as bare HTTP errors.
     let server = GrpcServer::start(None).await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = closed_addr();
     let proxy = Proxy::start(&format!(
         r#"
 [[listeners]]

@@ -444,11 +444,7 @@ async fn keep_alive_and_pipelining() {
 #[tokio::test]
 async fn unknown_route_is_404_and_dead_upstream_is_502() {
     let backend = Backend::start("b1").await;
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = closed_addr();
     let proxy = Proxy::start(&format!(
         r#"
 [[listeners]]

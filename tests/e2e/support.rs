@@ -456,6 +456,13 @@ pub async fn get(client: &TestClient, url: &str) -> (StatusCode, HeaderMap, Byte
     send(client, Request::get(url).body(empty()).unwrap()).await
 }
 
+/// An address on 127.0.0.1 that refuses connections (bound, then let go).
+pub fn closed_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+}
+
 /// Starts `n` GETs of `url` at once, each on its own connection; their statuses come
 /// from the handles.
 pub fn spawn_gets(url: &str, n: usize) -> Vec<tokio::task::JoinHandle<StatusCode>> {
