@@ -32,6 +32,11 @@ impl Action {
     /// Starts a local response; finish it with [`LocalResponse::header`] and
     /// [`LocalResponse::body`], then `.into()` an `Action` (or a [`BodyAction`]).
     ///
+    /// To a gRPC call, the proxy sends a status other than `200` as gRPC clients read
+    /// failures: `200` with a `grpc-status` mapped from it (`401` UNAUTHENTICATED,
+    /// `403` PERMISSION_DENIED, `429` UNAVAILABLE, ...) and the body's text as
+    /// `grpc-message`; a response that sets `grpc-status` itself goes as written.
+    ///
     /// ```
     /// use weft_sdk::{http::StatusCode, Action};
     /// let action: Action = Action::respond(StatusCode::UNAUTHORIZED).body("missing key").into();
