@@ -561,32 +561,41 @@ async fn http2_connections_a_burst_opened_close_once_idle() {
 #[tokio::test]
 async fn at_the_connection_limit_busy_http2_connections_take_requests_in_turn() {
     // Two connections of two streams: four requests are at the upstream, the fifth
-    // waits for a stream (in the connection, not refused) and is served after them.
+    // waits in the endpoint's queue (bounded, not inside a connection) for a stream
+    // to end, and a sixth finds the queue full.
     let upstream = GatedH2::start(2).await;
     let proxy = Proxy::start(&config(
         &upstream.addr.to_string(),
-        "protocol = \"http2\"\n[clusters.pool]\nmax_streams_per_connection = 2\nmax_connections_per_endpoint = 2",
+        "protocol = \"http2\"\nconnect_timeout = \"5s\"\n[clusters.pool]\nmax_streams_per_connection = 2\nmax_connections_per_endpoint = 2\nmax_pending_per_endpoint = 1",
     ))
     .await;
-    let requests = spawn_gets(&proxy.url("/"), 5);
+    let requests = spawn_gets(&proxy.url("/"), 4);
     let four_held = eventually(Duration::from_secs(5), async || upstream.held() == 4).await;
     assert!(
         four_held,
-        "{} of 5 requests reached the upstream",
+        "{} of 4 requests reached the upstream",
         upstream.held()
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(upstream.held(), 4, "a stream past the upstream's limit");
-    assert!(
-        requests.iter().all(|r| !r.is_finished()),
-        "a request was answered early"
+    let waiting = spawn_gets(&proxy.url("/"), 1);
+    let pending = "weft_upstream_pending_requests{cluster=\"c\"}";
+    let queued = eventually(Duration::from_secs(5), async || {
+        proxy.metric(pending).await == 1.0
+    })
+    .await;
+    assert!(queued, "{}", proxy.metrics().await);
+    let (status, _, body) = get(&h1(), &proxy.url("/")).await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::SERVICE_UNAVAILABLE, &b"connection limit\n"[..])
     );
+    assert_eq!(upstream.held(), 4, "a stream past the upstream's limit");
     upstream.release.send_replace(true);
-    for (i, r) in requests.into_iter().enumerate() {
+    for (i, r) in requests.into_iter().chain(waiting).enumerate() {
         assert_eq!(r.await.unwrap(), StatusCode::OK, "request {i}");
     }
     assert_eq!(upstream.held(), 5);
     assert_eq!(upstream.connections(), 2);
+    assert_eq!(proxy.metric(pending).await, 0.0);
 }
 
 /// An HTTP/2 upstream that, as servers with a maximum of requests or age per

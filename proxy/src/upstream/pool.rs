@@ -56,8 +56,9 @@ struct Slots {
     waiting: AtomicUsize,
     /// The waiting requests, oldest first (and some that gave up, skipped when met).
     waiters: Mutex<VecDeque<Waiter>>,
-    /// Wakes every waiting request when an HTTP/2 connection they may share opens.
-    h2_opened: Notify,
+    /// Wakes waiting requests when an HTTP/2 connection has room: every one when a
+    /// connection they may share opens, one when a stream ends.
+    h2_room: Notify,
 }
 
 /// What comes free at the limit, for a waiting request.
@@ -150,7 +151,14 @@ impl Slots {
     /// Wakes every waiting request: an HTTP/2 connection they may all share opened.
     fn h2_opened(&self) {
         if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.h2_opened.notify_waiters();
+            self.h2_room.notify_waiters();
+        }
+    }
+
+    /// Wakes the request waiting longest: a stream ended, so its connection has room.
+    fn h2_stream_ended(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.h2_room.notify_one();
         }
     }
 
@@ -203,6 +211,8 @@ pub struct H2Conn {
     used: AtomicBool,
     /// Since when the sweep has found it unused (only the sweep touches it).
     unused_since: Mutex<Option<Instant>>,
+    /// The endpoint's slots, whose waiting requests a stream that ends may serve.
+    slots: Arc<Slots>,
 }
 
 impl H2Conn {
@@ -212,12 +222,15 @@ impl H2Conn {
 
     /// Whether it may take another request under `max_streams` (0: no limit).
     fn has_room(&self, max_streams: usize) -> bool {
-        self.is_open() && (max_streams == 0 || self.streams.load(Ordering::Relaxed) < max_streams)
+        // SeqCst, as the count's changes and the waiting count are: a request that
+        // counted itself waiting then finds no room sees the stream's end, or the end
+        // sees it waiting. (A plain load on x86.)
+        self.is_open() && (max_streams == 0 || self.streams.load(Ordering::SeqCst) < max_streams)
     }
 
     /// A request's use of the connection, counted until it is dropped.
     fn stream(self: &Arc<Self>) -> H2Stream {
-        self.streams.fetch_add(1, Ordering::Relaxed);
+        self.streams.fetch_add(1, Ordering::SeqCst);
         self.used.store(true, Ordering::Relaxed);
         H2Stream {
             sender: self.sender.clone(),
@@ -235,7 +248,8 @@ pub struct H2Stream {
 
 impl Drop for H2Stream {
     fn drop(&mut self) {
-        self.conn.streams.fetch_sub(1, Ordering::Relaxed);
+        self.conn.streams.fetch_sub(1, Ordering::SeqCst);
+        self.conn.slots.h2_stream_ended();
     }
 }
 
@@ -263,16 +277,6 @@ impl WorkerPool {
             .iter()
             .find(|c| c.has_room(max_streams))
             .map(H2Conn::stream)
-    }
-
-    /// The open HTTP/2 connection with the fewest requests on it, and that number.
-    fn least_busy_h2(&self) -> Option<(usize, Arc<H2Conn>)> {
-        let conns = self.h2.load();
-        conns
-            .iter()
-            .filter(|c| c.is_open())
-            .map(|c| (c.streams.load(Ordering::Relaxed), c.clone()))
-            .min_by_key(|(n, _)| *n)
     }
 
     /// Adds a connection just opened, dropping the closed ones. Called under
@@ -374,11 +378,12 @@ impl Pool {
     }
 
     /// For a request that the endpoint's connection limit keeps from opening a
-    /// connection: an HTTP/2 connection with room on any worker, else the least busy
-    /// one (its further requests wait in it for streams the upstream allows), else an
-    /// idle HTTP/1.1 connection of another worker. Another worker's connection has
-    /// its I/O cross threads for this request: the price of the limit, paid only at
-    /// it. An HTTP/1.1 one goes back to its own worker's part afterwards.
+    /// connection: an HTTP/2 connection with room on any worker (none has room when
+    /// all carry `max_streams` requests: the request then waits in the endpoint's
+    /// queue, bounded, rather than unbounded inside hyper), else an idle HTTP/1.1
+    /// connection of another worker. Another worker's connection has its I/O cross
+    /// threads for this request: the price of the limit, paid only at it. An
+    /// HTTP/1.1 one goes back to its own worker's part afterwards.
     fn borrow(&self, max_idle: Duration, max_streams: usize) -> Option<Lease> {
         let (mine, _) = self.workers.mine_indexed();
         let workers = || {
@@ -389,12 +394,6 @@ impl Pool {
         };
         if let Some(s) = workers().find_map(|w| w.h2(max_streams)) {
             return Some(Lease::H2(s));
-        }
-        if let Some((_, c)) = workers()
-            .filter_map(WorkerPool::least_busy_h2)
-            .min_by_key(|(n, _)| *n)
-        {
-            return Some(Lease::H2(c.stream()));
         }
         let (home, sender) = self
             .workers
@@ -511,8 +510,8 @@ impl Cluster {
         loop {
             // Listening before looking: a connection freed or opened in between still
             // reaches us. (What freed it before we were counted is in the pool.)
-            let mut h2_opened = std::pin::pin!(slots.h2_opened.notified());
-            h2_opened.as_mut().enable();
+            let mut h2_room = std::pin::pin!(slots.h2_room.notified());
+            h2_room.as_mut().enable();
             match self.checkout_now(ep, want).await {
                 Err(ProxyError::PoolExhausted(_)) => {}
                 done => return done,
@@ -526,7 +525,7 @@ impl Cluster {
                     }
                     Err(_) => Err(ProxyError::PoolExhausted(ep.addr)),
                 },
-                () = h2_opened => {}
+                () = h2_room => {}
                 () = &mut deadline => return Err(ProxyError::PoolExhausted(ep.addr)),
             }
         }
@@ -696,6 +695,7 @@ impl Cluster {
             sender,
             extended_connect: Arc::default(),
             streams: AtomicUsize::new(0),
+            slots: ep.pool.slots.clone(),
             used: AtomicBool::new(false),
             unused_since: Mutex::new(None),
         });
