@@ -56,9 +56,8 @@ struct Slots {
     waiting: AtomicUsize,
     /// The waiting requests, oldest first (and some that gave up, skipped when met).
     waiters: Mutex<VecDeque<Waiter>>,
-    /// Wakes waiting requests when an HTTP/2 connection has room: every one when a
-    /// connection they may share opens, one when a stream ends.
-    h2_room: Notify,
+    /// Wakes every waiting request when an HTTP/2 connection they may share opens.
+    h2_opened: Notify,
 }
 
 /// What comes free at the limit, for a waiting request.
@@ -67,11 +66,14 @@ enum Freed {
     Conn { sender: H1Sender, home: usize },
     /// The place of a connection that closed, for the request to open its own.
     Slot(OpenGuard),
+    /// A stream that ended on a full HTTP/2 connection, taken again for the request.
+    Stream(H2Stream),
 }
 
 struct Waiter {
     freed: oneshot::Sender<Freed>,
-    /// Whether it can use a pooled connection (an upgrade needs a new one).
+    /// Whether it can use a pooled connection or a stream (an upgrade needs a new
+    /// connection).
     takes_conn: bool,
 }
 
@@ -98,25 +100,26 @@ impl Slots {
                 }
             }
         }
-        Some(OpenGuard(Some(self.clone())))
+        Some(OpenGuard {
+            slots: self.clone(),
+            max,
+            armed: true,
+        })
     }
 
-    /// Hands `freed` to the request that has waited longest and can use it, or gives
-    /// it back when none does. The common case, nobody waiting, is one load. (A
-    /// waiter counts itself before it last looks at the pool; this runs after the
-    /// pool changed: one of the two sees the other.)
-    #[inline]
-    fn hand_over(&self, freed: Freed) -> Option<Freed> {
-        if self.waiting.load(Ordering::SeqCst) == 0 {
-            return Some(freed);
-        }
-        self.hand_over_to_waiter(freed)
-    }
-
-    #[inline(never)]
-    fn hand_over_to_waiter(&self, mut freed: Freed) -> Option<Freed> {
-        let is_conn = matches!(freed, Freed::Conn { .. });
+    /// Hands `freed` to the request that has waited longest and can use it; what
+    /// none takes goes to `give_back` before the waiters' lock goes.
+    ///
+    /// How nothing freed is missed: the one freeing publishes it first (frees the
+    /// slot, pools the connection, ends the stream), then reads `waiting`, and only
+    /// if someone waits takes it back and comes here. A waiter counts itself in
+    /// `waiting`, joins the waiters under this lock (`wait_turn`), then looks. So
+    /// either the freeing saw nobody waiting and the waiter's look finds it
+    /// published, or the waiter had joined and is handed it here, or it joins after
+    /// `give_back` published it again, and finds it.
+    fn hand_over(&self, mut freed: Freed, give_back: impl FnOnce(Freed)) {
         let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let is_conn = matches!(freed, Freed::Conn { .. } | Freed::Stream(_));
         let mut i = 0;
         while i < waiters.len() {
             if is_conn && !waiters[i].takes_conn && !waiters[i].freed.is_closed() {
@@ -126,11 +129,12 @@ impl Slots {
             let Some(w) = waiters.remove(i) else { break };
             // A waiter that gave up (timed out, or served otherwise) refuses it.
             match w.freed.send(freed) {
-                Ok(()) => return None,
+                Ok(()) => return,
                 Err(back) => freed = back,
             }
         }
-        Some(freed)
+        give_back(freed);
+        drop(waiters);
     }
 
     /// Joins the waiting requests (after `queue`); what is handed over comes on the
@@ -151,14 +155,7 @@ impl Slots {
     /// Wakes every waiting request: an HTTP/2 connection they may all share opened.
     fn h2_opened(&self) {
         if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.h2_room.notify_waiters();
-        }
-    }
-
-    /// Wakes the request waiting longest: a stream ended, so its connection has room.
-    fn h2_stream_ended(&self) {
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.h2_room.notify_one();
+            self.h2_opened.notify_waiters();
         }
     }
 
@@ -213,6 +210,8 @@ pub struct H2Conn {
     unused_since: Mutex<Option<Instant>>,
     /// The endpoint's slots, whose waiting requests a stream that ends may serve.
     slots: Arc<Slots>,
+    /// The cluster's `max_streams_per_connection` when it was opened (0: no limit).
+    max_streams: usize,
 }
 
 impl H2Conn {
@@ -224,7 +223,7 @@ impl H2Conn {
     fn has_room(&self, max_streams: usize) -> bool {
         // SeqCst, as the count's changes and the waiting count are: a request that
         // counted itself waiting then finds no room sees the stream's end, or the end
-        // sees it waiting. (A plain load on x86.)
+        // sees it waiting (`H2Stream::drop`). (A plain load on x86.)
         self.is_open() && (max_streams == 0 || self.streams.load(Ordering::SeqCst) < max_streams)
     }
 
@@ -235,7 +234,38 @@ impl H2Conn {
         H2Stream {
             sender: self.sender.clone(),
             conn: self.clone(),
+            counted: true,
         }
+    }
+
+    /// After a stream ended with requests waiting at the connection limit: takes the
+    /// stream again, if no newcomer did, for the request that has waited longest
+    /// (`Slots::hand_over`).
+    fn pass_on_stream(self: &Arc<Self>) {
+        let max = if self.max_streams == 0 {
+            usize::MAX
+        } else {
+            self.max_streams
+        };
+        let taken = self
+            .streams
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            });
+        if taken.is_err() {
+            return;
+        }
+        let stream = H2Stream {
+            sender: self.sender.clone(),
+            conn: self.clone(),
+            counted: true,
+        };
+        self.slots.hand_over(Freed::Stream(stream), |back| {
+            if let Freed::Stream(mut s) = back {
+                s.counted = false;
+                s.conn.streams.fetch_sub(1, Ordering::SeqCst);
+            }
+        });
     }
 }
 
@@ -244,12 +274,21 @@ impl H2Conn {
 pub struct H2Stream {
     sender: H2Sender,
     conn: Arc<H2Conn>,
+    /// Whether its drop gives the stream back (not when it never counted).
+    counted: bool,
 }
 
 impl Drop for H2Stream {
     fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
+        // Given back first, then the waiting count read: with the waiter's order
+        // (counted waiting, then looked for room), one of the two sees the other.
         self.conn.streams.fetch_sub(1, Ordering::SeqCst);
-        self.conn.slots.h2_stream_ended();
+        if self.conn.slots.waiting.load(Ordering::SeqCst) > 0 && self.conn.is_open() {
+            self.conn.pass_on_stream();
+        }
     }
 }
 
@@ -268,6 +307,22 @@ impl WorkerPool {
             }
         }
         None
+    }
+
+    /// Pools an idle connection if there is room; whether it did.
+    fn pool_idle(&self, sender: H1Sender, max_idle_conns: usize, now: Instant) -> bool {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() >= max_idle_conns {
+            return false;
+        }
+        idle.push(Idle { sender, since: now });
+        true
+    }
+
+    /// The connection pooled last, if it is still open.
+    fn take_newest(&self) -> Option<H1Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.pop().map(|i| i.sender).filter(|s| !s.is_closed())
     }
 
     /// The oldest HTTP/2 connection with room for another request.
@@ -357,19 +412,28 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
-        let Some(Freed::Conn { sender, home }) = self.slots.hand_over(Freed::Conn { sender, home })
-        else {
+        let part = self.workers.part(home);
+        // Not pooled (the pool is full): it closes, and its place passes on.
+        if !part.pool_idle(sender, max_idle_conns, now)
+            || self.slots.waiting.load(Ordering::SeqCst) == 0
+        {
+            return;
+        }
+        self.pass_on_idle(part, home, max_idle_conns, now);
+    }
+
+    /// With requests waiting at the connection limit: the connection just pooled (or
+    /// one as good; none if a newcomer took it) goes to the one that waited longest.
+    #[inline(never)]
+    fn pass_on_idle(&self, part: &WorkerPool, home: usize, max_idle_conns: usize, now: Instant) {
+        let Some(sender) = part.take_newest() else {
             return;
         };
-        let mut idle = self
-            .workers
-            .part(home)
-            .idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if idle.len() < max_idle_conns {
-            idle.push(Idle { sender, since: now });
-        }
+        self.slots.hand_over(Freed::Conn { sender, home }, |back| {
+            if let Freed::Conn { sender, .. } = back {
+                part.pool_idle(sender, max_idle_conns, now);
+            }
+        });
     }
 
     /// One of the calling worker's HTTP/2 connections with room for a request.
@@ -457,22 +521,35 @@ impl Lease {
 }
 
 /// Counts a connection as open until dropped; then its place passes to the request
-/// that has waited longest at the limit, if one does. (`None` once passed on.)
-struct OpenGuard(Option<Arc<Slots>>);
+/// that has waited longest at the limit, if one does.
+struct OpenGuard {
+    slots: Arc<Slots>,
+    /// The limit it was reserved under, to reserve the place again for a waiter.
+    max: usize,
+    /// Whether its drop frees the place (not once given back under the lock).
+    armed: bool,
+}
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        let Some(slots) = self.0.take() else { return };
-        if slots.waiting.load(Ordering::SeqCst) > 0 {
-            let passed = OpenGuard(Some(slots.clone()));
-            match slots.hand_over(Freed::Slot(passed)) {
-                None => return,
-                // Nobody took it: disarmed, and freed below.
-                Some(Freed::Slot(mut back)) => back.0 = None,
-                Some(Freed::Conn { .. }) => {}
-            }
+        if !self.armed {
+            return;
         }
+        let slots = &self.slots;
         slots.open.fetch_sub(1, Ordering::SeqCst);
+        if slots.waiting.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        // Taken again, unless a newcomer took it, for the request waiting longest.
+        let Some(again) = slots.reserve(self.max) else {
+            return;
+        };
+        slots.hand_over(Freed::Slot(again), |back| {
+            if let Freed::Slot(mut g) = back {
+                g.armed = false;
+                g.slots.open.fetch_sub(1, Ordering::SeqCst);
+            }
+        });
     }
 }
 
@@ -510,8 +587,8 @@ impl Cluster {
         loop {
             // Listening before looking: a connection freed or opened in between still
             // reaches us. (What freed it before we were counted is in the pool.)
-            let mut h2_room = std::pin::pin!(slots.h2_room.notified());
-            h2_room.as_mut().enable();
+            let mut h2_opened = std::pin::pin!(slots.h2_opened.notified());
+            h2_opened.as_mut().enable();
             match self.checkout_now(ep, want).await {
                 Err(ProxyError::PoolExhausted(_)) => {}
                 done => return done,
@@ -519,13 +596,14 @@ impl Cluster {
             tokio::select! {
                 got = &mut freed => return match got {
                     Ok(Freed::Conn { sender, home }) => Ok(Lease::H1 { sender, reused: true, home }),
+                    Ok(Freed::Stream(stream)) => Ok(Lease::H2(stream)),
                     Ok(Freed::Slot(guard)) => {
                         let use_h2 = self.use_h2(ep, want).await;
                         self.connect_on(ep, want, use_h2, guard).await
                     }
                     Err(_) => Err(ProxyError::PoolExhausted(ep.addr)),
                 },
-                () = h2_room => {}
+                () = h2_opened => {}
                 () = &mut deadline => return Err(ProxyError::PoolExhausted(ep.addr)),
             }
         }
@@ -696,6 +774,7 @@ impl Cluster {
             extended_connect: Arc::default(),
             streams: AtomicUsize::new(0),
             slots: ep.pool.slots.clone(),
+            max_streams: self.config.pool.max_streams_per_connection,
             used: AtomicBool::new(false),
             unused_since: Mutex::new(None),
         });
@@ -823,6 +902,26 @@ mod tests {
         assert_eq!(pending.get(), 0);
         assert!(slots.waiters.lock().unwrap().len() <= 1);
         assert!(slots.reserve(1).is_some());
+    }
+
+    #[test]
+    fn a_place_freed_before_a_waiter_joins_is_found_by_its_look() {
+        // Counted as waiting but not yet joined when the connection closes: the place
+        // is taken back, nobody is there to take it, and it is freed again before the
+        // waiters' lock goes, so the waiter's look after joining finds it.
+        let slots = Arc::new(Slots::default());
+        let held = slots.reserve(1).expect("the first slot");
+        let pending = Gauge::default();
+        let _queued = slots.queue(1, &pending).expect("a place in the queue");
+        drop(held);
+        assert_eq!(slots.open.load(Ordering::SeqCst), 0);
+        let mut turn = slots.wait_turn(true);
+        let found = slots.reserve(1);
+        assert!(found.is_some(), "the freed place was lost");
+        assert!(turn.try_recv().is_err());
+        // Closed in turn, it passes to the waiter, who has joined by now.
+        drop(found);
+        assert!(matches!(turn.try_recv(), Ok(Freed::Slot(_))));
     }
 
     #[tokio::test]
