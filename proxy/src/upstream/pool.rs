@@ -581,7 +581,9 @@ impl Cluster {
         let Some(_queued) = slots.queue(max, &self.stats.pending) else {
             return Err(ProxyError::PoolExhausted(ep.addr));
         };
-        let mut freed = slots.wait_turn(want != Want::Upgrade);
+        // An upgrade over HTTP/1.1 needs a connection of its own; over HTTP/2 a stream.
+        let takes_conn = want != Want::Upgrade || self.upgrades_over_h2();
+        let mut freed = slots.wait_turn(takes_conn);
         let deadline = tokio::time::sleep_until(Instant::now() + self.config.connect_timeout.0);
         let mut deadline = std::pin::pin!(deadline);
         loop {
