@@ -481,6 +481,12 @@ impl GatedH2 {
         self.held.load(Ordering::Relaxed)
     }
 
+    /// Waits until `n` requests are held at once (fails the test after 5 s).
+    async fn until_held(&self, n: usize) {
+        let held = eventually(Duration::from_secs(5), async || self.held() == n).await;
+        assert!(held, "{} of {n} requests reached the upstream", self.held());
+    }
+
     fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
     }
@@ -497,12 +503,7 @@ async fn requests_beyond_an_http2_connections_streams_go_on_another_connection()
     ))
     .await;
     let requests = spawn_gets(&proxy.url("/"), 5);
-    let all_held = eventually(Duration::from_secs(5), async || upstream.held() == 5).await;
-    assert!(
-        all_held,
-        "{} of 5 requests reached the upstream",
-        upstream.held()
-    );
+    upstream.until_held(5).await;
     assert_eq!(upstream.connections(), 3);
     assert_eq!(pooled(&proxy).await.0, 3, "open connections");
     let (_, _, body) = get(&h1(), &proxy.admin_url("/clusters")).await;
@@ -533,7 +534,7 @@ async fn http2_connections_a_burst_opened_close_once_idle() {
     ))
     .await;
     let burst = spawn_gets(&proxy.url("/"), 5);
-    assert!(eventually(Duration::from_secs(5), async || upstream.held() == 5).await);
+    upstream.until_held(5).await;
     upstream.release.send_replace(true);
     for r in burst {
         assert_eq!(r.await.unwrap(), StatusCode::OK);
@@ -570,12 +571,7 @@ async fn at_the_connection_limit_busy_http2_connections_take_requests_in_turn() 
     ))
     .await;
     let requests = spawn_gets(&proxy.url("/"), 4);
-    let four_held = eventually(Duration::from_secs(5), async || upstream.held() == 4).await;
-    assert!(
-        four_held,
-        "{} of 4 requests reached the upstream",
-        upstream.held()
-    );
+    upstream.until_held(4).await;
     let waiting = spawn_gets(&proxy.url("/"), 1);
     let pending = "weft_upstream_pending_requests{cluster=\"c\"}";
     let queued = eventually(Duration::from_secs(5), async || {
