@@ -31,6 +31,23 @@ endpoints = ["{endpoint}"]
     )
 }
 
+/// The requests of cluster "c" waiting at an endpoint's connection limit.
+const PENDING: &str = "weft_upstream_pending_requests{cluster=\"c\"}";
+
+/// Waits until `n` requests wait at the connection limit (fails the test after 5 s,
+/// showing the metrics).
+async fn until_pending(proxy: &Proxy, n: u32) {
+    let queued = eventually(Duration::from_secs(5), async || {
+        proxy.metric(PENDING).await == f64::from(n)
+    })
+    .await;
+    assert!(
+        queued,
+        "{n} requests did not wait: {}",
+        proxy.metrics().await
+    );
+}
+
 fn lookups(cluster: &str) -> String {
     format!("weft_dns_lookups_total{{cluster=\"{cluster}\",outcome=\"resolved\"}}")
 }
@@ -138,12 +155,7 @@ async fn at_the_connection_limit_requests_wait_for_a_connection_to_come_free() {
     assert!(eventually(Duration::from_secs(5), async || backend.hits() == 1).await);
     // Two may wait for the one connection...
     let waiting = spawn_gets(&proxy.url("/"), 2);
-    let pending = "weft_upstream_pending_requests{cluster=\"c\"}";
-    let queued = eventually(Duration::from_secs(5), async || {
-        proxy.metric(pending).await == 2.0
-    })
-    .await;
-    assert!(queued, "{}", proxy.metrics().await);
+    until_pending(&proxy, 2).await;
     // ...a third may not: the queue is full, and it is answered at once.
     let (status, _, body) = get(&h1(), &proxy.url("/")).await;
     assert_eq!(
@@ -157,7 +169,7 @@ async fn at_the_connection_limit_requests_wait_for_a_connection_to_come_free() {
     }
     assert_eq!(backend.hits(), 3);
     assert_eq!(backend.connections.load(Ordering::Relaxed), 1);
-    assert_eq!(proxy.metric(pending).await, 0.0);
+    assert_eq!(proxy.metric(PENDING).await, 0.0);
 
     // A request waits no longer than the connect timeout.
     let impatient = Proxy::start(&config(
@@ -185,7 +197,6 @@ async fn requests_waiting_at_the_connection_limit_are_served_in_the_order_they_c
     // Each joins the queue before the next is sent; they finish in turn on the one
     // connection, so the order they finish in is the order they were served in.
     let done = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let pending = "weft_upstream_pending_requests{cluster=\"c\"}";
     let mut waiting = Vec::new();
     for i in 0..4 {
         let (url, done) = (proxy.url("/sleep/20"), done.clone());
@@ -194,11 +205,7 @@ async fn requests_waiting_at_the_connection_limit_are_served_in_the_order_they_c
             done.lock().unwrap().push(i);
             status
         }));
-        let queued = eventually(Duration::from_secs(5), async || {
-            proxy.metric(pending).await == f64::from(i + 1)
-        })
-        .await;
-        assert!(queued, "request {i} did not wait");
+        until_pending(&proxy, i + 1).await;
     }
     for w in slow.into_iter().chain(waiting) {
         assert_eq!(w.await.unwrap(), StatusCode::OK);
@@ -573,12 +580,7 @@ async fn at_the_connection_limit_busy_http2_connections_take_requests_in_turn() 
     let requests = spawn_gets(&proxy.url("/"), 4);
     upstream.until_held(4).await;
     let waiting = spawn_gets(&proxy.url("/"), 1);
-    let pending = "weft_upstream_pending_requests{cluster=\"c\"}";
-    let queued = eventually(Duration::from_secs(5), async || {
-        proxy.metric(pending).await == 1.0
-    })
-    .await;
-    assert!(queued, "{}", proxy.metrics().await);
+    until_pending(&proxy, 1).await;
     let (status, _, body) = get(&h1(), &proxy.url("/")).await;
     assert_eq!(
         (status, &body[..]),
@@ -591,7 +593,7 @@ async fn at_the_connection_limit_busy_http2_connections_take_requests_in_turn() 
     }
     assert_eq!(upstream.held(), 5);
     assert_eq!(upstream.connections(), 2);
-    assert_eq!(proxy.metric(pending).await, 0.0);
+    assert_eq!(proxy.metric(PENDING).await, 0.0);
 }
 
 /// An HTTP/2 upstream that, as servers with a maximum of requests or age per
