@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use http::{Request, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -88,8 +89,15 @@ impl Target {
 
 /// Runs grpc_client.py against `target` and returns what it printed.
 async fn call(target: &Target, mode: &str, messages: &[&str]) -> Value {
+    call_within(target, 10.0, mode, messages).await
+}
+
+/// `call` with a deadline of `deadline` seconds (sent as `grpc-timeout`).
+async fn call_within(target: &Target, deadline: f64, mode: &str, messages: &[&str]) -> Value {
     let mut cmd = Command::new(python());
-    cmd.arg(peer("grpc_client.py"));
+    cmd.arg(peer("grpc_client.py"))
+        .arg("--deadline")
+        .arg(deadline.to_string());
     if let Some((ca, name)) = &target.tls {
         cmd.arg("--ca").arg(ca).arg("--name").arg(name);
     }
@@ -341,4 +349,106 @@ protocol = "http2"
     assert_eq!(proxy.metric(&failed("main", "grpc", "5xx")).await, 1.0);
     assert_eq!(proxy.metric(&failed("down", "gone", "5xx")).await, 2.0);
     assert_eq!(proxy.metric(&failed("guarded", "grpc", "4xx")).await, 1.0);
+}
+
+#[tokio::test]
+async fn grpc_calls_keep_their_own_deadlines_where_the_cluster_honours_them() {
+    let server = GrpcServer::start(None).await;
+    let proxy = Proxy::start(&format!(
+        r#"
+[[listeners]]
+name = "honoured"
+address = "127.0.0.1:0"
+cluster = "honoured"
+
+[[listeners]]
+name = "capped"
+address = "127.0.0.1:0"
+cluster = "capped"
+
+[[listeners]]
+name = "ignored"
+address = "127.0.0.1:0"
+cluster = "ignored"
+
+[[clusters]]
+name = "honoured"
+endpoints = ["{addr}"]
+protocol = "http2"
+request_timeout = "200ms"
+grpc_timeout_max = "0s"
+[clusters.outlier]
+consecutive_failures = 1
+max_ejected_percent = 100
+
+[[clusters]]
+name = "capped"
+endpoints = ["{addr}"]
+protocol = "http2"
+request_timeout = "30s"
+grpc_timeout_max = "400ms"
+[clusters.outlier]
+consecutive_failures = 1
+max_ejected_percent = 100
+
+[[clusters]]
+name = "ignored"
+endpoints = ["{addr}"]
+protocol = "http2"
+request_timeout = "200ms"
+"#,
+        addr = server.addr,
+    ))
+    .await;
+    let at = |listener: &str| Target::clear(proxy.addr(listener));
+    let outcome = |v: &Value| (v["code"].clone(), v["details"].clone());
+    let proxy_timeout = (json!("DEADLINE_EXCEEDED"), json!("upstream timeout"));
+
+    // The client's 20 s replace the cluster's 200 ms.
+    let v = call_within(&at("honoured"), 20.0, "unary", &["sleep:600"]).await;
+    assert_eq!(v["code"], "OK", "{v}");
+    // Without grpc_timeout_max the header is not the proxy's business.
+    let v = call_within(&at("ignored"), 20.0, "unary", &["sleep:600"]).await;
+    assert_eq!(outcome(&v), proxy_timeout);
+
+    // Capped: the upstream is told the cap, and the proxy enforces it.
+    let v = call_within(&at("capped"), 20.0, "unary", &["hi"]).await;
+    assert_eq!(v["code"], "OK", "{v}");
+    let left: f64 = v["initial"]["x-seen-time-remaining"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("the upstream saw no deadline: {v}"));
+    assert!(left > 0.0 && left <= 0.4, "the upstream saw {left} s left");
+    let v = call_within(&at("capped"), 20.0, "unary", &["sleep:1500"]).await;
+    assert_eq!(outcome(&v), proxy_timeout);
+    // The operator's cap counts against the endpoint (one failure ejects here)...
+    let ejections = r#"weft_endpoint_ejections_total{cluster="capped"}"#;
+    assert_eq!(proxy.metric(ejections).await, 1.0);
+
+    // ... the client's own short deadline does not: the endpoint was fine. (A
+    // client that waits past its deadline, so that the proxy's expiry is seen.)
+    let framed = |msg: &[u8]| {
+        let mut b = vec![0u8];
+        b.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        b.extend_from_slice(msg);
+        b
+    };
+    let req = Request::post(format!(
+        "http://{}/weft.test.Echo/Unary",
+        proxy.addr("honoured")
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("grpc-timeout", "300m")
+    .body(full(framed(b"sleep:1500")))
+    .unwrap();
+    let (status, headers, _) = send(&h2(), req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["grpc-status"], "4", "{headers:?}");
+    let timeouts = r#"weft_upstream_timeouts_total{cluster="honoured"}"#;
+    assert_eq!(proxy.metric(timeouts).await, 1.0);
+    let ejections = r#"weft_endpoint_ejections_total{cluster="honoured"}"#;
+    assert_eq!(proxy.metric(ejections).await, 0.0);
+    let v = call_within(&at("honoured"), 20.0, "unary", &["hi"]).await;
+    assert_eq!(v["code"], "OK", "{v}");
 }

@@ -518,6 +518,10 @@ pub struct ClusterConfig {
     /// the response; `"0s"` for none (long-lived streams). Routes may override it.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: Dur,
+    /// gRPC calls' own deadlines (`grpc-timeout`) replace `request_timeout`, capped
+    /// at this (`"0s"`: uncapped); absent, the header is passed on and not enforced.
+    #[serde(default)]
+    pub grpc_timeout_max: Option<Dur>,
     /// A request or response body, or an upgraded or `CONNECT` tunnel, that moves no
     /// byte for this long is aborted (a stalled upload gets 408); `"0s"` for none.
     #[serde(default = "default_stream_idle_timeout")]

@@ -3,8 +3,10 @@
 //! answers goes as a gRPC server would send it: trailers-only (`200`, and the status
 //! and its message in the one HEADERS frame that ends the stream), as Envoy answers.
 
+use http::header::HeaderName;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use std::time::Duration;
 
 use super::body::Body;
 use crate::error::ProxyError;
@@ -13,6 +15,8 @@ use crate::error::ProxyError;
 /// the access log (a response extension).
 #[derive(Clone, Copy)]
 pub struct StandsFor(pub StatusCode);
+
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// Whether a request is a gRPC call: `application/grpc`, or with a message format
 /// (`application/grpc+proto`) or parameters. Not gRPC-Web (`application/grpc-web`),
@@ -96,6 +100,49 @@ pub fn code_for(status: StatusCode) -> u8 {
     }
 }
 
+/// The deadline a gRPC client sent (`grpc-timeout`: at most 8 digits and a unit,
+/// gRPC's PROTOCOL-HTTP2.md); `None` when absent or malformed, as if not sent.
+pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(GRPC_TIMEOUT)?.as_bytes();
+    let (&unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// `d` as a `grpc-timeout` value: in the finest unit whose count fits the 8 digits
+/// allowed, rounded up so that the upstream never gets less than `d`.
+pub fn timeout_value(d: Duration) -> HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let ns = d.as_nanos();
+    let units: [(u128, char); 6] = [
+        (1, 'n'),
+        (1_000, 'u'),
+        (1_000_000, 'm'),
+        (1_000_000_000, 'S'),
+        (60_000_000_000, 'M'),
+        (3_600_000_000_000, 'H'),
+    ];
+    let (n, unit) = units
+        .iter()
+        .map(|&(per, unit)| (ns.div_ceil(per), unit))
+        .find(|&(n, _)| n <= MAX)
+        .unwrap_or((MAX, 'H'));
+    HeaderValue::from_str(&format!("{n}{unit}")).unwrap_or(HeaderValue::from_static("99999999H"))
+}
+
 /// `grpc-message` is percent-encoded: every byte outside printable ASCII, and `%`.
 pub fn message(msg: &str) -> String {
     use std::fmt::Write;
@@ -129,6 +176,37 @@ mod tests {
         assert!(!with("application/grpcx"));
         assert!(!with("application/json"));
         assert!(!is_grpc(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn grpc_timeouts_are_read_in_every_unit_and_malformed_ones_ignored() {
+        let read = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(GRPC_TIMEOUT, HeaderValue::from_str(v).unwrap());
+            timeout(&h)
+        };
+        assert_eq!(read("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(read("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(read("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(read("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(read("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(read("7n"), Some(Duration::from_nanos(7)));
+        for bad in ["", "m", "10", "10s", "123456789m", "-1S", "1.5S", "10 S"] {
+            assert_eq!(read(bad), None, "{bad:?}");
+        }
+        assert_eq!(timeout(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn grpc_timeouts_are_written_finely_and_never_shorter() {
+        let write = |d: Duration| timeout_value(d).to_str().unwrap().to_string();
+        assert_eq!(write(Duration::from_millis(300)), "300000u");
+        assert_eq!(write(Duration::from_nanos(1)), "1n");
+        assert_eq!(write(Duration::from_secs(90)), "90000000u");
+        assert_eq!(write(Duration::from_secs(3600)), "3600000m");
+        assert_eq!(write(Duration::from_nanos(100_000_001)), "100001u");
+        assert_eq!(write(Duration::from_secs(400 * 24 * 3600)), "34560000S");
+        assert_eq!(write(Duration::MAX), "99999999H");
     }
 
     #[test]

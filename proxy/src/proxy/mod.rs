@@ -11,6 +11,7 @@ pub mod path;
 pub mod tunnel;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
@@ -218,8 +219,12 @@ async fn forward(
         true => Some(UpgradeOverH2::rewrite(&mut head)?),
         false => None,
     };
-    let timeout = target.timeout.unwrap_or(cluster.config.request_timeout.0);
-    let deadline = (!timeout.is_zero()).then(|| ex.start + timeout);
+    let deadline = Deadline::of(
+        target.timeout.unwrap_or(cluster.config.request_timeout.0),
+        cluster,
+        ex,
+        &mut head,
+    );
     let want = if upgrade {
         Want::Upgrade
     } else {
@@ -263,8 +268,7 @@ async fn forward(
             cluster,
             decision.route.as_ref().and_then(|u| u.hash_key.as_deref()),
             want,
-            deadline,
-            timeout,
+            &deadline,
             ex,
         )
         .await;
@@ -300,7 +304,7 @@ async fn forward(
             let (parts, b) = resp.into_parts();
             return Ok((
                 finish_response(Response::from_parts(parts, ()), Body::Incoming(b), lr),
-                body_timeouts(cluster, deadline),
+                body_timeouts(cluster, deadline.at),
             ));
         }
         let (parts, incoming) = resp.into_parts();
@@ -330,7 +334,7 @@ async fn forward(
                 // skipped theirs are known after their first request): nothing to call.
                 return Ok((
                     finish_response(rhead, rbody, lr),
-                    body_timeouts(cluster, deadline),
+                    body_timeouts(cluster, deadline.at),
                 ));
             }
             let replay = match &tape {
@@ -368,8 +372,52 @@ async fn forward(
         }
         return Ok((
             finish_response(rhead, rbody, lr),
-            body_timeouts(cluster, deadline),
+            body_timeouts(cluster, deadline.at),
         ));
+    }
+}
+
+/// When the request must be answered by.
+struct Deadline {
+    at: Option<Instant>,
+    /// The time allowed, for the error.
+    after: Duration,
+    /// Whether it is the client's own (`grpc-timeout`), whose expiry says nothing
+    /// about the endpoint.
+    set_by_client: bool,
+}
+
+impl Deadline {
+    /// `configured` (the route's or cluster's timeout), or for a gRPC call to a
+    /// cluster with `grpc_timeout_max` the call's `grpc-timeout` in its place, capped
+    /// at that maximum (Envoy's `grpc_timeout_header_max`); a capped value is what
+    /// the upstream is told too.
+    fn of(
+        configured: Duration,
+        cluster: &Cluster,
+        ex: &Exchange,
+        head: &mut Request<()>,
+    ) -> Deadline {
+        let mut after = configured;
+        let mut set_by_client = false;
+        if let (true, Some(max)) = (ex.grpc, cluster.config.grpc_timeout_max) {
+            if let Some(asked) = grpc::timeout(head.headers()) {
+                match max.non_zero() {
+                    Some(max) if max < asked => {
+                        head.headers_mut()
+                            .insert(grpc::GRPC_TIMEOUT, grpc::timeout_value(max));
+                        after = max;
+                    }
+                    // Zero is no deadline here, but an expired one to gRPC.
+                    _ => (after, set_by_client) = (asked.max(Duration::from_nanos(1)), true),
+                }
+            }
+        }
+        Deadline {
+            at: (!after.is_zero()).then(|| ex.start + after),
+            after,
+            set_by_client,
+        }
     }
 }
 
@@ -397,8 +445,7 @@ async fn send(
     cluster: &Arc<Cluster>,
     filter_hash_key: Option<&str>,
     want: Want,
-    deadline: Option<Instant>,
-    timeout: std::time::Duration,
+    deadline: &Deadline,
     ex: &mut Exchange,
 ) -> Result<(Response<Incoming>, Lease), ProxyError> {
     let hash_key = filter_hash_key.map(str::as_bytes).or_else(|| {
@@ -425,10 +472,10 @@ async fn send(
         let answered = Instant::now();
         Ok((resp, lease, answered - sent, answered))
     });
-    let outcome = match deadline {
+    let outcome = match deadline.at {
         Some(d) => crate::gate::before_in(&ex.conn.deadline_timer, d, exchange)
             .await
-            .unwrap_or(Err(ProxyError::Timeout(timeout))),
+            .unwrap_or(Err(ProxyError::Timeout(deadline.after))),
         None => exchange.await,
     };
     match outcome {
@@ -454,10 +501,13 @@ async fn send(
             Err(ProxyError::DownstreamBody(e.to_string()))
         }
         Err(e) => {
-            // Not when the client held up its own body: a slow upload must not
-            // eject a healthy endpoint.
+            // Not when the client held up its own body (a slow upload must not
+            // eject a healthy endpoint), nor when the deadline was the client's.
             let timed_out = matches!(e, ProxyError::Timeout(_));
-            if e.counts_against_endpoint() && !ex.tally.client_at_fault(timed_out) {
+            if e.counts_against_endpoint()
+                && !ex.tally.client_at_fault(timed_out)
+                && !(timed_out && deadline.set_by_client)
+            {
                 cluster.record(&ep, Err(()));
             }
             if timed_out {

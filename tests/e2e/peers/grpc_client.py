@@ -1,12 +1,13 @@
 """A gRPC client for the end-to-end tests, with no generated code.
 
-    grpc_client.py [--ca FILE --name NAME] TARGET unary MESSAGE
-    grpc_client.py [--ca FILE --name NAME] TARGET bidi MESSAGE...
+    grpc_client.py [--ca FILE --name NAME] [--deadline SECONDS] TARGET unary MESSAGE
+    grpc_client.py [--ca FILE --name NAME] [--deadline SECONDS] TARGET bidi MESSAGE...
 
 Calls `weft.test.Echo` (see grpc_server.py) and prints one JSON object: the
 status code name, its details, the replies and the metadata. In clear text, or
 with --ca under TLS, trusting that PEM CA and asking for NAME (SNI and the name
-the certificate must have).
+the certificate must have). Calls carry a deadline (`grpc-timeout`) of
+--deadline seconds, 10 by default.
 
 `bidi` is interleaved: each message is sent only after the reply to the one
 before has arrived, so it only works if both directions stream.
@@ -20,10 +21,10 @@ import sys
 import grpc
 
 
-def unary(channel, message):
+def unary(channel, message, deadline):
     call = channel.unary_unary("/weft.test.Echo/Unary")
     try:
-        reply, c = call.with_call(message.encode(), timeout=10)
+        reply, c = call.with_call(message.encode(), timeout=deadline)
         return {
             "code": c.code().name,
             "reply": reply.decode(),
@@ -38,7 +39,7 @@ def unary(channel, message):
         }
 
 
-def bidi(channel, messages):
+def bidi(channel, messages, deadline):
     outbox = queue.Queue()
 
     def requests():
@@ -48,7 +49,7 @@ def bidi(channel, messages):
                 return
             yield m
 
-    call = channel.stream_stream("/weft.test.Echo/Bidi")(requests(), timeout=10)
+    call = channel.stream_stream("/weft.test.Echo/Bidi")(requests(), timeout=deadline)
     replies = []
     try:
         for m in messages:
@@ -66,6 +67,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--ca")
     parser.add_argument("--name")
+    parser.add_argument("--deadline", type=float, default=10)
     parser.add_argument("target")
     parser.add_argument("mode", choices=("unary", "bidi"))
     parser.add_argument("messages", nargs="+")
@@ -82,9 +84,9 @@ def main():
     with channel:
         grpc.channel_ready_future(channel).result(timeout=10)
         if args.mode == "unary":
-            out = unary(channel, args.messages[0])
+            out = unary(channel, args.messages[0], args.deadline)
         else:
-            out = bidi(channel, args.messages)
+            out = bidi(channel, args.messages, args.deadline)
     print(json.dumps(out))
 
 

@@ -6,8 +6,9 @@ Serves `weft.test.Echo` with raw-bytes messages on 127.0.0.1, on a port the
 kernel chooses, and prints that port on stdout once it is serving; in clear
 text, or under TLS with the given PEM certificate chain and key.
 
-- `Unary`: answers `echo:<request>`; sends the `x-forwarded-for` it received as
-  initial metadata and `x-echo-trailer` as trailing metadata. A request
+- `Unary`: answers `echo:<request>`; sends the `x-forwarded-for` it received and
+  the seconds left of the call's deadline (`x-seen-time-remaining`, empty for
+  none) as initial metadata, and `x-echo-trailer` as trailing metadata. A request
   `abort:<CODE>:<message>` ends the call with that status instead; a request
   `sleep:<ms>` is answered that much later.
 - `Bidi`: answers every message with `echo:<message>` as it arrives; a message
@@ -33,8 +34,12 @@ def unary(request, context):
     if request.startswith(b"sleep:"):
         time.sleep(int(request[len(b"sleep:") :]) / 1000)
     received = dict(context.invocation_metadata())
+    remaining = context.time_remaining()
     context.send_initial_metadata(
-        (("x-seen-forwarded-for", received.get("x-forwarded-for", "")),)
+        (
+            ("x-seen-forwarded-for", received.get("x-forwarded-for", "")),
+            ("x-seen-time-remaining", "" if remaining is None else f"{remaining:.3f}"),
+        )
     )
     context.set_trailing_metadata((("x-echo-trailer", "t-" + request.decode()),))
     return b"echo:" + request
