@@ -29,6 +29,8 @@ pub enum ProxyError {
     NoHealthyEndpoint(String),
     #[error("connection limit reached for {0}")]
     PoolExhausted(std::net::SocketAddr),
+    #[error("cluster {0:?} has its max_requests in flight")]
+    Overflow(std::sync::Arc<str>),
     #[error("connecting to {addr} failed: {source}")]
     Connect {
         addr: std::net::SocketAddr,
@@ -96,9 +98,8 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             NoRoute => StatusCode::NOT_FOUND,
-            NoCluster | UnknownCluster(_) | NoHealthyEndpoint(_) | PoolExhausted(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            NoCluster | UnknownCluster(_) | NoHealthyEndpoint(_) | PoolExhausted(_)
+            | Overflow(_) => StatusCode::SERVICE_UNAVAILABLE,
             Connect { .. }
             | UpstreamTls { .. }
             | Handshake { .. }
@@ -140,6 +141,7 @@ impl ProxyError {
             UnknownCluster(_) => "unknown cluster",
             NoHealthyEndpoint(_) => "no healthy endpoint",
             PoolExhausted(_) => "connection limit",
+            Overflow(_) => "upstream overflow",
             Connect { .. } => "upstream connect error",
             ConnectTimeout(_) => "upstream connect timeout",
             UpstreamTls { .. } => "upstream tls error",

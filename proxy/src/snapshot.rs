@@ -89,7 +89,13 @@ impl Snapshot {
                 .filter(|old| old.config == *c && old.tls_files_unchanged(resolve));
             let cluster = match reused {
                 Some(old) => old.clone(),
-                None => match Cluster::build(c, metrics.cluster_stats(&c.name), resolve).await {
+                None => match Cluster::build(
+                    c,
+                    metrics.cluster_stats(&c.name, c.max_requests > 0),
+                    resolve,
+                )
+                .await
+                {
                     Ok(c) => c,
                     Err(reason) => {
                         problems.push(Problem {

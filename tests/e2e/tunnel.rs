@@ -582,3 +582,36 @@ server_name = "echo.test"
     assert_eq!(back, b"PLAIN TEXT IN");
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_connect_tunnel_counts_against_max_requests_while_it_is_open() {
+    let echo = TcpEcho::start().await;
+    let config = connect_config(&echo, dead_addr().await, "60s")
+        .replace("name = \"echo\"\n", "name = \"echo\"\nmax_requests = 1\n");
+    assert!(config.contains("max_requests = 1"));
+    let proxy = Proxy::start(&config).await;
+
+    let mut open = TcpStream::connect(proxy.addr("main")).await.unwrap();
+    open.write_all(b"CONNECT echo.test:443 HTTP/1.1\r\nhost: echo.test:443\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut open).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(round_trip(&mut open, b"ping").await, b"ping");
+
+    // The open tunnel is the cluster's one request in flight.
+    let refused = connect_status(&proxy, "echo.test:443").await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert_eq!(echo.accepted(), 1);
+
+    // Closed, it frees its place.
+    drop(open);
+    let active = "weft_upstream_active_requests{cluster=\"echo\"}";
+    assert!(
+        eventually(Duration::from_secs(5), async || proxy.metric(active).await
+            == 0.0)
+        .await
+    );
+    let again = connect_status(&proxy, "echo.test:443").await;
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+}

@@ -661,3 +661,82 @@ async fn requests_racing_an_upstreams_goaway_are_not_lost() {
     );
     assert!(n >= 30, "{n} connections");
 }
+
+#[tokio::test]
+async fn max_requests_caps_a_clusters_requests_in_flight_over_all_its_endpoints() {
+    let (b1, b2) = (
+        Backend::start_with("b1", Proto::Http1, None).await,
+        Backend::start_with("b2", Proto::Http1, None).await,
+    );
+    let limited = |extra: &str| {
+        format!(
+            r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+cluster = "c"
+
+[[clusters]]
+name = "c"
+endpoints = ["{}", "{}"]
+max_requests = 3
+{extra}
+"#,
+            b1.addr, b2.addr
+        )
+    };
+    let proxy = Proxy::start(&limited("")).await;
+    const ACTIVE: &str = "weft_upstream_active_requests{cluster=\"c\"}";
+    const OVERFLOWS: &str = "weft_upstream_overflows_total{cluster=\"c\"}";
+    let slow = spawn_gets(&proxy.url("/sleep/2000"), 3);
+    assert!(eventually(Duration::from_secs(5), async || b1.hits() + b2.hits() == 3).await);
+    assert!(
+        b1.hits() > 0 && b2.hits() > 0,
+        "both endpoints should be in use"
+    );
+    assert_eq!(proxy.metric(ACTIVE).await, 3.0);
+
+    // A fourth is refused at once, though each endpoint could take more.
+    for _ in 0..2 {
+        let (status, _, body) = get(&h1(), &proxy.url("/")).await;
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::SERVICE_UNAVAILABLE, &b"upstream overflow\n"[..])
+        );
+    }
+    assert!(
+        slow.iter().all(|s| !s.is_finished()),
+        "the slow requests ended too soon"
+    );
+    assert_eq!(b1.hits() + b2.hits(), 3);
+    assert_eq!(proxy.metric(OVERFLOWS).await, 2.0);
+    // A reload that rebuilds the cluster keeps counting the old one's requests.
+    proxy.write_config(&limited("connect_timeout = \"3s\""));
+    let (status, body) = crate::ops_support::reload(&proxy).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        get(&h1(), &proxy.url("/")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(proxy.metric(OVERFLOWS).await, 3.0);
+
+    for s in slow {
+        assert_eq!(s.await.unwrap(), StatusCode::OK);
+    }
+    // Counted until each response ended: all places are free again.
+    assert!(
+        eventually(Duration::from_secs(5), async || proxy.metric(ACTIVE).await
+            == 0.0)
+        .await
+    );
+    for s in spawn_gets(&proxy.url("/"), 3) {
+        assert_eq!(s.await.unwrap(), StatusCode::OK);
+    }
+    // Clusters without the limit have no such gauge.
+    let unlimited = Proxy::start(&config(&b1.addr.to_string(), "")).await;
+    assert_eq!(get(&h1(), &unlimited.url("/")).await.0, StatusCode::OK);
+    assert!(!unlimited
+        .metrics()
+        .await
+        .contains("weft_upstream_active_requests{"));
+}

@@ -707,3 +707,28 @@ async fn an_http2_upstream_without_extended_connect_refuses_upgrades_without_bei
         Ok("h2")
     );
 }
+
+#[tokio::test]
+async fn an_upgraded_connection_counts_against_max_requests_while_it_is_open() {
+    let backend = Backend::start_with("b1", Proto::Http1, None).await;
+    let config =
+        config(backend.addr, "60s").replace("name = \"ws\"\n", "name = \"ws\"\nmax_requests = 1\n");
+    assert!(config.contains("max_requests = 1"));
+    let proxy = Proxy::start(&config).await;
+    let mut open = upgrade_echo(&proxy).await;
+    echo_once(&mut open, b"ping").await;
+
+    // The tunnel outlived its 101: it is still the cluster's request in flight.
+    let (_, refused) = raw_request(&proxy, ECHO_UPGRADE).await;
+    assert!(refused.starts_with("http/1.1 503"), "{refused}");
+
+    drop(open);
+    let active = "weft_upstream_active_requests{cluster=\"ws\"}";
+    assert!(
+        eventually(Duration::from_secs(5), async || proxy.metric(active).await
+            == 0.0)
+        .await
+    );
+    let mut again = upgrade_echo(&proxy).await;
+    echo_once(&mut again, b"pong").await;
+}

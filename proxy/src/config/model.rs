@@ -522,6 +522,11 @@ pub struct ClusterConfig {
     /// at this (`"0s"`: uncapped); absent, the header is passed on and not enforced.
     #[serde(default)]
     pub grpc_timeout_max: Option<Dur>,
+    /// Requests in flight to the cluster at once, over all workers and endpoints
+    /// (Envoy's `max_requests` circuit breaker); beyond it a request gets 503.
+    /// 0 for no limit.
+    #[serde(default)]
+    pub max_requests: usize,
     /// A request or response body, or an upgraded or `CONNECT` tunnel, that moves no
     /// byte for this long is aborted (a stalled upload gets 408); `"0s"` for none.
     #[serde(default = "default_stream_idle_timeout")]

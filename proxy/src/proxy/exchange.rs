@@ -21,7 +21,7 @@ use crate::server::ConnInfo;
 use crate::snapshot::ListenerRuntime;
 use crate::telemetry::access::{self, AccessRecord};
 use crate::upstream::pool::Lease;
-use crate::upstream::{Cluster, Endpoint};
+use crate::upstream::{Admitted, Cluster, Endpoint};
 use crate::wasm::state::HeaderEdit;
 
 /// Runs when an exchange is settled (the filters' completion phase).
@@ -54,6 +54,9 @@ pub struct Exchange {
     /// The connection the response comes on: an HTTP/1.1 one goes back to the pool if
     /// the exchange ends cleanly; an HTTP/2 one counts this stream until it ends.
     pub lease: Option<Lease>,
+    /// Counted against the cluster's `max_requests` while the exchange (or its
+    /// tunnel) lasts.
+    pub admitted: Option<Admitted>,
     pub tally: Arc<Tally>,
     pub response_bytes: u64,
     pub upstream_latency: Option<Duration>,
@@ -94,6 +97,7 @@ impl Exchange {
             cluster: None,
             endpoint: None,
             lease: None,
+            admitted: None,
             tally: Arc::default(),
             response_bytes: 0,
             upstream_latency: None,

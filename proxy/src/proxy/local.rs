@@ -20,7 +20,9 @@ pub fn error(e: ProxyError, mut ex: Box<Exchange>) -> Response<ResponseBody> {
         Blame::Upstream
             if matches!(
                 e,
-                ProxyError::NoHealthyEndpoint(_) | ProxyError::PoolExhausted(_)
+                ProxyError::NoHealthyEndpoint(_)
+                    | ProxyError::PoolExhausted(_)
+                    | ProxyError::Overflow(_)
             ) =>
         {
             tracing::warn!(listener = %ex.conn.listener, %status, error = %e, "request failed")

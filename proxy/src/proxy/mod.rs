@@ -215,6 +215,7 @@ async fn forward(
     if !ex.cluster.as_ref().is_some_and(|c| Arc::ptr_eq(c, cluster)) {
         ex.cluster = Some(cluster.clone());
     }
+    ex.admitted = cluster.admit()?;
     let over_h2 = match upgrade && cluster.upgrades_over_h2() {
         true => Some(UpgradeOverH2::rewrite(&mut head)?),
         false => None,

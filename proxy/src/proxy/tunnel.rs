@@ -173,7 +173,7 @@ pub fn splice_upgrade(
     (mut resp, lease): (Response<Incoming>, Lease),
     extended: Option<&ExtendedConnect>,
     over_h2: Option<&UpgradeOverH2>,
-    ex: &Exchange,
+    ex: &mut Exchange,
 ) -> Result<Response<Body>, ProxyError> {
     let upstream = hyper::upgrade::on(&mut resp);
     let (mut parts, _) = resp.into_parts();
@@ -189,8 +189,11 @@ pub fn splice_upgrade(
         .as_ref()
         .and_then(|c| c.config.idle_timeout.non_zero());
     let listener = ex.conn.listener.clone();
+    // The tunnel is the request in flight now, for the cluster's `max_requests`.
+    let admitted = ex.admitted.take();
     tokio::spawn(async move {
         let _stream = lease;
+        let _admitted = admitted;
         match tokio::try_join!(downstream, upstream) {
             Ok((d, u)) => {
                 if let Err(e) = pipe(TokioIo::new(d), TokioIo::new(u), idle).await {
@@ -217,6 +220,7 @@ pub async fn connect(
         .ok_or(ProxyError::NoRoute)?;
     let cluster = target.cluster.clone().ok_or(ProxyError::NoCluster)?;
     ex.cluster = Some(cluster.clone());
+    ex.admitted = cluster.admit()?;
     let ep = cluster.pick(None)?;
     ex.set_endpoint(ep.clone());
     let start = Instant::now();
@@ -235,7 +239,9 @@ pub async fn connect(
     };
     let downstream = hyper::upgrade::on(&mut req);
     let idle = cluster.config.idle_timeout.non_zero();
+    let admitted = ex.admitted.take();
     tokio::spawn(async move {
+        let _admitted = admitted;
         match downstream.await {
             Ok(d) => {
                 if let Err(e) = pipe(TokioIo::new(d), io, idle).await {

@@ -137,6 +137,8 @@ pub struct Metrics {
     pub upstream_connect_errors: Family<ClusterLabels, Counter>,
     pub upstream_timeouts: Family<ClusterLabels, Counter>,
     pub upstream_pending: Family<ClusterLabels, Gauge>,
+    pub upstream_active: Family<ClusterLabels, Gauge>,
+    pub upstream_overflows: Family<ClusterLabels, Counter>,
     pub endpoint_ejections: Family<ClusterLabels, Counter>,
     pub endpoints_healthy: Family<ClusterLabels, Gauge>,
     pub dns_lookups: Family<DnsLabels, Counter>,
@@ -352,6 +354,18 @@ impl Metrics {
             "Requests waiting at an endpoint's connection limit for a connection to come free",
             upstream_pending.clone(),
         );
+        let upstream_active = Family::default();
+        r.register(
+            "upstream_active_requests",
+            "Requests in flight to a cluster with max_requests",
+            upstream_active.clone(),
+        );
+        let upstream_overflows = Family::default();
+        r.register(
+            "upstream_overflows",
+            "Requests refused because their cluster had max_requests in flight",
+            upstream_overflows.clone(),
+        );
         let endpoint_ejections = Family::default();
         r.register(
             "endpoint_ejections",
@@ -433,6 +447,8 @@ impl Metrics {
             upstream_connect_errors,
             upstream_timeouts,
             upstream_pending,
+            upstream_active,
+            upstream_overflows,
             endpoint_ejections,
             endpoints_healthy,
             dns_lookups,
@@ -481,7 +497,9 @@ impl Metrics {
         }
     }
 
-    pub fn cluster_stats(&self, cluster: &str) -> ClusterStats {
+    /// `limited`: whether the cluster has a `max_requests`, whose requests in flight
+    /// are counted (no series otherwise, rather than one that always reads 0).
+    pub fn cluster_stats(&self, cluster: &str, limited: bool) -> ClusterStats {
         let l = ClusterLabels {
             cluster: cluster.to_string(),
         };
@@ -489,6 +507,8 @@ impl Metrics {
             connect_errors: self.upstream_connect_errors.get_or_create(&l).clone(),
             timeouts: self.upstream_timeouts.get_or_create(&l).clone(),
             pending: self.upstream_pending.get_or_create(&l).clone(),
+            active: limited.then(|| self.upstream_active.get_or_create(&l).clone()),
+            overflows: self.upstream_overflows.get_or_create(&l).clone(),
             ejections: self.endpoint_ejections.get_or_create(&l).clone(),
             healthy: self.endpoints_healthy.get_or_create(&l).clone(),
             dns_lookups: self.dns_lookups.clone(),
@@ -665,6 +685,9 @@ pub struct ClusterStats {
     pub timeouts: Counter,
     /// Requests waiting at a connection limit now (`upstream::pool`).
     pub pending: Gauge,
+    /// Requests in flight, for a cluster with `max_requests` (`Cluster::admit`).
+    pub active: Option<Gauge>,
+    pub overflows: Counter,
     pub ejections: Counter,
     pub healthy: Gauge,
     /// Resolved per lookup (off the request path), so that clusters of IP addresses
@@ -700,6 +723,8 @@ mod tests {
             upstream_connect_errors,
             upstream_timeouts,
             upstream_pending,
+            upstream_active,
+            upstream_overflows,
             endpoint_ejections,
             endpoints_healthy,
             dns_lookups,
@@ -736,6 +761,8 @@ mod tests {
         let _ = upstream_connect_errors.get_or_create(&c);
         let _ = upstream_timeouts.get_or_create(&c);
         let _ = upstream_pending.get_or_create(&c);
+        let _ = upstream_active.get_or_create(&c);
+        let _ = upstream_overflows.get_or_create(&c);
         let _ = endpoint_ejections.get_or_create(&c);
         let _ = endpoints_healthy.get_or_create(&c);
         let _ = dns_lookups.get_or_create(&DnsLabels {
@@ -769,7 +796,7 @@ mod tests {
             .lines()
             .filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next())
             .collect();
-        assert_eq!(names.len(), 17, "{text}");
+        assert_eq!(names.len(), 19, "{text}");
         let missing: Vec<&&str> = names
             .iter()
             .filter(|n| !docs.contains(&format!("`{n}`")))

@@ -240,7 +240,7 @@ mod tests {
             endpoints.join(", ")
         );
         let config: ClusterConfig = toml::from_str(&text).unwrap();
-        Cluster::build(&config, Metrics::new().cluster_stats("c"), |p| {
+        Cluster::build(&config, Metrics::new().cluster_stats("c", false), |p| {
             p.to_path_buf()
         })
         .await

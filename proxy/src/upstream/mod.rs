@@ -101,10 +101,35 @@ pub enum Want {
     Upgrade,
 }
 
+/// A request counted against its cluster's `max_requests`, until dropped.
+pub struct Admitted(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// A clear-text endpoint not yet probed for HTTP/2 (`Cluster::use_h2_known`).
 pub(crate) struct Unprobed;
 
 impl Cluster {
+    /// Counts a request in flight against `max_requests`, or refuses it at the limit
+    /// (nothing to count without one).
+    pub fn admit(&self) -> Result<Option<Admitted>, ProxyError> {
+        let Some(active) = &self.stats.active else {
+            return Ok(None);
+        };
+        // The gauge is the count: one atomic add, shared by the cluster's versions
+        // across reloads (the series is per cluster name).
+        if active.inc() >= self.config.max_requests as i64 {
+            active.dec();
+            self.stats.overflows.inc();
+            return Err(ProxyError::Overflow(self.name.clone()));
+        }
+        Ok(Some(Admitted(active.clone())))
+    }
+
     /// Builds a cluster and starts its background work (DNS, health checks,
     /// housekeeping). `resolve` maps paths in the config to files.
     pub async fn build(
