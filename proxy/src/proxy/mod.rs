@@ -24,6 +24,7 @@ use crate::chain::run::{
     self, BodyPlan, ChainRun, CollectError, FilteredBody, RequestDecision, ResponseDecision,
     MAX_RETRIES,
 };
+use crate::config::units::Dur;
 use crate::config::RequestIdMode;
 use crate::error::ProxyError;
 use crate::server::ConnInfo;
@@ -393,31 +394,38 @@ impl Deadline {
     /// cluster with `grpc_timeout_max` the call's `grpc-timeout` in its place, capped
     /// at that maximum (Envoy's `grpc_timeout_header_max`); a capped value is what
     /// the upstream is told too.
+    #[inline]
     fn of(
         configured: Duration,
         cluster: &Cluster,
         ex: &Exchange,
         head: &mut Request<()>,
     ) -> Deadline {
-        let mut after = configured;
-        let mut set_by_client = false;
-        if let (true, Some(max)) = (ex.grpc, cluster.config.grpc_timeout_max) {
-            if let Some(asked) = grpc::timeout(head.headers()) {
-                match max.non_zero() {
-                    Some(max) if max < asked => {
-                        head.headers_mut()
-                            .insert(grpc::GRPC_TIMEOUT, grpc::timeout_value(max));
-                        after = max;
-                    }
-                    // Zero is no deadline here, but an expired one to gRPC.
-                    _ => (after, set_by_client) = (asked.max(Duration::from_nanos(1)), true),
-                }
-            }
-        }
+        let (after, set_by_client) = match (ex.grpc, cluster.config.grpc_timeout_max) {
+            (true, Some(max)) => Deadline::grpc(configured, max, head),
+            _ => (configured, false),
+        };
         Deadline {
             at: (!after.is_zero()).then(|| ex.start + after),
             after,
             set_by_client,
+        }
+    }
+
+    /// The time a gRPC call gets, and whether it is the client's own.
+    #[inline(never)]
+    fn grpc(configured: Duration, max: Dur, head: &mut Request<()>) -> (Duration, bool) {
+        let Some(asked) = grpc::timeout(head.headers()) else {
+            return (configured, false);
+        };
+        match max.non_zero() {
+            Some(max) if max < asked => {
+                head.headers_mut()
+                    .insert(grpc::GRPC_TIMEOUT, grpc::timeout_value(max));
+                (max, false)
+            }
+            // Zero is no deadline here, but an expired one to gRPC.
+            _ => (asked.max(Duration::from_nanos(1)), true),
         }
     }
 }
