@@ -162,6 +162,16 @@ impl ProxyError {
         }
     }
 
+    /// Whether the request failed to reach the endpoint at all (no connection could be
+    /// made or set up), so that it can go to another one as it is.
+    pub fn is_connect_failure(&self) -> bool {
+        use ProxyError::*;
+        matches!(
+            self,
+            Connect { .. } | ConnectTimeout(_) | UpstreamTls { .. } | Handshake { .. }
+        )
+    }
+
     /// Whether an endpoint should be charged with this failure by outlier detection.
     pub fn counts_against_endpoint(&self) -> bool {
         use ProxyError::*;

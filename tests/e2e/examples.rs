@@ -194,6 +194,7 @@ fn config_with_everything() -> Config {
             request_timeout: dur(1),
             grpc_timeout_max: Some(dur(1)),
             max_requests: 1,
+            connect_retries: 1,
             idle_timeout: dur(1),
             dns_refresh: dur(1),
             pool: PoolConfig::default(),

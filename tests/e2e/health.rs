@@ -126,26 +126,43 @@ async fn max_ejected_percent_keeps_the_last_endpoints() {
 
 #[tokio::test]
 async fn refused_connections_eject_a_dead_endpoint() {
+    const RETRIES: &str = "weft_upstream_connect_retries_total{cluster=\"c\"}";
     let good = Steered::start("good").await;
     let mut dead = Steered::start("dead").await;
+    dead.kill().await;
+    let outlier =
+        r#"outlier = { consecutive_failures = 2, base_ejection = "1m", max_ejection = "1m" }"#;
+    let client = h1();
+    let statuses = async |proxy: &Proxy| {
+        let mut statuses = Vec::new();
+        for _ in 0..12 {
+            statuses.push(get(&client, &proxy.url("/")).await.0.as_u16());
+        }
+        statuses
+    };
+
+    // Without retries: two refused connections (502), then only the live endpoint
+    // answers.
     let proxy = Proxy::start(&config(
         &[&good, &dead],
-        r#"outlier = { consecutive_failures = 2, base_ejection = "1m", max_ejection = "1m" }"#,
+        &format!("connect_retries = 0\n{outlier}"),
     ))
     .await;
-    dead.kill().await;
-    let client = h1();
-    let mut statuses = Vec::new();
-    for _ in 0..12 {
-        statuses.push(get(&client, &proxy.url("/")).await.0.as_u16());
-    }
-    // Two refused connections (502), then only the live endpoint answers.
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 502).count(),
-        2,
-        "{statuses:?}"
-    );
-    assert!(statuses[4..].iter().all(|s| *s == 200), "{statuses:?}");
+    let seen = statuses(&proxy).await;
+    assert_eq!(seen.iter().filter(|s| **s == 502).count(), 2, "{seen:?}");
+    assert!(seen[4..].iter().all(|s| *s == 200), "{seen:?}");
+    assert_eq!(proxy.metric(EJECTIONS).await, 1.0);
+    assert_eq!(endpoint_states(&proxy, "c").await[&dead.addr], "ejected");
+    assert_eq!(proxy.metric(RETRIES).await, 0.0);
+
+    // By default a request that could not connect goes on to another endpoint: no
+    // client sees the dead one, which is ejected all the same.
+    let hits = good.hits();
+    let proxy = Proxy::start(&config(&[&good, &dead], outlier)).await;
+    let seen = statuses(&proxy).await;
+    assert!(seen.iter().all(|s| *s == 200), "{seen:?}");
+    assert_eq!(good.hits() - hits, 12);
+    assert_eq!(proxy.metric(RETRIES).await, 2.0);
     assert_eq!(proxy.metric(EJECTIONS).await, 1.0);
     assert_eq!(endpoint_states(&proxy, "c").await[&dead.addr], "ejected");
 }
@@ -243,4 +260,49 @@ health_check = {{ path = "/status/503", interval = "100ms", unhealthy_threshold 
     let (_, _, body) = get(&client, &proxy.url("/")).await;
     assert_eq!(body, "no healthy endpoint\n");
     assert_eq!(proxy.metric(EJECTIONS).await, 1.0);
+}
+
+#[tokio::test]
+async fn a_request_that_cannot_connect_tries_connect_retries_other_endpoints_at_most() {
+    let dead: Vec<String> = (0..4).map(|_| format!("\"{}\"", closed_addr())).collect();
+    let cluster = |endpoints: &[String]| {
+        format!(
+            r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+cluster = "c"
+
+[[clusters]]
+name = "c"
+endpoints = [{}]
+connect_retries = 2
+outlier = {{ consecutive_failures = 0 }}
+"#,
+            endpoints.join(", ")
+        )
+    };
+    let counts = async |proxy: &Proxy| {
+        (
+            proxy
+                .metric("weft_upstream_connect_errors_total{cluster=\"c\"}")
+                .await,
+            proxy
+                .metric("weft_upstream_connect_retries_total{cluster=\"c\"}")
+                .await,
+        )
+    };
+    // Four dead endpoints: the one chosen and two more are tried, then the client
+    // hears why.
+    let proxy = Proxy::start(&cluster(&dead)).await;
+    let (status, _, body) = get(&h1(), &proxy.url("/")).await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::BAD_GATEWAY, &b"upstream connect error\n"[..])
+    );
+    assert_eq!(counts(&proxy).await, (3.0, 2.0));
+    // One endpoint: nothing else to try.
+    let proxy = Proxy::start(&cluster(&dead[..1])).await;
+    assert_eq!(get(&h1(), &proxy.url("/")).await.0, StatusCode::BAD_GATEWAY);
+    assert_eq!(counts(&proxy).await, (1.0, 0.0));
 }

@@ -527,6 +527,10 @@ pub struct ClusterConfig {
     /// 0 for no limit.
     #[serde(default)]
     pub max_requests: usize,
+    /// Other endpoints a request tries, one after another, when no connection to the
+    /// one chosen could be made (nothing was sent, so any request may go again).
+    #[serde(default = "default_connect_retries")]
+    pub connect_retries: u32,
     /// A request or response body, or an upgraded or `CONNECT` tunnel, that moves no
     /// byte for this long is aborted (a stalled upload gets 408); `"0s"` for none.
     #[serde(default = "default_stream_idle_timeout")]
@@ -547,6 +551,9 @@ fn default_connect_timeout() -> Dur {
 }
 fn default_request_timeout() -> Dur {
     Dur::secs(15)
+}
+fn default_connect_retries() -> u32 {
+    2
 }
 fn default_stream_idle_timeout() -> Dur {
     Dur::secs(300)

@@ -448,6 +448,23 @@ fn finish_response(mut head: Response<()>, body: Body, lr: &ListenerRuntime) -> 
 
 /// Picks an endpoint and sends the request under the deadline; records how it went.
 #[allow(clippy::too_many_arguments)]
+/// What consistent hashing places the request by: the key a filter gave, else the
+/// cluster's `hash_header`.
+fn hash_key_of<'a>(
+    from_filter: Option<&'a str>,
+    cluster: &'a Cluster,
+    head: &'a Request<()>,
+) -> Option<&'a [u8]> {
+    from_filter.map(str::as_bytes).or_else(|| {
+        cluster
+            .balancer
+            .hash_header
+            .as_ref()
+            .and_then(|h| head.headers().get(h))
+            .map(HeaderValue::as_bytes)
+    })
+}
+
 async fn send(
     head: Request<()>,
     body: Body,
@@ -457,74 +474,96 @@ async fn send(
     deadline: &Deadline,
     ex: &mut Exchange,
 ) -> Result<(Response<Incoming>, Lease), ProxyError> {
-    let hash_key = filter_hash_key.map(str::as_bytes).or_else(|| {
-        cluster
-            .balancer
-            .hash_header
-            .as_ref()
-            .and_then(|h| head.headers().get(h))
-            .map(HeaderValue::as_bytes)
-    });
-    let ep = cluster.pick(hash_key)?;
+    let mut ep = cluster.pick(hash_key_of(filter_hash_key, cluster, &head))?;
     ex.set_endpoint(ep.clone());
-    let tally = ex.tally.clone();
-    // Pinned where it is made: moving a future this size costs a copy of it.
-    let exchange = std::pin::pin!(async {
-        let mut lease = cluster.checkout(&ep, want).await?;
-        let mut head = head;
-        for_lease(&mut head, &lease, cluster, &ep)?;
-        let body =
-            RequestBody::new(body, tally).with_idle_timeout(cluster.config.idle_timeout.non_zero());
-        let req = head.map(|()| body);
-        let sent = Instant::now();
-        let resp = cluster.send(&ep, &mut lease, req).await?;
-        let answered = Instant::now();
-        Ok((resp, lease, answered - sent, answered))
-    });
-    let outcome = match deadline.at {
-        Some(d) => crate::gate::before_in(&ex.conn.deadline_timer, d, exchange)
-            .await
-            .unwrap_or(Err(ProxyError::Timeout(deadline.after))),
-        None => exchange.await,
-    };
-    match outcome {
-        Ok((resp, lease, latency, answered)) => {
-            ex.upstream_latency = Some(latency);
-            let failed = resp.status().is_server_error() && cluster.config.outlier.count_5xx;
-            let outcome = if failed { Err(()) } else { Ok(latency) };
-            cluster.record_at(&ep, outcome, answered);
-            Ok((resp, lease))
-        }
-        Err(_) if ex.tally.idle_timed_out() => {
-            ex.conn
-                .runtime
-                .metrics
-                .limit_hit(&ex.conn.listener, Limit::stream_idle_timeout);
-            tracing::debug!(listener = %ex.conn.listener, remote = %ex.conn.remote, "request body idle timeout");
-            Err(ProxyError::ClientTimeout)
-        }
-        // The request body failed on its way (malformed, cut off by the client, or
-        // stopped by a filter's answer): the request's fault, not the endpoint's.
-        Err(e) if ex.tally.client_at_fault(false) => {
-            tracing::debug!(listener = %ex.conn.listener, remote = %ex.conn.remote, error = %e, "request body failed");
-            Err(ProxyError::DownstreamBody(e.to_string()))
-        }
-        Err(e) => {
-            // Not when the client held up its own body (a slow upload must not
-            // eject a healthy endpoint), nor when the deadline was the client's.
-            let timed_out = matches!(e, ProxyError::Timeout(_));
-            if e.counts_against_endpoint()
-                && !ex.tally.client_at_fault(timed_out)
-                && !(timed_out && deadline.set_by_client)
-            {
+    // Taken once a connection is had: a request that failed to get one was not sent,
+    // and goes again, whole, to another endpoint.
+    let (mut head, mut body) = (Some(head), Some(body));
+    let mut retries_left = cluster.config.connect_retries;
+    let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+    loop {
+        // The attempt, dropped before its outcome is looked at (it borrows the
+        // request to take it).
+        let outcome = {
+            let tally = ex.tally.clone();
+            // Pinned where it is made: moving a future this size costs a copy of it.
+            let exchange = std::pin::pin!(async {
+                let mut lease = cluster.checkout(&ep, want).await?;
+                let mut head = head.take().unwrap_or_default();
+                for_lease(&mut head, &lease, cluster, &ep)?;
+                let body = RequestBody::new(body.take().unwrap_or_default(), tally)
+                    .with_idle_timeout(cluster.config.idle_timeout.non_zero());
+                let req = head.map(|()| body);
+                let sent = Instant::now();
+                let resp = cluster.send(&ep, &mut lease, req).await?;
+                let answered = Instant::now();
+                Ok((resp, lease, answered - sent, answered))
+            });
+            match deadline.at {
+                Some(d) => crate::gate::before_in(&ex.conn.deadline_timer, d, exchange)
+                    .await
+                    .unwrap_or(Err(ProxyError::Timeout(deadline.after))),
+                None => exchange.await,
+            }
+        };
+        return match outcome {
+            Ok((resp, lease, latency, answered)) => {
+                ex.upstream_latency = Some(latency);
+                let failed = resp.status().is_server_error() && cluster.config.outlier.count_5xx;
+                let outcome = if failed { Err(()) } else { Ok(latency) };
+                cluster.record_at(&ep, outcome, answered);
+                Ok((resp, lease))
+            }
+            Err(e) if retries_left > 0 && e.is_connect_failure() => {
+                let Some(head_again) = head.as_ref() else {
+                    return Err(e);
+                };
                 cluster.record(&ep, Err(()));
+                tried.push(ep.clone());
+                let Some(next) = cluster
+                    .pick_avoiding(hash_key_of(filter_hash_key, cluster, head_again), &tried)
+                else {
+                    tracing::warn!(cluster = %cluster.name, endpoint = %ep.addr, error = %e, "upstream request failed, no other endpoint to try");
+                    return Err(e);
+                };
+                tracing::debug!(cluster = %cluster.name, endpoint = %ep.addr, next = %next.addr, error = %e, "connecting failed, trying another endpoint");
+                cluster.stats.connect_retries.inc();
+                retries_left -= 1;
+                ex.set_endpoint(next.clone());
+                ep = next;
+                continue;
             }
-            if timed_out {
-                cluster.stats.timeouts.inc();
+            Err(_) if ex.tally.idle_timed_out() => {
+                ex.conn
+                    .runtime
+                    .metrics
+                    .limit_hit(&ex.conn.listener, Limit::stream_idle_timeout);
+                tracing::debug!(listener = %ex.conn.listener, remote = %ex.conn.remote, "request body idle timeout");
+                Err(ProxyError::ClientTimeout)
             }
-            tracing::warn!(cluster = %cluster.name, endpoint = %ep.addr, error = %e, "upstream request failed");
-            Err(e)
-        }
+            // The request body failed on its way (malformed, cut off by the client, or
+            // stopped by a filter's answer): the request's fault, not the endpoint's.
+            Err(e) if ex.tally.client_at_fault(false) => {
+                tracing::debug!(listener = %ex.conn.listener, remote = %ex.conn.remote, error = %e, "request body failed");
+                Err(ProxyError::DownstreamBody(e.to_string()))
+            }
+            Err(e) => {
+                // Not when the client held up its own body (a slow upload must not
+                // eject a healthy endpoint), nor when the deadline was the client's.
+                let timed_out = matches!(e, ProxyError::Timeout(_));
+                if e.counts_against_endpoint()
+                    && !ex.tally.client_at_fault(timed_out)
+                    && !(timed_out && deadline.set_by_client)
+                {
+                    cluster.record(&ep, Err(()));
+                }
+                if timed_out {
+                    cluster.stats.timeouts.inc();
+                }
+                tracing::warn!(cluster = %cluster.name, endpoint = %ep.addr, error = %e, "upstream request failed");
+                Err(e)
+            }
+        };
     }
 }
 

@@ -139,6 +139,7 @@ pub struct Metrics {
     pub upstream_pending: Family<ClusterLabels, Gauge>,
     pub upstream_active: Family<ClusterLabels, Gauge>,
     pub upstream_overflows: Family<ClusterLabels, Counter>,
+    pub upstream_connect_retries: Family<ClusterLabels, Counter>,
     pub endpoint_ejections: Family<ClusterLabels, Counter>,
     pub endpoints_healthy: Family<ClusterLabels, Gauge>,
     pub dns_lookups: Family<DnsLabels, Counter>,
@@ -366,6 +367,12 @@ impl Metrics {
             "Requests refused because their cluster had max_requests in flight",
             upstream_overflows.clone(),
         );
+        let upstream_connect_retries = Family::default();
+        r.register(
+            "upstream_connect_retries",
+            "Requests sent to another endpoint after connecting to the one chosen failed",
+            upstream_connect_retries.clone(),
+        );
         let endpoint_ejections = Family::default();
         r.register(
             "endpoint_ejections",
@@ -449,6 +456,7 @@ impl Metrics {
             upstream_pending,
             upstream_active,
             upstream_overflows,
+            upstream_connect_retries,
             endpoint_ejections,
             endpoints_healthy,
             dns_lookups,
@@ -509,6 +517,7 @@ impl Metrics {
             pending: self.upstream_pending.get_or_create(&l).clone(),
             active: limited.then(|| self.upstream_active.get_or_create(&l).clone()),
             overflows: self.upstream_overflows.get_or_create(&l).clone(),
+            connect_retries: self.upstream_connect_retries.get_or_create(&l).clone(),
             ejections: self.endpoint_ejections.get_or_create(&l).clone(),
             healthy: self.endpoints_healthy.get_or_create(&l).clone(),
             dns_lookups: self.dns_lookups.clone(),
@@ -688,6 +697,7 @@ pub struct ClusterStats {
     /// Requests in flight, for a cluster with `max_requests` (`Cluster::admit`).
     pub active: Option<Gauge>,
     pub overflows: Counter,
+    pub connect_retries: Counter,
     pub ejections: Counter,
     pub healthy: Gauge,
     /// Resolved per lookup (off the request path), so that clusters of IP addresses
@@ -725,6 +735,7 @@ mod tests {
             upstream_pending,
             upstream_active,
             upstream_overflows,
+            upstream_connect_retries,
             endpoint_ejections,
             endpoints_healthy,
             dns_lookups,
@@ -763,6 +774,7 @@ mod tests {
         let _ = upstream_pending.get_or_create(&c);
         let _ = upstream_active.get_or_create(&c);
         let _ = upstream_overflows.get_or_create(&c);
+        let _ = upstream_connect_retries.get_or_create(&c);
         let _ = endpoint_ejections.get_or_create(&c);
         let _ = endpoints_healthy.get_or_create(&c);
         let _ = dns_lookups.get_or_create(&DnsLabels {
@@ -796,7 +808,7 @@ mod tests {
             .lines()
             .filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next())
             .collect();
-        assert_eq!(names.len(), 19, "{text}");
+        assert_eq!(names.len(), 20, "{text}");
         let missing: Vec<&&str> = names
             .iter()
             .filter(|n| !docs.contains(&format!("`{n}`")))

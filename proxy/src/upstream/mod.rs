@@ -203,15 +203,36 @@ impl Cluster {
 
     /// Chooses a healthy endpoint; `hash_key` feeds consistent hashing.
     pub fn pick(&self, hash_key: Option<&[u8]>) -> Result<Arc<Endpoint>, ProxyError> {
+        self.pick_where(hash_key, |_| true)
+            .ok_or_else(|| ProxyError::NoHealthyEndpoint(self.name.to_string()))
+    }
+
+    /// An endpoint as `pick` chooses, other than those `tried`; none if no other is
+    /// available. (With a hash key, the next one on the ring.)
+    pub fn pick_avoiding(
+        &self,
+        hash_key: Option<&[u8]>,
+        tried: &[Arc<Endpoint>],
+    ) -> Option<Arc<Endpoint>> {
+        self.pick_where(hash_key, |e| !tried.iter().any(|t| std::ptr::eq(&**t, e)))
+    }
+
+    #[inline]
+    fn pick_where(
+        &self,
+        hash_key: Option<&[u8]>,
+        also: impl Fn(&Endpoint) -> bool,
+    ) -> Option<Arc<Endpoint>> {
         let set = self.endpoints.load();
         // The clock is read only if some endpoint has ever been ejected.
         let read = std::cell::OnceCell::new();
         let now_ms = || *read.get_or_init(|| self.now_ms());
         let n = self.rr.fetch_add(1, Ordering::Relaxed);
         self.balancer
-            .pick(&set, hash_key, n, |e| e.health.is_available_at(now_ms))
+            .pick(&set, hash_key, n, |e| {
+                e.health.is_available_at(now_ms) && also(e)
+            })
             .cloned()
-            .ok_or_else(|| ProxyError::NoHealthyEndpoint(self.name.to_string()))
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
@@ -316,5 +337,56 @@ async fn housekeeping(cluster: std::sync::Weak<Cluster>) {
             }
         }
         c.stats.healthy.set(healthy);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::metrics::Metrics;
+
+    /// Four endpoints (never connected to) balanced by `balance`.
+    async fn cluster(balance: &str) -> Arc<Cluster> {
+        let text = format!(
+            "name = \"c\"\nendpoints = [\"127.0.0.1:1001\", \"127.0.0.1:1002\", \
+             \"127.0.0.1:1003\", \"127.0.0.1:1004\"]\nbalance = {{ {balance} }}"
+        );
+        let config: ClusterConfig = toml::from_str(&text).unwrap();
+        Cluster::build(&config, Metrics::new().cluster_stats("c", false), |p| {
+            p.to_path_buf()
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn another_endpoint_is_never_one_already_tried() {
+        for balance in [
+            r#"policy = "round_robin""#,
+            r#"policy = "least_request""#,
+            r#"policy = "consistent_hash", hash_header = "x-user""#,
+        ] {
+            let c = cluster(balance).await;
+            let key = Some(&b"alice"[..]);
+            let mut tried = vec![c.pick(key).unwrap()];
+            while let Some(next) = c.pick_avoiding(key, &tried) {
+                assert!(
+                    !tried.iter().any(|t| Arc::ptr_eq(t, &next)),
+                    "{balance}: {} again",
+                    next.addr
+                );
+                tried.push(next);
+            }
+            assert_eq!(tried.len(), 4, "{balance}: every endpoint, once");
+        }
+        // With a hash key the second choice is stable too: the next on the ring.
+        let c = cluster(r#"policy = "consistent_hash", hash_header = "x-user""#).await;
+        let key = Some(&b"bob"[..]);
+        let first = [c.pick(key).unwrap()];
+        let second = c.pick_avoiding(key, &first).unwrap();
+        for _ in 0..10 {
+            assert!(Arc::ptr_eq(&c.pick(key).unwrap(), &first[0]));
+            assert!(Arc::ptr_eq(&c.pick_avoiding(key, &first).unwrap(), &second));
+        }
     }
 }
