@@ -615,3 +615,51 @@ async fn a_connect_tunnel_counts_against_max_requests_while_it_is_open() {
     let again = connect_status(&proxy, "echo.test:443").await;
     assert!(again.starts_with("HTTP/1.1 200"), "{again}");
 }
+
+#[tokio::test]
+async fn tunnels_that_cannot_connect_go_to_another_endpoint() {
+    let echo = TcpEcho::start().await;
+    let dead = dead_addr().await;
+    let proxy = Proxy::start(&format!(
+        r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+cluster = "echo"
+[[listeners]]
+name = "tcp"
+address = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "echo"
+
+[[clusters]]
+name = "echo"
+endpoints = ["{dead}", "{}"]
+outlier = {{ consecutive_failures = 0 }}
+"#,
+        echo.addr
+    ))
+    .await;
+    // Round robin sends every other tunnel to the dead endpoint first; each still
+    // reaches the echo.
+    for i in 0..4u8 {
+        let mut s = TcpStream::connect(proxy.addr("tcp")).await.unwrap();
+        assert_eq!(round_trip(&mut s, &[i; 3]).await, [i; 3]);
+        let mut s = TcpStream::connect(proxy.addr("main")).await.unwrap();
+        s.write_all(b"CONNECT echo.test:443 HTTP/1.1\r\nhost: echo.test:443\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(round_trip(&mut s, &[i; 5]).await, [i; 5]);
+    }
+    assert_eq!(echo.accepted(), 8);
+    let errors = proxy
+        .metric("weft_upstream_connect_errors_total{cluster=\"echo\"}")
+        .await;
+    let retries = proxy
+        .metric("weft_upstream_connect_retries_total{cluster=\"echo\"}")
+        .await;
+    assert!(errors >= 4.0, "{errors} connect errors");
+    assert_eq!(retries, errors);
+}

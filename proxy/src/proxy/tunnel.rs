@@ -221,22 +221,8 @@ pub async fn connect(
     let cluster = target.cluster.clone().ok_or(ProxyError::NoCluster)?;
     ex.cluster = Some(cluster.clone());
     ex.admitted = cluster.admit()?;
-    let ep = cluster.pick(None)?;
-    ex.set_endpoint(ep.clone());
-    let start = Instant::now();
-    let (io, _) = match cluster.connector.connect(ep.addr, &ep.host, true).await {
-        Ok(c) => {
-            // A success ends a streak of failures, as requests' successes do.
-            cluster.record(&ep, Ok(start.elapsed()));
-            c
-        }
-        Err(e) => {
-            cluster.stats.connect_errors.inc();
-            cluster.record(&ep, Err(()));
-            tracing::warn!(cluster = %cluster.name, endpoint = %ep.addr, error = %e, "CONNECT tunnel failed");
-            return Err(e);
-        }
-    };
+    let (ep, io) = cluster.connect_tunnel().await?;
+    ex.set_endpoint(ep);
     let downstream = hyper::upgrade::on(&mut req);
     let idle = cluster.config.idle_timeout.non_zero();
     let admitted = ex.admitted.take();
@@ -291,24 +277,14 @@ where
     let Some(cluster) = lr.routes.fallback.as_ref().and_then(|t| t.cluster.clone()) else {
         return;
     };
-    let ep = match cluster.pick(None) {
-        Ok(ep) => ep,
-        Err(e) => {
-            tracing::warn!(listener = %lr.name, %remote, error = %e, "TCP connection refused");
-            return;
-        }
-    };
     let start = Instant::now();
-    let upstream = match cluster.connector.connect(ep.addr, &ep.host, true).await {
-        Ok((io, _)) => io,
+    let (ep, upstream) = match cluster.connect_tunnel().await {
+        Ok(c) => c,
         Err(e) => {
-            cluster.stats.connect_errors.inc();
-            cluster.record(&ep, Err(()));
-            tracing::warn!(listener = %lr.name, cluster = %cluster.name, endpoint = %ep.addr, error = %e, "TCP upstream connect failed");
+            tracing::warn!(listener = %lr.name, %remote, cluster = %cluster.name, error = %e, "TCP connection refused");
             return;
         }
     };
-    cluster.record(&ep, Ok(start.elapsed()));
     let idle = lr.config.limits.idle_timeout.non_zero();
     let result = pipe(downstream, upstream, idle).await;
     let (sent, received) = result.as_ref().copied().unwrap_or((0, 0));

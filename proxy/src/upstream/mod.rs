@@ -207,6 +207,40 @@ impl Cluster {
             .ok_or_else(|| ProxyError::NoHealthyEndpoint(self.name.to_string()))
     }
 
+    /// A byte tunnel's connection (`CONNECT`, a TCP listener): to an endpoint
+    /// `pick` chooses or, when connecting fails, to up to `connect_retries` others,
+    /// each result recorded for outlier detection. The endpoint used comes with it;
+    /// the last failure when none could be reached.
+    pub async fn connect_tunnel(&self) -> Result<(Arc<Endpoint>, connect::Io), ProxyError> {
+        let mut ep = self.pick(None)?;
+        let mut tried = Vec::new();
+        loop {
+            let start = Instant::now();
+            match self.connector.connect(ep.addr, &ep.host, true).await {
+                Ok((io, _)) => {
+                    // A success ends a streak of failures, as requests' successes do.
+                    self.record(&ep, Ok(start.elapsed()));
+                    return Ok((ep, io));
+                }
+                Err(e) => {
+                    self.stats.connect_errors.inc();
+                    self.record(&ep, Err(()));
+                    tried.push(ep.clone());
+                    let next = (tried.len() <= self.config.connect_retries as usize)
+                        .then(|| self.pick_avoiding(None, &tried))
+                        .flatten();
+                    let Some(next) = next else {
+                        tracing::warn!(cluster = %self.name, endpoint = %ep.addr, error = %e, "tunnel connect failed");
+                        return Err(e);
+                    };
+                    tracing::debug!(cluster = %self.name, endpoint = %ep.addr, next = %next.addr, error = %e, "tunnel connect failed, trying another endpoint");
+                    self.stats.connect_retries.inc();
+                    ep = next;
+                }
+            }
+        }
+    }
+
     /// An endpoint as `pick` chooses, other than those `tried`; none if no other is
     /// available. (With a hash key, the next one on the ring.)
     pub fn pick_avoiding(
