@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{Cluster, Endpoint, Want};
@@ -56,8 +56,6 @@ struct Slots {
     waiting: AtomicUsize,
     /// The waiting requests, oldest first (and some that gave up, skipped when met).
     waiters: Mutex<VecDeque<Waiter>>,
-    /// Wakes every waiting request when an HTTP/2 connection they may share opens.
-    h2_opened: Notify,
 }
 
 /// What comes free at the limit, for a waiting request.
@@ -152,13 +150,6 @@ impl Slots {
         rx
     }
 
-    /// Wakes every waiting request: an HTTP/2 connection they may all share opened.
-    fn h2_opened(&self) {
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.h2_opened.notify_waiters();
-        }
-    }
-
     /// A place among at most `max` waiting requests, counted in `gauge` too, held
     /// until dropped.
     fn queue<'a>(&'a self, max: usize, gauge: &'a Gauge) -> Option<Queued<'a>> {
@@ -238,10 +229,11 @@ impl H2Conn {
         }
     }
 
-    /// After a stream ended with requests waiting at the connection limit: takes the
-    /// stream again, if no newcomer did, for the request that has waited longest
-    /// (`Slots::hand_over`).
-    fn pass_on_stream(self: &Arc<Self>) {
+    /// After a stream ended, or the connection opened, with requests waiting at the
+    /// connection limit: takes a stream, if there is room (a newcomer may have taken
+    /// it), for the request that has waited longest (`Slots::hand_over`). Whether one
+    /// was handed over.
+    fn pass_on_stream(self: &Arc<Self>) -> bool {
         let max = if self.max_streams == 0 {
             usize::MAX
         } else {
@@ -253,19 +245,22 @@ impl H2Conn {
                 (n < max).then_some(n + 1)
             });
         if taken.is_err() {
-            return;
+            return false;
         }
         let stream = H2Stream {
             sender: self.sender.clone(),
             conn: self.clone(),
             counted: true,
         };
+        let mut handed = true;
         self.slots.hand_over(Freed::Stream(stream), |back| {
+            handed = false;
             if let Freed::Stream(mut s) = back {
                 s.counted = false;
                 s.conn.streams.fetch_sub(1, Ordering::SeqCst);
             }
         });
+        handed
     }
 }
 
@@ -287,7 +282,7 @@ impl Drop for H2Stream {
         // (counted waiting, then looked for room), one of the two sees the other.
         self.conn.streams.fetch_sub(1, Ordering::SeqCst);
         if self.conn.slots.waiting.load(Ordering::SeqCst) > 0 && self.conn.is_open() {
-            self.conn.pass_on_stream();
+            let _ = self.conn.pass_on_stream();
         }
     }
 }
@@ -585,29 +580,24 @@ impl Cluster {
         let takes_conn = want != Want::Upgrade || self.upgrades_over_h2();
         let mut freed = slots.wait_turn(takes_conn);
         let deadline = tokio::time::sleep_until(Instant::now() + self.config.connect_timeout.0);
-        let mut deadline = std::pin::pin!(deadline);
-        loop {
-            // Listening before looking: a connection freed or opened in between still
-            // reaches us. (What freed it before we were counted is in the pool.)
-            let mut h2_opened = std::pin::pin!(slots.h2_opened.notified());
-            h2_opened.as_mut().enable();
-            match self.checkout_now(ep, want).await {
-                Err(ProxyError::PoolExhausted(_)) => {}
-                done => return done,
-            }
-            tokio::select! {
-                got = &mut freed => return match got {
-                    Ok(Freed::Conn { sender, home }) => Ok(Lease::H1 { sender, reused: true, home }),
-                    Ok(Freed::Stream(stream)) => Ok(Lease::H2(stream)),
-                    Ok(Freed::Slot(guard)) => {
-                        let use_h2 = self.use_h2(ep, want).await;
-                        self.connect_on(ep, want, use_h2, guard).await
-                    }
-                    Err(_) => Err(ProxyError::PoolExhausted(ep.addr)),
-                },
-                () = h2_opened => {}
-                () = &mut deadline => return Err(ProxyError::PoolExhausted(ep.addr)),
-            }
+        let deadline = std::pin::pin!(deadline);
+        // Joined before looking: a connection or stream freed (or opened) in between
+        // is handed to us. (What freed it before we were counted is in the pool.)
+        match self.checkout_now(ep, want).await {
+            Err(ProxyError::PoolExhausted(_)) => {}
+            done => return done,
+        }
+        tokio::select! {
+            got = &mut freed => match got {
+                Ok(Freed::Conn { sender, home }) => Ok(Lease::H1 { sender, reused: true, home }),
+                Ok(Freed::Stream(stream)) => Ok(Lease::H2(stream)),
+                Ok(Freed::Slot(guard)) => {
+                    let use_h2 = self.use_h2(ep, want).await;
+                    self.connect_on(ep, want, use_h2, guard).await
+                }
+                Err(_) => Err(ProxyError::PoolExhausted(ep.addr)),
+            },
+            () = deadline => Err(ProxyError::PoolExhausted(ep.addr)),
         }
     }
 
@@ -796,8 +786,10 @@ impl Cluster {
             }
         });
         let stream = shared.stream();
-        ep.pool.mine().add_h2(shared);
-        ep.pool.slots.h2_opened();
+        ep.pool.mine().add_h2(shared.clone());
+        // Published first, then the waiting count read (as for a stream that ends):
+        // its room goes to waiting requests in the order they came.
+        while ep.pool.slots.waiting.load(Ordering::SeqCst) > 0 && shared.pass_on_stream() {}
         Ok(stream)
     }
 
