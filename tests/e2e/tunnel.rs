@@ -663,3 +663,161 @@ outlier = {{ consecutive_failures = 0 }}
     assert!(errors >= 4.0, "{errors} connect errors");
     assert_eq!(retries, errors);
 }
+
+/// A TLS echo server for `config`, until the test's runtime ends.
+async fn tls_echo(config: Arc<rustls::ServerConfig>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    let (mut r, mut w) = tokio::io::split(tls);
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A TLS session to `addr` asking for `name`, and the certificate the server showed.
+async fn tls_to(
+    pki: &Pki,
+    addr: SocketAddr,
+    name: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(pki.client_config(&[])).connect(
+            rustls::pki_types::ServerName::try_from(name.to_string()).unwrap(),
+            tcp,
+        ),
+    )
+    .await
+    .expect("TLS handshake timed out")
+}
+
+#[tokio::test]
+async fn tcp_listeners_route_tls_passed_through_by_its_server_name() {
+    let pki = Pki::new();
+    let (leaf_a, leaf_b) = (pki.leaf(&["a.test"], &[]), pki.leaf(&["x.b.test"], &[]));
+    let a = tls_echo(pki.server_config(&leaf_a, &[])).await;
+    let b = tls_echo(pki.server_config(&leaf_b, &[])).await;
+    let plain = TcpEcho::start().await;
+    let proxy = Proxy::start(&format!(
+        r#"
+[[listeners]]
+name = "sni"
+address = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "plain"
+[[listeners.routes]]
+host = "a.test"
+cluster = "a"
+[[listeners.routes]]
+host = "*.b.test"
+cluster = "b"
+
+[[listeners]]
+name = "strict"
+address = "127.0.0.1:0"
+protocol = "tcp"
+[[listeners.routes]]
+host = "a.test"
+cluster = "a"
+
+[[clusters]]
+name = "a"
+endpoints = ["{a}"]
+[[clusters]]
+name = "b"
+endpoints = ["{b}"]
+[[clusters]]
+name = "plain"
+endpoints = ["{}"]
+"#,
+        plain.addr
+    ))
+    .await;
+    // TLS end to end: the proxy holds no certificate, the client verifies the
+    // upstream's, and the bytes come back through it.
+    let mut tls = tls_to(&pki, proxy.addr("sni"), "a.test").await.unwrap();
+    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], leaf_a.der);
+    assert_eq!(round_trip(&mut tls, b"to a").await, b"to a");
+    let big = pattern(256 * 1024);
+    assert_eq!(round_trip(&mut tls, &big).await, big);
+    // A wildcard route.
+    let mut tls = tls_to(&pki, proxy.addr("sni"), "x.b.test").await.unwrap();
+    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], leaf_b.der);
+    assert_eq!(round_trip(&mut tls, b"to b").await, b"to b");
+    // b.test itself is not under *.b.test: the listener's cluster gets the hello
+    // (an echo, which no TLS client accepts as an answer).
+    assert!(tls_to(&pki, proxy.addr("sni"), "b.test").await.is_err());
+    assert_eq!(plain.accepted(), 1);
+
+    // Not TLS at all: the listener's own cluster, with every byte sent.
+    let mut s = TcpStream::connect(proxy.addr("sni")).await.unwrap();
+    let hello = b"GET / HTTP/1.0\r\nhost: plain\r\n\r\n";
+    assert_eq!(round_trip(&mut s, hello).await, hello);
+    assert_eq!(plain.accepted(), 2);
+
+    // No route for the name and no cluster of the listener's own: closed.
+    assert!(tls_to(&pki, proxy.addr("strict"), "c.test").await.is_err());
+    let mut tls = tls_to(&pki, proxy.addr("strict"), "a.test").await.unwrap();
+    assert_eq!(round_trip(&mut tls, b"still a").await, b"still a");
+}
+
+#[tokio::test]
+async fn tcp_listeners_with_tls_route_by_the_server_name_of_the_handshake() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cb) = (
+        pki.write(dir.path(), "a", &pki.leaf(&["a.test"], &[])),
+        pki.write(dir.path(), "b", &pki.leaf(&["b.test"], &[])),
+    );
+    let (ea, eb) = (TcpEcho::start().await, TcpEcho::start().await);
+    let proxy = Proxy::start(&format!(
+        r#"
+[[listeners]]
+name = "tcp"
+address = "127.0.0.1:0"
+protocol = "tcp"
+[[listeners.routes]]
+host = "a.test"
+cluster = "a"
+[[listeners.routes]]
+host = "b.test"
+cluster = "b"
+[listeners.tls]
+certificates = [
+  {{ cert = "{}", key = "{}", server_names = ["a.test"] }},
+  {{ cert = "{}", key = "{}", server_names = ["b.test"] }},
+]
+
+[[clusters]]
+name = "a"
+endpoints = ["{}"]
+[[clusters]]
+name = "b"
+endpoints = ["{}"]
+"#,
+        ca.0.display(),
+        ca.1.display(),
+        cb.0.display(),
+        cb.1.display(),
+        ea.addr,
+        eb.addr
+    ))
+    .await;
+    for (name, n) in [("a.test", 1), ("b.test", 1), ("b.test", 2)] {
+        let mut tls = tls_to(&pki, proxy.addr("tcp"), name).await.unwrap();
+        assert_eq!(round_trip(&mut tls, name.as_bytes()).await, name.as_bytes());
+        let echo = if name == "a.test" { &ea } else { &eb };
+        assert_eq!(echo.accepted(), n, "{name}");
+    }
+}

@@ -38,14 +38,44 @@ pub(super) fn check(config: &Config) -> Vec<Problem> {
         v.reference(&format!("{at}.chain"), l.chain.as_deref(), &chains, "chain");
         match l.protocol {
             ListenerProtocol::Tcp => {
-                if l.cluster.is_none() {
-                    v.problem(format!("{at}.cluster"), "a tcp listener needs a cluster");
-                }
-                if !l.routes.is_empty() || l.chain.is_some() {
+                if l.cluster.is_none() && l.routes.is_empty() {
                     v.problem(
-                        at.clone(),
-                        "a tcp listener forwards bytes: it takes no routes and no chain",
+                        format!("{at}.cluster"),
+                        "a tcp listener needs a cluster, or routes by server name",
                     );
+                }
+                if l.chain.is_some() {
+                    v.problem(
+                        format!("{at}.chain"),
+                        "a tcp listener forwards bytes: it runs no chain",
+                    );
+                }
+                for (j, r) in l.routes.iter().enumerate() {
+                    let rat = format!("{at}.routes[{j}]");
+                    if r.host.is_none() {
+                        v.problem(
+                            format!("{rat}.host"),
+                            "a tcp listener's routes match the TLS server name: host is required",
+                        );
+                    }
+                    if r.cluster.is_none() {
+                        v.problem(
+                            format!("{rat}.cluster"),
+                            "a tcp listener's route needs a cluster",
+                        );
+                    }
+                    for (field, set) in [
+                        ("path_prefix", r.path_prefix.is_some()),
+                        ("chain", r.chain.is_some()),
+                        ("timeout", r.timeout.is_some()),
+                    ] {
+                        if set {
+                            v.problem(
+                                format!("{rat}.{field}"),
+                                "a tcp listener's routes match only the TLS server name (host)",
+                            );
+                        }
+                    }
                 }
             }
             ListenerProtocol::Http => {
@@ -428,6 +458,36 @@ mod tests {
         assert_eq!(at("cache"), Ok(Some("/etc/weft/cache".into())));
         assert_eq!(at("/var/cache/weft"), Ok(Some("/var/cache/weft".into())));
         assert_eq!(at(""), Ok(Some("".into())), "empty keeps modules in memory");
+    }
+
+    #[test]
+    fn tcp_listeners_route_only_by_server_name() {
+        let tcp = "[[listeners]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\nprotocol = \"tcp\"\n";
+        let route = |extra: &str| format!("[[listeners.routes]]\n{extra}\n");
+        let ok = format!(
+            "{BASE}{tcp}{}{}",
+            route("host = \"a.example\"\ncluster = \"a\""),
+            route("host = \"*.example\"\ncluster = \"a\""),
+        );
+        assert_eq!(problems(&ok), "");
+        let e = problems(&format!("{BASE}{tcp}"));
+        assert!(
+            e.contains("listeners[0].cluster: a tcp listener needs a cluster, or routes"),
+            "{e}"
+        );
+        let e = problems(&format!(
+            "{BASE}{tcp}cluster = \"a\"\n{}{}",
+            route("cluster = \"a\""),
+            route("host = \"b.example\"\npath_prefix = \"/x\"\ntimeout = \"1s\""),
+        ));
+        for expected in [
+            "listeners[0].routes[0].host: a tcp listener's routes match the TLS server name: host is required",
+            "listeners[0].routes[1].cluster: a tcp listener's route needs a cluster",
+            "listeners[0].routes[1].path_prefix: a tcp listener's routes match only the TLS server name (host)",
+            "listeners[0].routes[1].timeout: a tcp listener's routes match only",
+        ] {
+            assert!(e.contains(expected), "{expected}\nnot in\n{e}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod headers;
 pub mod local;
 pub mod path;
+pub mod tcp;
 pub mod tunnel;
 
 use std::sync::Arc;

@@ -1,11 +1,11 @@
 //! Byte tunnels: HTTP/1.1 upgrades (WebSocket) once the upstream switched
 //! protocols, WebSockets over HTTP/2 (RFC 8441's extended `CONNECT`, carried to the
 //! upstream as an HTTP/1.1 upgrade, or as an extended `CONNECT` to a cluster that
-//! speaks only HTTP/2), `CONNECT` to a routed cluster, and plain TCP listeners.
-//! Each tunnel ends when either side closes or no byte moves for the idle timeout.
+//! speaks only HTTP/2), and `CONNECT` to a routed cluster (TCP listeners, in
+//! `tcp.rs`, use the same pipe). Each tunnel ends when either side closes or no
+//! byte moves for the idle timeout.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,17 +20,12 @@ use hyper::ext::Protocol;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 
 use super::body::Body;
 use super::exchange::{BodyTimeouts, Exchange};
 use crate::error::ProxyError;
-use crate::runtime::Runtime;
-use crate::server::drain::Drain;
 use crate::snapshot::ListenerRuntime;
-use crate::telemetry::metrics::Limit;
 use crate::upstream::pool::Lease;
 
 /// An HTTP/2 client's extended CONNECT (RFC 8441), turned into the HTTP/1.1
@@ -240,70 +235,9 @@ pub async fn connect(
     Ok((Response::new(Body::Empty), BodyTimeouts::default()))
 }
 
-/// A TCP listener's connection: bytes to an endpoint of the listener's cluster,
-/// after the TLS handshake when the listener has `tls` (the upstream gets the
-/// plain bytes). The drain token is held so shutdown waits for the tunnel, up to
-/// its deadline; bytes cannot be cut short gracefully, so the tunnel does not
-/// watch the signal.
-pub async fn serve_tcp(
-    tcp: TcpStream,
-    remote: SocketAddr,
-    lr: Arc<ListenerRuntime>,
-    rt: Arc<Runtime>,
-    _drain: Drain,
-) {
-    let _ = tcp.set_nodelay(true);
-    let Some(tls) = &lr.tls else {
-        return relay(tcp, remote, &lr).await;
-    };
-    let limit = lr.config.limits.tls_handshake_timeout.0;
-    match tokio::time::timeout(limit, TlsAcceptor::from(tls.clone()).accept(tcp)).await {
-        Ok(Ok(stream)) => relay(stream, remote, &lr).await,
-        Ok(Err(e)) => {
-            tracing::debug!(listener = %lr.name, %remote, error = %e, "TLS handshake failed");
-            rt.metrics.limit_hit(&lr.name, Limit::tls_handshake);
-        }
-        Err(_) => {
-            tracing::debug!(listener = %lr.name, %remote, "TLS handshake timed out");
-            rt.metrics.limit_hit(&lr.name, Limit::tls_handshake);
-        }
-    }
-}
-
-async fn relay<S>(downstream: S, remote: SocketAddr, lr: &ListenerRuntime)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let Some(cluster) = lr.routes.fallback.as_ref().and_then(|t| t.cluster.clone()) else {
-        return;
-    };
-    let start = Instant::now();
-    let (ep, upstream) = match cluster.connect_tunnel().await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(listener = %lr.name, %remote, cluster = %cluster.name, error = %e, "TCP connection refused");
-            return;
-        }
-    };
-    let idle = lr.config.limits.idle_timeout.non_zero();
-    let result = pipe(downstream, upstream, idle).await;
-    let (sent, received) = result.as_ref().copied().unwrap_or((0, 0));
-    tracing::info!(
-        target: "weft::access",
-        listener = %lr.name,
-        %remote,
-        cluster = %cluster.name,
-        upstream = %ep.addr,
-        request_bytes = sent,
-        response_bytes = received,
-        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
-        error = result.as_ref().err().map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
-    );
-}
-
 /// Copies both ways until both sides are done, or until no byte has moved for `idle`.
 /// Returns the bytes sent from `a` to `b` and from `b` to `a`.
-async fn pipe<A, B>(a: A, b: B, idle: Option<Duration>) -> io::Result<(u64, u64)>
+pub(super) async fn pipe<A, B>(a: A, b: B, idle: Option<Duration>) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,

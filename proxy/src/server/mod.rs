@@ -153,7 +153,7 @@ pub async fn accept_loop(
                     serve_http(tcp, remote, local, lr, rt, drain, removed).await
                 }
                 ListenerProtocol::Tcp => {
-                    crate::proxy::tunnel::serve_tcp(tcp, remote, lr, rt, drain).await
+                    crate::proxy::tcp::serve_tcp(tcp, remote, lr, rt, drain).await
                 }
             }
             open.dec();
