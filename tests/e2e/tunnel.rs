@@ -821,3 +821,41 @@ endpoints = ["{}"]
         assert_eq!(echo.accepted(), n, "{name}");
     }
 }
+
+#[tokio::test]
+async fn a_tcp_listeners_connections_count_against_max_requests() {
+    let echo = TcpEcho::start().await;
+    let proxy = Proxy::start(&format!(
+        r#"
+[[listeners]]
+name = "tcp"
+address = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "echo"
+
+[[clusters]]
+name = "echo"
+endpoints = ["{}"]
+max_requests = 1
+"#,
+        echo.addr
+    ))
+    .await;
+    let mut first = TcpStream::connect(proxy.addr("tcp")).await.unwrap();
+    assert_eq!(round_trip(&mut first, b"one").await, b"one");
+    // The second is closed unforwarded while the first is open.
+    let mut second = TcpStream::connect(proxy.addr("tcp")).await.unwrap();
+    closed_within(&mut second, Duration::from_secs(5)).await;
+    assert_eq!(echo.accepted(), 1);
+    let overflows = "weft_upstream_overflows_total{cluster=\"echo\"}";
+    assert_eq!(proxy.metric(overflows).await, 1.0);
+    drop(first);
+    let active = "weft_upstream_active_requests{cluster=\"echo\"}";
+    assert!(
+        eventually(Duration::from_secs(5), async || proxy.metric(active).await
+            == 0.0)
+        .await
+    );
+    let mut third = TcpStream::connect(proxy.addr("tcp")).await.unwrap();
+    assert_eq!(round_trip(&mut third, b"three").await, b"three");
+}

@@ -114,6 +114,14 @@ async fn relay<S>(
         tracing::debug!(listener = %lr.name, %remote, server_name = sni.unwrap_or("-"), "TCP connection closed: no route for its server name");
         return;
     };
+    // A connection is the cluster's request in flight while it lasts.
+    let _admitted = match cluster.admit() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(listener = %lr.name, %remote, cluster = %cluster.name, error = %e, "TCP connection refused");
+            return;
+        }
+    };
     let start = Instant::now();
     let (ep, mut upstream) = match cluster.connect_tunnel().await {
         Ok(c) => c,
