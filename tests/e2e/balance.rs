@@ -10,24 +10,8 @@ use crate::support::*;
 
 /// A listener "main" in front of cluster "c" with `endpoints` and extra cluster lines.
 fn config(endpoints: &[&Steered], cluster_extra: &str) -> String {
-    let list: Vec<String> = endpoints
-        .iter()
-        .map(|b| format!("\"{}\"", b.addr))
-        .collect();
-    format!(
-        r#"
-[[listeners]]
-name = "main"
-address = "127.0.0.1:0"
-cluster = "c"
-
-[[clusters]]
-name = "c"
-endpoints = [{}]
-{cluster_extra}
-"#,
-        list.join(", ")
-    )
+    let addrs: Vec<_> = endpoints.iter().map(|b| b.addr).collect();
+    main_to_cluster(&addrs, cluster_extra)
 }
 
 #[tokio::test]

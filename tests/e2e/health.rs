@@ -10,24 +10,8 @@ use tokio::time::Instant;
 use crate::support::*;
 
 fn config(endpoints: &[&Steered], cluster_extra: &str) -> String {
-    let list: Vec<String> = endpoints
-        .iter()
-        .map(|b| format!("\"{}\"", b.addr))
-        .collect();
-    format!(
-        r#"
-[[listeners]]
-name = "main"
-address = "127.0.0.1:0"
-cluster = "c"
-
-[[clusters]]
-name = "c"
-endpoints = [{}]
-{cluster_extra}
-"#,
-        list.join(", ")
-    )
+    let addrs: Vec<_> = endpoints.iter().map(|b| b.addr).collect();
+    main_to_cluster(&addrs, cluster_extra)
 }
 
 const EJECTIONS: &str = "weft_endpoint_ejections_total{cluster=\"c\"}";
@@ -264,22 +248,11 @@ health_check = {{ path = "/status/503", interval = "100ms", unhealthy_threshold 
 
 #[tokio::test]
 async fn a_request_that_cannot_connect_tries_connect_retries_other_endpoints_at_most() {
-    let dead: Vec<String> = (0..4).map(|_| format!("\"{}\"", closed_addr())).collect();
-    let cluster = |endpoints: &[String]| {
-        format!(
-            r#"
-[[listeners]]
-name = "main"
-address = "127.0.0.1:0"
-cluster = "c"
-
-[[clusters]]
-name = "c"
-endpoints = [{}]
-connect_retries = 2
-outlier = {{ consecutive_failures = 0 }}
-"#,
-            endpoints.join(", ")
+    let dead: Vec<_> = (0..4).map(|_| closed_addr()).collect();
+    let cluster = |endpoints: &[std::net::SocketAddr]| {
+        main_to_cluster(
+            endpoints,
+            "connect_retries = 2\noutlier = { consecutive_failures = 0 }",
         )
     };
     let counts = async |proxy: &Proxy| {

@@ -456,6 +456,26 @@ pub async fn get(client: &TestClient, url: &str) -> (StatusCode, HeaderMap, Byte
     send(client, Request::get(url).body(empty()).unwrap()).await
 }
 
+/// A listener "main" in front of cluster "c" with these endpoints, and extra lines
+/// of the cluster's table.
+pub fn main_to_cluster(endpoints: &[impl std::fmt::Display], cluster_extra: &str) -> String {
+    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+cluster = "c"
+
+[[clusters]]
+name = "c"
+endpoints = [{}]
+{cluster_extra}
+"#,
+        list.join(", ")
+    )
+}
+
 /// An address on 127.0.0.1 that refuses connections (bound, then let go).
 pub fn closed_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")

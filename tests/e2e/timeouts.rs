@@ -46,19 +46,7 @@ impl BlackHole {
 }
 
 fn one_cluster(endpoint: impl std::fmt::Display, cluster_extra: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "main"
-address = "127.0.0.1:0"
-cluster = "c"
-
-[[clusters]]
-name = "c"
-endpoints = ["{endpoint}"]
-{cluster_extra}
-"#
-    )
+    main_to_cluster(&[endpoint], cluster_extra)
 }
 
 const TIMEOUTS: &str = "weft_upstream_timeouts_total{cluster=\"c\"}";

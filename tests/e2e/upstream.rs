@@ -16,19 +16,7 @@ use crate::support::*;
 
 /// A listener "main" in front of cluster "c" with one endpoint and extra cluster lines.
 fn config(endpoint: &str, cluster_extra: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "main"
-address = "127.0.0.1:0"
-cluster = "c"
-
-[[clusters]]
-name = "c"
-endpoints = ["{endpoint}"]
-{cluster_extra}
-"#
-    )
+    main_to_cluster(&[endpoint], cluster_extra)
 }
 
 /// The requests of cluster "c" waiting at an endpoint's connection limit.
@@ -668,23 +656,8 @@ async fn max_requests_caps_a_clusters_requests_in_flight_over_all_its_endpoints(
         Backend::start_with("b1", Proto::Http1, None).await,
         Backend::start_with("b2", Proto::Http1, None).await,
     );
-    let limited = |extra: &str| {
-        format!(
-            r#"
-[[listeners]]
-name = "main"
-address = "127.0.0.1:0"
-cluster = "c"
-
-[[clusters]]
-name = "c"
-endpoints = ["{}", "{}"]
-max_requests = 3
-{extra}
-"#,
-            b1.addr, b2.addr
-        )
-    };
+    let limited =
+        |extra: &str| main_to_cluster(&[b1.addr, b2.addr], &format!("max_requests = 3\n{extra}"));
     let proxy = Proxy::start(&limited("")).await;
     const ACTIVE: &str = "weft_upstream_active_requests{cluster=\"c\"}";
     const OVERFLOWS: &str = "weft_upstream_overflows_total{cluster=\"c\"}";
