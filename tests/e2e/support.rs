@@ -419,6 +419,20 @@ impl Proxy {
             .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
             .unwrap_or(0.0)
     }
+
+    /// Waits until `sample` reads `value` (fails the test after 5 s, showing the
+    /// metrics).
+    pub async fn until_metric(&self, sample: &str, value: f64) {
+        let reached = eventually(Duration::from_secs(5), async || {
+            self.metric(sample).await == value
+        })
+        .await;
+        assert!(
+            reached,
+            "{sample} did not reach {value}: {}",
+            self.metrics().await
+        );
+    }
 }
 
 pub type TestClient = Client<HttpConnector, TestBody>;

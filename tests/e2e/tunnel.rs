@@ -607,11 +607,7 @@ async fn a_connect_tunnel_counts_against_max_requests_while_it_is_open() {
     // Closed, it frees its place.
     drop(open);
     let active = "weft_upstream_active_requests{cluster=\"echo\"}";
-    assert!(
-        eventually(Duration::from_secs(5), async || proxy.metric(active).await
-            == 0.0)
-        .await
-    );
+    proxy.until_metric(active, 0.0).await;
     let again = connect_status(&proxy, "echo.test:443").await;
     assert!(again.starts_with("HTTP/1.1 200"), "{again}");
 }
@@ -851,11 +847,7 @@ max_requests = 1
     assert_eq!(proxy.metric(overflows).await, 1.0);
     drop(first);
     let active = "weft_upstream_active_requests{cluster=\"echo\"}";
-    assert!(
-        eventually(Duration::from_secs(5), async || proxy.metric(active).await
-            == 0.0)
-        .await
-    );
+    proxy.until_metric(active, 0.0).await;
     let mut third = TcpStream::connect(proxy.addr("tcp")).await.unwrap();
     assert_eq!(round_trip(&mut third, b"three").await, b"three");
 }

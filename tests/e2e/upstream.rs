@@ -25,15 +25,7 @@ const PENDING: &str = "weft_upstream_pending_requests{cluster=\"c\"}";
 /// Waits until `n` requests wait at the connection limit (fails the test after 5 s,
 /// showing the metrics).
 async fn until_pending(proxy: &Proxy, n: u32) {
-    let queued = eventually(Duration::from_secs(5), async || {
-        proxy.metric(PENDING).await == f64::from(n)
-    })
-    .await;
-    assert!(
-        queued,
-        "{n} requests did not wait: {}",
-        proxy.metrics().await
-    );
+    proxy.until_metric(PENDING, f64::from(n)).await;
 }
 
 fn lookups(cluster: &str) -> String {
@@ -697,11 +689,7 @@ async fn max_requests_caps_a_clusters_requests_in_flight_over_all_its_endpoints(
         assert_eq!(s.await.unwrap(), StatusCode::OK);
     }
     // Counted until each response ended: all places are free again.
-    assert!(
-        eventually(Duration::from_secs(5), async || proxy.metric(ACTIVE).await
-            == 0.0)
-        .await
-    );
+    proxy.until_metric(ACTIVE, 0.0).await;
     for s in spawn_gets(&proxy.url("/"), 3) {
         assert_eq!(s.await.unwrap(), StatusCode::OK);
     }

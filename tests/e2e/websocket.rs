@@ -724,11 +724,7 @@ async fn an_upgraded_connection_counts_against_max_requests_while_it_is_open() {
 
     drop(open);
     let active = "weft_upstream_active_requests{cluster=\"ws\"}";
-    assert!(
-        eventually(Duration::from_secs(5), async || proxy.metric(active).await
-            == 0.0)
-        .await
-    );
+    proxy.until_metric(active, 0.0).await;
     let mut again = upgrade_echo(&proxy).await;
     echo_once(&mut again, b"pong").await;
 }
