@@ -447,8 +447,6 @@ fn finish_response(mut head: Response<()>, body: Body, lr: &ListenerRuntime) -> 
     Response::from_parts(parts, body)
 }
 
-/// Picks an endpoint and sends the request under the deadline; records how it went.
-#[allow(clippy::too_many_arguments)]
 /// What consistent hashing places the request by: the key a filter gave, else the
 /// cluster's `hash_header`.
 fn hash_key_of<'a>(
@@ -466,6 +464,8 @@ fn hash_key_of<'a>(
     })
 }
 
+/// Picks an endpoint and sends the request under the deadline, to another endpoint
+/// when no connection could be had (`connect_retries`); records how it went.
 async fn send(
     head: Request<()>,
     body: Body,
@@ -515,15 +515,15 @@ async fn send(
                 cluster.record_at(&ep, outcome, answered);
                 Ok((resp, lease))
             }
-            Err(e) if retries_left > 0 && e.is_connect_failure() => {
-                let Some(head_again) = head.as_ref() else {
-                    return Err(e);
-                };
+            // Not sent (the request is still here, untaken): another endpoint may
+            // have it.
+            Err(e) if retries_left > 0 && e.is_connect_failure() && head.is_some() => {
                 cluster.record(&ep, Err(()));
                 tried.push(ep.clone());
-                let Some(next) = cluster
-                    .pick_avoiding(hash_key_of(filter_hash_key, cluster, head_again), &tried)
-                else {
+                let key = head
+                    .as_ref()
+                    .and_then(|h| hash_key_of(filter_hash_key, cluster, h));
+                let Some(next) = cluster.pick_avoiding(key, &tried) else {
                     tracing::warn!(cluster = %cluster.name, endpoint = %ep.addr, error = %e, "upstream request failed, no other endpoint to try");
                     return Err(e);
                 };
