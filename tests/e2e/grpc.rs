@@ -321,6 +321,17 @@ protocol = "http2"
         outcome(&v),
         (json!("DEADLINE_EXCEEDED"), json!("upstream timeout"))
     );
+    // Past the deadline with the response under way: the call still ends with a
+    // status (trailers), not a reset that the client would read as INTERNAL.
+    let v = call(&at("main"), "bidi", &["a", "sleep:3000"]).await;
+    assert_eq!(
+        outcome(&v),
+        (
+            json!("DEADLINE_EXCEEDED"),
+            json!("request timeout while streaming the response")
+        )
+    );
+    assert_eq!(v["replies"], json!(["echo:a"]));
     let v = call(&at("unrouted"), "unary", &["hi"]).await;
     assert_eq!(outcome(&v), (json!("UNIMPLEMENTED"), json!("no route")));
     let v = call(&at("down"), "unary", &["hi"]).await;

@@ -306,12 +306,22 @@ impl http_body::Body for ResponseBody {
                 } else {
                     "response body idle timeout"
                 };
+                let mut grpc = false;
                 if let Some(ex) = &this.exchange {
                     if let Some(c) = &ex.cluster {
                         c.stats.timeouts.inc();
                     }
+                    grpc = ex.grpc;
                 }
                 this.fail(why);
+                if grpc && hit_deadline {
+                    // The upstream's stream goes (dropped: reset); the client's ends
+                    // with the status.
+                    this.inner = Body::Empty;
+                    return Poll::Ready(Some(Ok(Frame::trailers(super::grpc::deadline_trailers(
+                        why,
+                    )))));
+                }
                 Poll::Ready(Some(Err(why.into())))
             }
         }

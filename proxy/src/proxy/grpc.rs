@@ -39,6 +39,19 @@ pub fn fail<B>(resp: &mut Response<B>, code: u8, msg: &str) {
     let headers = resp.headers_mut();
     headers.remove(http::header::CONTENT_LENGTH);
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    set_status(headers, code, msg);
+}
+
+/// The trailers that end a call whose response was under way when its deadline
+/// passed: DEADLINE_EXCEEDED, as the server would have ended it, where a reset of the
+/// stream would reach the client as INTERNAL.
+pub fn deadline_trailers(msg: &str) -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    set_status(&mut trailers, DEADLINE_EXCEEDED, msg);
+    trailers
+}
+
+fn set_status(headers: &mut HeaderMap, code: u8, msg: &str) {
     headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
     if let Ok(v) = HeaderValue::try_from(message(msg)) {
         headers.insert("grpc-message", v);

@@ -12,7 +12,8 @@ text, or under TLS with the given PEM certificate chain and key.
   `abort:<CODE>:<message>` ends the call with that status instead; a request
   `sleep:<ms>` is answered that much later.
 - `Bidi`: answers every message with `echo:<message>` as it arrives; a message
-  `abort:<CODE>:<message>` ends the call with that status.
+  `abort:<CODE>:<message>` ends the call with that status, and one `sleep:<ms>` is
+  answered that much later.
 """
 
 import argparse
@@ -48,6 +49,8 @@ def unary(request, context):
 def bidi(requests, context):
     for request in requests:
         _abort_if_asked(request, context)
+        if request.startswith(b"sleep:"):
+            time.sleep(int(request[len(b"sleep:") :]) / 1000)
         yield b"echo:" + request
 
 
