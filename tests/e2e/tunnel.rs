@@ -851,3 +851,58 @@ max_requests = 1
     let mut third = TcpStream::connect(proxy.addr("tcp")).await.unwrap();
     assert_eq!(round_trip(&mut third, b"three").await, b"three");
 }
+
+#[tokio::test]
+async fn every_tcp_connection_writes_an_access_line_forwarded_or_not() {
+    let pki = Pki::new();
+    let a = tls_echo(pki.server_config(&pki.leaf(&["a.test"], &[]), &[])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = crate::ops_support::write_file(
+        dir.path(),
+        "weft.toml",
+        &format!(
+            r#"{}
+[[listeners]]
+name = "tcp"
+address = "127.0.0.1:0"
+protocol = "tcp"
+[[listeners.routes]]
+host = "a.test"
+cluster = "a"
+
+[[clusters]]
+name = "a"
+endpoints = ["{a}"]
+"#,
+            preamble(dir.path())
+        ),
+    );
+    let child = Child::spawn(&["run", "--config", cfg.to_str().unwrap()]).await;
+    let addr = child.listener_addr("tcp");
+    let access = |needles: &[&str]| {
+        child
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("\"weft::access\"") && needles.iter().all(|n| l.contains(n)))
+    };
+    let mut tls = tls_to(&pki, addr, "a.test").await.unwrap();
+    assert_eq!(round_trip(&mut tls, b"four").await, b"four");
+    drop(tls);
+    assert!(tls_to(&pki, addr, "c.test").await.is_err());
+    let logged = eventually(Duration::from_secs(5), async || {
+        access(&[
+            r#""server_name":"a.test""#,
+            r#""cluster":"a""#,
+            &format!(r#""upstream":"{a}""#),
+            r#""error":"-""#,
+        ]) && access(&[
+            r#""server_name":"c.test""#,
+            r#""cluster":"-""#,
+            r#""error":"no route for the server name""#,
+        ])
+    })
+    .await;
+    assert!(logged, "{:#?}", child.lines.lock().unwrap());
+}

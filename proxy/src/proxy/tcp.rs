@@ -6,6 +6,7 @@
 //! read, and the bytes read go on to the upstream unchanged (as Envoy's TLS
 //! inspector and nginx's `ssl_preread` do).
 
+use std::borrow::Cow;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -100,7 +101,8 @@ async fn read_server_name(tcp: &mut TcpStream, seen: &mut Vec<u8>) -> io::Result
 }
 
 /// Bytes both ways between the client and an endpoint of the cluster the listener
-/// routes `sni` to, after `first` (what was read of the client already).
+/// routes `sni` to, after `first` (what was read of the client already); one
+/// access-log line when the connection ends, forwarded or not.
 async fn relay<S>(
     downstream: S,
     first: &[u8],
@@ -110,42 +112,60 @@ async fn relay<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some(cluster) = lr.routes.find(|| sni, "/").and_then(|t| t.cluster.clone()) else {
-        tracing::debug!(listener = %lr.name, %remote, server_name = sni.unwrap_or("-"), "TCP connection closed: no route for its server name");
-        return;
-    };
-    // A connection is the cluster's request in flight while it lasts.
-    let _admitted = match cluster.admit() {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::warn!(listener = %lr.name, %remote, cluster = %cluster.name, error = %e, "TCP connection refused");
-            return;
-        }
-    };
     let start = Instant::now();
-    let (ep, mut upstream) = match cluster.connect_tunnel().await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(listener = %lr.name, %remote, cluster = %cluster.name, error = %e, "TCP connection refused");
-            return;
-        }
-    };
-    let idle = lr.config.limits.idle_timeout.non_zero();
-    let result = match upstream.write_all(first).await {
-        Ok(()) => pipe(downstream, upstream, idle).await,
-        Err(e) => Err(e),
-    };
-    let (sent, received) = result.as_ref().copied().unwrap_or((0, 0));
+    let mut seen = Relayed::default();
+    let outcome = forward(downstream, first, sni, lr, &mut seen).await;
     tracing::info!(
         target: "weft::access",
         listener = %lr.name,
         %remote,
         server_name = sni.unwrap_or("-"),
-        cluster = %cluster.name,
-        upstream = %ep.addr,
-        request_bytes = sent + first.len() as u64,
-        response_bytes = received,
+        cluster = seen.cluster.as_deref().unwrap_or("-"),
+        upstream = %seen.upstream.map_or_else(|| "-".to_string(), |a| a.to_string()),
+        request_bytes = seen.sent,
+        response_bytes = seen.received,
         duration_ms = start.elapsed().as_secs_f64() * 1000.0,
-        error = result.as_ref().err().map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
+        error = outcome.as_ref().err().map_or("-", |e| &**e),
     );
+}
+
+/// What an access-log line says of a TCP connection.
+#[derive(Default)]
+struct Relayed {
+    cluster: Option<Arc<str>>,
+    upstream: Option<SocketAddr>,
+    sent: u64,
+    received: u64,
+}
+
+async fn forward<S>(
+    downstream: S,
+    first: &[u8],
+    sni: Option<&str>,
+    lr: &ListenerRuntime,
+    seen: &mut Relayed,
+) -> Result<(), Cow<'static, str>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let cluster = lr
+        .routes
+        .find(|| sni, "/")
+        .and_then(|t| t.cluster.clone())
+        .ok_or("no route for the server name")?;
+    seen.cluster = Some(cluster.name.clone());
+    // A connection is the cluster's request in flight while it lasts.
+    let _admitted = cluster.admit().map_err(|e| e.kind())?;
+    // Each failed attempt was logged with its endpoint.
+    let (ep, mut upstream) = cluster.connect_tunnel().await.map_err(|e| e.kind())?;
+    seen.upstream = Some(ep.addr);
+    upstream.write_all(first).await.map_err(|e| e.to_string())?;
+    seen.sent = first.len() as u64;
+    let idle = lr.config.limits.idle_timeout.non_zero();
+    let (sent, received) = pipe(downstream, upstream, idle)
+        .await
+        .map_err(|e| e.to_string())?;
+    seen.sent += sent;
+    seen.received = received;
+    Ok(())
 }
