@@ -220,19 +220,9 @@ async fn health_checks_mark_endpoints_down_and_up() {
 #[tokio::test]
 async fn health_check_on_a_failing_path_leaves_no_healthy_endpoint() {
     let backend = Backend::start("b1").await;
-    let proxy = Proxy::start(&format!(
-        r#"
-[[listeners]]
-name = "main"
-address = "127.0.0.1:0"
-cluster = "c"
-
-[[clusters]]
-name = "c"
-endpoints = ["{}"]
-health_check = {{ path = "/status/503", interval = "100ms", unhealthy_threshold = 2 }}
-"#,
-        backend.addr
+    let proxy = Proxy::start(&main_to_cluster(
+        &[backend.addr],
+        r#"health_check = { path = "/status/503", interval = "100ms", unhealthy_threshold = 2 }"#,
     ))
     .await;
     let client = h1();
