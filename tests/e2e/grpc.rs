@@ -289,6 +289,11 @@ address = "127.0.0.1:0"
 cluster = "grpc"
 chain = "hello"
 
+[[listeners]]
+name = "quiet"
+address = "127.0.0.1:0"
+cluster = "quiet"
+
 {hello}
 [[chains]]
 name = "hello"
@@ -303,6 +308,12 @@ protocol = "http2"
 name = "gone"
 endpoints = ["{closed}"]
 protocol = "http2"
+
+[[clusters]]
+name = "quiet"
+endpoints = ["{0}"]
+protocol = "http2"
+idle_timeout = "300ms"
 "#,
         server.addr,
         hello = filter_decl(
@@ -330,6 +341,21 @@ protocol = "http2"
             json!("DEADLINE_EXCEEDED"),
             json!("request timeout while streaming the response")
         )
+    );
+    assert_eq!(v["replies"], json!(["echo:a"]));
+    // A client that only listens, for longer than the idle timeout, to a response
+    // that keeps moving: the stream is not idle.
+    let v = call(&at("quiet"), "bidi", &["ticks:5:150"]).await;
+    assert_eq!(v["code"], "OK", "{v}");
+    assert_eq!(
+        v["replies"],
+        json!(["tick:1", "tick:2", "tick:3", "tick:4", "tick:5"])
+    );
+    // An upstream gone silent mid-stream: UNAVAILABLE, which clients may retry.
+    let v = call(&at("quiet"), "bidi", &["a", "sleep:1500"]).await;
+    assert_eq!(
+        outcome(&v),
+        (json!("UNAVAILABLE"), json!("response body idle timeout"))
     );
     assert_eq!(v["replies"], json!(["echo:a"]));
     let v = call(&at("unrouted"), "unary", &["hi"]).await;

@@ -89,6 +89,10 @@ pub struct Tally {
     client: AtomicU8,
     /// The client sent nothing of its body for the idle timeout.
     idle_timed_out: AtomicBool,
+    /// The response is on its way to the client: from then on its body's idle
+    /// timer, which looks at both directions, is the stream's (a client listening
+    /// to a stream may say nothing for longer than the idle timeout).
+    pub response_started: AtomicBool,
 }
 
 const FLOWING: u8 = 0;
@@ -158,7 +162,8 @@ impl RequestBody {
 }
 
 impl Counted {
-    /// On a poll that found no data: has the client been silent too long?
+    /// On a poll that found no data: has the client been silent too long, before
+    /// any response? (Once one is under way, its idle timer decides.)
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
         use std::future::Future;
         let Some(idle) = self.idle else { return false };
@@ -172,7 +177,15 @@ impl Counted {
         if timer.deadline() != due {
             timer.as_mut().reset(due);
         }
-        timer.as_mut().poll(cx).is_ready()
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if self.tally.response_started.load(Ordering::Relaxed) {
+            self.idle = None;
+            self.timer = None;
+            return false;
+        }
+        true
     }
 
     fn client(&mut self, state: u8) {

@@ -203,16 +203,24 @@ pub struct ResponseBody {
     /// poll that finds no frame after the head or a frame (so a body whose frames
     /// are ready when polled never reads it).
     idle_since: Option<Instant>,
+    /// The request's bytes when that idle time began: a stream is idle only when
+    /// neither direction moves (a client may upload while the upstream is silent).
+    request_seen: u64,
 }
 
 impl ResponseBody {
     pub fn new(inner: Body, exchange: Box<Exchange>, timeouts: BodyTimeouts) -> Self {
+        exchange
+            .tally
+            .response_started
+            .store(true, Ordering::Relaxed);
         let mut body = ResponseBody {
             inner,
             exchange: Some(exchange),
             timeouts,
             timer: None,
             idle_since: None,
+            request_seen: 0,
         };
         if http_body::Body::is_end_stream(&body.inner) {
             body.finish();
@@ -228,6 +236,7 @@ impl ResponseBody {
             timeouts: BodyTimeouts::default(),
             timer: None,
             idle_since: None,
+            request_seen: 0,
         }
     }
 
@@ -235,6 +244,13 @@ impl ResponseBody {
         if let Some(mut ex) = self.exchange.take() {
             ex.complete = true;
         }
+    }
+
+    /// The request body's bytes so far (0 when the exchange has settled).
+    fn request_progress(&self) -> u64 {
+        self.exchange
+            .as_ref()
+            .map_or(0, |ex| ex.tally.request_bytes.load(Ordering::Relaxed))
     }
 
     fn fail(&mut self, why: &'static str) {
@@ -247,10 +263,16 @@ impl ResponseBody {
     /// no frame. The idle time runs from the first such poll after the head or the
     /// last frame (a body that never sends a frame is idle too).
     fn due(&mut self) -> Option<Instant> {
-        let idle = self
-            .timeouts
-            .idle
-            .map(|d| *self.idle_since.get_or_insert_with(Instant::now) + d);
+        let idle = self.timeouts.idle.map(|d| {
+            let since = match self.idle_since {
+                Some(t) => t,
+                None => {
+                    self.request_seen = self.request_progress();
+                    *self.idle_since.insert(Instant::now())
+                }
+            };
+            since + d
+        });
         match (self.timeouts.deadline, idle) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -287,7 +309,7 @@ impl http_body::Body for ResponseBody {
                 this.fail("upstream response body failed");
                 Poll::Ready(Some(Err(e)))
             }
-            Poll::Pending => {
+            Poll::Pending => loop {
                 let Some(due) = this.due() else {
                     return Poll::Pending;
                 };
@@ -301,6 +323,11 @@ impl http_body::Body for ResponseBody {
                     return Poll::Pending;
                 }
                 let hit_deadline = this.timeouts.deadline.is_some_and(|d| Instant::now() >= d);
+                if !hit_deadline && this.request_progress() != this.request_seen {
+                    // The client's upload moved meanwhile: a new idle period.
+                    this.idle_since = None;
+                    continue;
+                }
                 let why = if hit_deadline {
                     "request timeout while streaming the response"
                 } else {
@@ -314,16 +341,17 @@ impl http_body::Body for ResponseBody {
                     grpc = ex.grpc;
                 }
                 this.fail(why);
-                if grpc && hit_deadline {
+                if grpc {
                     // The upstream's stream goes (dropped: reset); the client's ends
                     // with the status.
                     this.inner = Body::Empty;
-                    return Poll::Ready(Some(Ok(Frame::trailers(super::grpc::deadline_trailers(
+                    return Poll::Ready(Some(Ok(Frame::trailers(super::grpc::timeout_trailers(
+                        hit_deadline,
                         why,
                     )))));
                 }
-                Poll::Ready(Some(Err(why.into())))
-            }
+                return Poll::Ready(Some(Err(why.into())));
+            },
         }
     }
 

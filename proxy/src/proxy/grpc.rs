@@ -43,11 +43,17 @@ pub fn fail<B>(resp: &mut Response<B>, code: u8, msg: &str) {
 }
 
 /// The trailers that end a call whose response was under way when its deadline
-/// passed: DEADLINE_EXCEEDED, as the server would have ended it, where a reset of the
-/// stream would reach the client as INTERNAL.
-pub fn deadline_trailers(msg: &str) -> HeaderMap {
+/// passed (DEADLINE_EXCEEDED, as the server would have ended it) or when the upstream
+/// went silent for the idle timeout (UNAVAILABLE, which clients may retry), where a
+/// reset of the stream would reach the client as INTERNAL.
+pub fn timeout_trailers(deadline: bool, msg: &str) -> HeaderMap {
     let mut trailers = HeaderMap::new();
-    set_status(&mut trailers, DEADLINE_EXCEEDED, msg);
+    let code = if deadline {
+        DEADLINE_EXCEEDED
+    } else {
+        UNAVAILABLE
+    };
+    set_status(&mut trailers, code, msg);
     trailers
 }
 

@@ -10,7 +10,8 @@ the certificate must have). Calls carry a deadline (`grpc-timeout`) of
 --deadline seconds, 10 by default.
 
 `bidi` is interleaved: each message is sent only after the reply to the one
-before has arrived, so it only works if both directions stream.
+before has arrived (all `<n>` replies to `ticks:<n>:<ms>`, the client staying
+silent meanwhile), so it only works if both directions stream.
 """
 
 import argparse
@@ -54,7 +55,9 @@ def bidi(channel, messages, deadline):
     try:
         for m in messages:
             outbox.put(m.encode())
-            replies.append(next(call).decode())
+            expected = int(m.split(":")[1]) if m.startswith("ticks:") else 1
+            for _ in range(expected):
+                replies.append(next(call).decode())
         outbox.put(None)
         replies.extend(r.decode() for r in call)
         return {"code": call.code().name, "replies": replies}

@@ -12,8 +12,9 @@ text, or under TLS with the given PEM certificate chain and key.
   `abort:<CODE>:<message>` ends the call with that status instead; a request
   `sleep:<ms>` is answered that much later.
 - `Bidi`: answers every message with `echo:<message>` as it arrives; a message
-  `abort:<CODE>:<message>` ends the call with that status, and one `sleep:<ms>` is
-  answered that much later.
+  `abort:<CODE>:<message>` ends the call with that status, one `sleep:<ms>` is
+  answered that much later, and one `ticks:<n>:<ms>` with `tick:1` to `tick:<n>`,
+  one every `<ms>`.
 """
 
 import argparse
@@ -51,6 +52,12 @@ def bidi(requests, context):
         _abort_if_asked(request, context)
         if request.startswith(b"sleep:"):
             time.sleep(int(request[len(b"sleep:") :]) / 1000)
+        if request.startswith(b"ticks:"):
+            _, n, ms = request.decode().split(":")
+            for i in range(1, int(n) + 1):
+                time.sleep(int(ms) / 1000)
+                yield f"tick:{i}".encode()
+            continue
         yield b"echo:" + request
 
 
