@@ -220,6 +220,17 @@ async fn answer(req: Request<Incoming>, name: &str) -> Response<TestBody> {
             let t = trailers.map(|t| format!("{t:?}")).unwrap_or_default();
             Response::new(full(format!("{} {len} {t}", hex(ctx.finish().as_ref()))))
         }
+        // The head at once, the body (the request's length) once the upload ended.
+        "/count-later" => {
+            let body = req.into_body();
+            let counted = futures_util::stream::once(async move {
+                let n = body.collect().await.map_or(0, |c| c.to_bytes().len());
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from(
+                    format!("{n} bytes"),
+                )))
+            });
+            Response::new(StreamBody::new(counted).boxed())
+        }
         "/trailers" => {
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", "0".parse().unwrap());

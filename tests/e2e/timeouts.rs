@@ -336,3 +336,33 @@ async fn a_stalled_upload_is_cut_off_with_408() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn an_upload_to_an_upstream_that_answered_early_is_not_idle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start("b1").await;
+    let proxy = Proxy::start(&one_cluster(backend.addr, "idle_timeout = \"300ms\"")).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr("main"))
+        .await
+        .unwrap();
+    // The upstream sends its head at once and its body only after the upload, which
+    // takes five idle timeouts: the response is silent all along, the upload is not.
+    s.write_all(
+        b"POST /count-later HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 50\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        s.write_all(b"12345").await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the response did not end")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // The whole chunked body: the count, then the last chunk.
+    assert!(text.ends_with("\r\n8\r\n50 bytes\r\n0\r\n\r\n"), "{text}");
+}
