@@ -205,7 +205,7 @@ async fn config_shows_defaults_and_no_key_material() {
 async fn clusters_list_endpoints_with_their_state() {
     let live = Backend::start("live").await;
     let sick = Backend::start("sick").await;
-    let dead = closed_addr();
+    let dead = ClosedPort::new();
     let proxy = Proxy::start(&format!(
         r#"
 [[listeners]]

@@ -239,8 +239,8 @@ async fn response_headers_written_in_the_request_phase_reach_every_response() {
     assert_eq!(probe_tags(&headers), ["local", "early"]);
 
     // So does the proxy's own error when the upstream cannot be reached.
-    let dead_addr = closed_addr();
-    let cfg = config(&b1, &[early], "").replace(&b1.addr.to_string(), &dead_addr.to_string());
+    let dead = ClosedPort::new();
+    let cfg = config(&b1, &[early], "").replace(&b1.addr.to_string(), &dead.addr.to_string());
     let proxy = Proxy::start(&cfg).await;
     let (status, headers, _) = get(&h1(), &proxy.url("/")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);

@@ -260,7 +260,7 @@ async fn calls_the_proxy_fails_end_with_a_grpc_status() {
     // A gRPC client reads the outcome from grpc-status: the proxy's own failures
     // come as gRPC statuses with the reason, not as bare HTTP errors.
     let server = GrpcServer::start(None).await;
-    let closed = closed_addr();
+    let closed = ClosedPort::new();
     let proxy = Proxy::start(&format!(
         r#"
 [[listeners]]

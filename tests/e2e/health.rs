@@ -238,7 +238,8 @@ async fn health_check_on_a_failing_path_leaves_no_healthy_endpoint() {
 
 #[tokio::test]
 async fn a_request_that_cannot_connect_tries_connect_retries_other_endpoints_at_most() {
-    let dead: Vec<_> = (0..4).map(|_| closed_addr()).collect();
+    let closed: Vec<_> = (0..4).map(|_| ClosedPort::new()).collect();
+    let dead: Vec<_> = closed.iter().map(|c| c.addr).collect();
     let cluster = |endpoints: &[std::net::SocketAddr]| {
         main_to_cluster(
             endpoints,

@@ -444,7 +444,7 @@ async fn keep_alive_and_pipelining() {
 #[tokio::test]
 async fn unknown_route_is_404_and_dead_upstream_is_502() {
     let backend = Backend::start("b1").await;
-    let dead = closed_addr();
+    let dead = ClosedPort::new();
     let proxy = Proxy::start(&format!(
         r#"
 [[listeners]]

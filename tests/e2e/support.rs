@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use weft::app::{App, ConfigSource};
 
 pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -501,11 +501,41 @@ endpoints = [{}]
     )
 }
 
-/// An address on 127.0.0.1 that refuses connections (bound, then let go).
-pub fn closed_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
+/// A port on 127.0.0.1 that refuses connections for as long as this lives: bound but
+/// never listening, so the kernel answers a connect with a reset and no other test's
+/// listener can be given the port. (A port merely let go can be handed to the next
+/// `bind(0)` of a test running alongside, which then answers in the dead one's place.)
+pub struct ClosedPort {
+    pub addr: SocketAddr,
+    _socket: TcpSocket,
+}
+
+/// The address, as configs name it.
+impl std::fmt::Display for ClosedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        ClosedPort::at("127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Holds `addr`, which a listener has just let go of.
+    fn at(addr: SocketAddr) -> ClosedPort {
+        let socket = TcpSocket::new_v4().unwrap();
+        // Connections the listener accepted may linger in TIME_WAIT on the port.
+        socket.set_reuseaddr(true).unwrap();
+        socket
+            .bind(addr)
+            .unwrap_or_else(|e| panic!("holding {addr} closed: {e}"));
+        let addr = socket.local_addr().unwrap();
+        ClosedPort {
+            addr,
+            _socket: socket,
+        }
+    }
 }
 
 /// Starts `n` GETs of `url` at once, each on its own connection; their statuses come
@@ -839,6 +869,8 @@ pub struct Steered {
     pub name: String,
     pub steer: Arc<Steering>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// After `kill`, keeps the address refusing.
+    closed: Option<ClosedPort>,
 }
 
 impl Drop for Steered {
@@ -886,6 +918,7 @@ impl Steered {
             name: name.to_string(),
             steer,
             task: Some(task),
+            closed: None,
         }
     }
 
@@ -916,10 +949,12 @@ impl Steered {
     }
 
     /// Closes the listener and every open connection; returns once they are closed.
+    /// From then on the address refuses connections.
     pub async fn kill(&mut self) {
         if let Some(t) = self.task.take() {
             t.abort();
             let _ = t.await;
+            self.closed = Some(ClosedPort::at(self.addr));
         }
     }
 }

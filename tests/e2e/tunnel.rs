@@ -125,7 +125,7 @@ fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
 }
 
-fn connect_config(echo: &TcpEcho, dead: SocketAddr, idle: &str) -> String {
+fn connect_config(echo: &TcpEcho, dead: &ClosedPort, idle: &str) -> String {
     format!(
         r#"
 [[listeners]]
@@ -150,19 +150,11 @@ endpoints = ["{dead}"]
     )
 }
 
-/// An address nothing listens on.
-async fn dead_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn connect_tunnels_raw_bytes_to_the_routed_cluster() {
     let echo = TcpEcho::start().await;
-    let proxy = Proxy::start(&connect_config(&echo, dead_addr().await, "60s")).await;
+    let dead = ClosedPort::new();
+    let proxy = Proxy::start(&connect_config(&echo, &dead, "60s")).await;
 
     let mut s = TcpStream::connect(proxy.addr("main")).await.unwrap();
     s.write_all(b"CONNECT echo.test:443 HTTP/1.1\r\nhost: echo.test:443\r\n\r\n")
@@ -189,7 +181,8 @@ async fn connect_tunnels_raw_bytes_to_the_routed_cluster() {
 #[tokio::test]
 async fn connect_with_hyper_clients_over_http1_and_http2() {
     let echo = TcpEcho::start().await;
-    let proxy = Proxy::start(&connect_config(&echo, dead_addr().await, "60s")).await;
+    let dead = ClosedPort::new();
+    let proxy = Proxy::start(&connect_config(&echo, &dead, "60s")).await;
     let connect = || {
         Request::builder()
             .method(Method::CONNECT)
@@ -233,7 +226,8 @@ async fn connect_with_hyper_clients_over_http1_and_http2() {
 #[tokio::test]
 async fn connect_to_an_unrouted_or_dead_target_fails_with_a_status() {
     let echo = TcpEcho::start().await;
-    let proxy = Proxy::start(&connect_config(&echo, dead_addr().await, "60s")).await;
+    let dead = ClosedPort::new();
+    let proxy = Proxy::start(&connect_config(&echo, &dead, "60s")).await;
     for (target, want) in [
         ("nowhere.test:443", StatusCode::NOT_FOUND),
         ("dead.test:443", StatusCode::BAD_GATEWAY),
@@ -254,7 +248,8 @@ async fn connect_to_an_unrouted_or_dead_target_fails_with_a_status() {
 #[tokio::test]
 async fn connect_tunnel_closes_when_idle() {
     let echo = TcpEcho::start().await;
-    let proxy = Proxy::start(&connect_config(&echo, dead_addr().await, "300ms")).await;
+    let dead = ClosedPort::new();
+    let proxy = Proxy::start(&connect_config(&echo, &dead, "300ms")).await;
     let mut s = TcpStream::connect(proxy.addr("main")).await.unwrap();
     s.write_all(b"CONNECT echo.test:443 HTTP/1.1\r\nhost: echo.test:443\r\n\r\n")
         .await
@@ -327,6 +322,7 @@ async fn tcp_listener_forwards_bytes_and_closes_when_idle() {
 #[tokio::test]
 async fn tcp_listener_balances_connections_and_closes_on_a_dead_upstream() {
     let (e1, e2) = (TcpEcho::start().await, TcpEcho::start().await);
+    let dead = ClosedPort::new();
     let proxy = Proxy::start(&format!(
         r#"
 [[listeners]]
@@ -347,9 +343,7 @@ endpoints = ["{}", "{}"]
 name = "dead"
 endpoints = ["{}"]
 "#,
-        e1.addr,
-        e2.addr,
-        dead_addr().await
+        e1.addr, e2.addr, dead
     ))
     .await;
     for i in 0..4u8 {
@@ -495,7 +489,8 @@ async fn connect_tunnels_outlive_the_listener_idle_timeout() {
     // Tunnels idle out by the cluster's idle timeout (60s here), not by the
     // listener's, which is for HTTP connections between requests.
     let echo = TcpEcho::start().await;
-    let cfg = connect_config(&echo, dead_addr().await, "60s").replace(
+    let dead = ClosedPort::new();
+    let cfg = connect_config(&echo, &dead, "60s").replace(
         "name = \"main\"\naddress = \"127.0.0.1:0\"\n",
         "name = \"main\"\naddress = \"127.0.0.1:0\"\nlimits = { idle_timeout = \"200ms\" }\n",
     );
@@ -586,7 +581,8 @@ server_name = "echo.test"
 #[tokio::test]
 async fn a_connect_tunnel_counts_against_max_requests_while_it_is_open() {
     let echo = TcpEcho::start().await;
-    let config = connect_config(&echo, dead_addr().await, "60s")
+    let dead = ClosedPort::new();
+    let config = connect_config(&echo, &dead, "60s")
         .replace("name = \"echo\"\n", "name = \"echo\"\nmax_requests = 1\n");
     assert!(config.contains("max_requests = 1"));
     let proxy = Proxy::start(&config).await;
@@ -615,7 +611,7 @@ async fn a_connect_tunnel_counts_against_max_requests_while_it_is_open() {
 #[tokio::test]
 async fn tunnels_that_cannot_connect_go_to_another_endpoint() {
     let echo = TcpEcho::start().await;
-    let dead = dead_addr().await;
+    let dead = ClosedPort::new();
     let proxy = Proxy::start(&format!(
         r#"
 [[listeners]]
