@@ -389,6 +389,111 @@ idle_timeout = "300ms"
 }
 
 #[tokio::test]
+async fn a_call_whose_upstream_fails_mid_response_ends_with_the_status_a_direct_client_would_read()
+{
+    // The server crashes after its first reply: a client of the server itself reads
+    // UNAVAILABLE (and may retry), not the INTERNAL a reset of its stream would say.
+    let server = GrpcServer::start(None).await;
+    let proxy = Proxy::start(&main_to_cluster(&[server.addr], "protocol = \"http2\"")).await;
+    let v = call(
+        &Target::clear(proxy.addr("main")),
+        "bidi",
+        &["a", "exit:300"],
+    )
+    .await;
+    assert_eq!(
+        (&v["code"], &v["details"]),
+        (&json!("UNAVAILABLE"), &json!("upstream connection lost")),
+        "{v}"
+    );
+    assert_eq!(v["replies"], json!(["echo:a"]));
+
+    // An upstream that resets the stream: its error code, as gRPC maps them.
+    let upstream = ResettingServer::start().await;
+    let proxy = Proxy::start(&main_to_cluster(&[upstream.addr], "protocol = \"http2\"")).await;
+    for (reason, code) in [
+        (h2::Reason::CANCEL, "1"),
+        (h2::Reason::REFUSED_STREAM, "14"),
+        (h2::Reason::ENHANCE_YOUR_CALM, "8"),
+        (h2::Reason::INTERNAL_ERROR, "13"),
+    ] {
+        let req = Request::post(proxy.url("/weft.test.Echo/Bidi"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("x-reset", u32::from(reason))
+            .body(empty())
+            .unwrap();
+        let resp = h2().request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap_or_else(|e| panic!("{reason:?}: the stream was reset: {e:?}"));
+        let trailers = body.trailers().cloned().unwrap_or_default();
+        assert_eq!(body.to_bytes(), ResettingServer::MESSAGE, "{reason:?}");
+        assert_eq!(trailers["grpc-status"], code, "{reason:?}");
+        assert_eq!(
+            trailers["grpc-message"], "upstream reset the stream",
+            "{reason:?}"
+        );
+    }
+}
+
+/// An HTTP/2 server that answers every request with one gRPC message and then
+/// resets the stream with the error code in the request's `x-reset`.
+struct ResettingServer {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ResettingServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ResettingServer {
+    /// The message: uncompressed, 5 bytes long.
+    const MESSAGE: &[u8] = b"\0\0\0\0\x05hello";
+
+    async fn start() -> ResettingServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                        return;
+                    };
+                    // Accepting drives the connection; each stream answers on its own.
+                    let mut streams = tokio::task::JoinSet::new();
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        let reason = req.headers()["x-reset"]
+                            .to_str()
+                            .ok()
+                            .and_then(|v| v.parse::<u32>().ok())
+                            .map_or(h2::Reason::INTERNAL_ERROR, h2::Reason::from);
+                        streams.spawn(async move {
+                            let head = http::Response::builder()
+                                .header("content-type", "application/grpc")
+                                .body(())
+                                .unwrap();
+                            let mut send = respond.send_response(head, false).unwrap();
+                            send.send_data(ResettingServer::MESSAGE.into(), false)
+                                .unwrap();
+                            // Time for the message to reach the client before the reset.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            send.send_reset(reason);
+                        });
+                    }
+                });
+            }
+        });
+        ResettingServer { addr, task }
+    }
+}
+
+#[tokio::test]
 async fn grpc_calls_keep_their_own_deadlines_where_the_cluster_honours_them() {
     let server = GrpcServer::start(None).await;
     let proxy = Proxy::start(&format!(

@@ -306,7 +306,15 @@ impl http_body::Body for ResponseBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 tracing::debug!(error = %e, "response body failed");
+                let grpc = this.exchange.as_ref().is_some_and(|ex| ex.grpc);
                 this.fail("upstream response body failed");
+                if grpc {
+                    // The call ends with a status rather than a reset of the stream.
+                    this.inner = Body::Empty;
+                    return Poll::Ready(Some(Ok(Frame::trailers(super::grpc::failure_trailers(
+                        &*e,
+                    )))));
+                }
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Pending => loop {

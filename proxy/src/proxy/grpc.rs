@@ -6,6 +6,7 @@
 use http::header::HeaderName;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use std::borrow::Cow;
 use std::time::Duration;
 
 use super::body::Body;
@@ -57,6 +58,50 @@ pub fn timeout_trailers(deadline: bool, msg: &str) -> HeaderMap {
     trailers
 }
 
+/// The trailers that end a call whose response body failed once under way, with
+/// the status a client connected straight to the server would have read, where
+/// hyper's reset of the client's stream (INTERNAL_ERROR) would reach it as INTERNAL
+/// whatever happened: a lost upstream connection is UNAVAILABLE (which clients may
+/// retry), an upstream's reset of the stream is mapped by its error code as gRPC maps
+/// them (PROTOCOL-HTTP2.md, "Errors"), and a filter's failure is what it would have
+/// been before the response began.
+pub fn failure_trailers(e: &(dyn std::error::Error + 'static)) -> HeaderMap {
+    let (code, msg): (u8, Cow<'_, str>) = if let Some(p) = e.downcast_ref::<ProxyError>() {
+        (code_for_error(p, p.status()), p.kind().into())
+    } else if let Some(reset) = upstream_reset(e) {
+        (code_for_reset(reset), "upstream reset the stream".into())
+    } else if e.is::<hyper::Error>() {
+        (UNAVAILABLE, "upstream connection lost".into())
+    } else {
+        (INTERNAL, e.to_string().into())
+    };
+    let mut trailers = HeaderMap::new();
+    set_status(&mut trailers, code, &msg);
+    trailers
+}
+
+/// The error code of the upstream's `RST_STREAM` behind `e`, if that is what it is.
+fn upstream_reset(e: &(dyn std::error::Error + 'static)) -> Option<h2::Reason> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(h2) = c.downcast_ref::<h2::Error>() {
+            return h2.is_reset().then(|| h2.reason()).flatten();
+        }
+        cause = c.source();
+    }
+    None
+}
+
+fn code_for_reset(reason: h2::Reason) -> u8 {
+    match reason {
+        h2::Reason::REFUSED_STREAM => UNAVAILABLE,
+        h2::Reason::CANCEL => CANCELLED,
+        h2::Reason::ENHANCE_YOUR_CALM => RESOURCE_EXHAUSTED,
+        h2::Reason::INADEQUATE_SECURITY => PERMISSION_DENIED,
+        _ => INTERNAL,
+    }
+}
+
 fn set_status(headers: &mut HeaderMap, code: u8, msg: &str) {
     headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
     if let Ok(v) = HeaderValue::try_from(message(msg)) {
@@ -83,6 +128,7 @@ pub fn answer_local(resp: &mut Response<Body>) {
     fail(resp, code_for(status), &text);
 }
 
+const CANCELLED: u8 = 1;
 const UNKNOWN: u8 = 2;
 const DEADLINE_EXCEEDED: u8 = 4;
 const PERMISSION_DENIED: u8 = 7;
@@ -180,6 +226,36 @@ pub fn message(msg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_response_body_ends_with_the_status_of_its_cause() {
+        let ends = |e: &(dyn std::error::Error + 'static)| {
+            let t = failure_trailers(e);
+            let text = |name: &str| t[name].to_str().unwrap().to_string();
+            (text("grpc-status"), text("grpc-message"))
+        };
+        // A fail-closed filter that failed on the response body: as it would have
+        // failed before the response began.
+        let filter = ProxyError::Filter {
+            filter: "f".into(),
+            reason: "trapped".into(),
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        assert_eq!(ends(&filter), ("13".into(), "filter failure".into()));
+        let size = ProxyError::ResponseTooLarge(10);
+        assert_eq!(ends(&size).0, "8");
+        // Anything else is the proxy's own failure, with its reason.
+        let other: crate::error::BoxError =
+            "a filter asked to answer after the response headers were sent".into();
+        assert_eq!(
+            ends(&*other),
+            (
+                "13".into(),
+                "a filter asked to answer after the response headers were sent".into()
+            )
+        );
+        // Upstream resets and lost connections: tests/e2e/grpc.rs.
+    }
 
     #[test]
     fn grpc_calls_are_told_by_their_content_type() {

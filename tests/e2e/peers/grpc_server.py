@@ -14,10 +14,12 @@ text, or under TLS with the given PEM certificate chain and key.
 - `Bidi`: answers every message with `echo:<message>` as it arrives; a message
   `abort:<CODE>:<message>` ends the call with that status, one `sleep:<ms>` is
   answered that much later, and one `ticks:<n>:<ms>` with `tick:1` to `tick:<n>`,
-  one every `<ms>`.
+  one every `<ms>`; `exit:<ms>` ends the whole server that much later, dropping its
+  connections as a crashed server does.
 """
 
 import argparse
+import os
 import sys
 import time
 from concurrent import futures
@@ -58,6 +60,9 @@ def bidi(requests, context):
                 time.sleep(int(ms) / 1000)
                 yield f"tick:{i}".encode()
             continue
+        if request.startswith(b"exit:"):
+            time.sleep(int(request[len(b"exit:") :]) / 1000)
+            os._exit(1)
         yield b"echo:" + request
 
 
