@@ -57,6 +57,15 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    /// The upstream turned the request away unprocessed: its HTTP/2 stream was above
+    /// the last one a GOAWAY let through (a server shutting down), or reset with
+    /// REFUSED_STREAM (RFC 9113 §8.7).
+    #[error("upstream {addr} refused the request unprocessed: {source}")]
+    UpstreamRefused {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
     #[error("upstream timed out after {0:?}")]
     Timeout(std::time::Duration),
     #[error("request body: {0}")]
@@ -98,8 +107,12 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             NoRoute => StatusCode::NOT_FOUND,
-            NoCluster | UnknownCluster(_) | NoHealthyEndpoint(_) | PoolExhausted(_)
-            | Overflow(_) => StatusCode::SERVICE_UNAVAILABLE,
+            NoCluster
+            | UnknownCluster(_)
+            | NoHealthyEndpoint(_)
+            | PoolExhausted(_)
+            | Overflow(_)
+            | UpstreamRefused { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Connect { .. }
             | UpstreamTls { .. }
             | Handshake { .. }
@@ -147,6 +160,7 @@ impl ProxyError {
             UpstreamTls { .. } => "upstream tls error",
             Handshake { .. } => "upstream handshake error",
             Upstream { .. } => "upstream error",
+            UpstreamRefused { .. } => "upstream refused the request",
             Timeout(_) => "upstream timeout",
             DownstreamBody(_) => "request body error",
             BodyTooLarge(_) => "request body too large",

@@ -701,3 +701,136 @@ async fn max_requests_caps_a_clusters_requests_in_flight_over_all_its_endpoints(
         .await
         .contains("weft_upstream_active_requests{"));
 }
+
+/// An HTTP/2 server that can be restarted the way a zero-downtime deploy restarts
+/// one: the new server takes over the listening socket (connections queue in its
+/// backlog meanwhile) while the old one's connections shut down gracefully (GOAWAY,
+/// then the streams in flight finish).
+struct Restartable {
+    addr: SocketAddr,
+    running: Option<(
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<TcpListener>,
+    )>,
+    served: Arc<AtomicUsize>,
+}
+
+impl Restartable {
+    async fn start() -> Restartable {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut r = Restartable {
+            addr: listener.local_addr().unwrap(),
+            running: None,
+            served: Arc::default(),
+        };
+        r.serve(listener);
+        r
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let served = self.served.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let tcp = tokio::select! {
+                    r = listener.accept() => match r { Ok((tcp, _)) => tcp, Err(_) => continue },
+                    _ = stopped.changed() => return listener,
+                };
+                let (served, mut stopped) = (served.clone(), stopped.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| {
+                        served.fetch_add(1, Ordering::Relaxed);
+                        async move {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                            Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
+                        }
+                    });
+                    let conn = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = stopped.changed() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+            }
+        });
+        self.running = Some((stop, task));
+    }
+
+    /// Starts a new server on the listening socket; the old one's connections
+    /// shut down gracefully.
+    async fn restart(&mut self) {
+        let (stop, task) = self.running.take().expect("running");
+        let _ = stop.send(true);
+        let listener = task.await.unwrap();
+        self.serve(listener);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restarts_of_http2_upstreams_lose_no_request() {
+    // Each restart closes the server's connections gracefully (GOAWAY): requests
+    // waiting for a closing connection go on another. One opened just as a GOAWAY
+    // was on its way may be turned away unprocessed; that client hears it (503) and
+    // may send it again.
+    let mut servers = [Restartable::start().await, Restartable::start().await];
+    let addrs: Vec<_> = servers.iter().map(|s| s.addr).collect();
+    let proxy = Proxy::start(&main_to_cluster(
+        &addrs,
+        "protocol = \"http2\"\noutlier = { consecutive_failures = 0 }",
+    ))
+    .await;
+    let url = proxy.url("/");
+    let load: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let client = h1();
+                let mut failed = Vec::new();
+                for _ in 0..300 {
+                    let (status, _, body) = get(&client, &url).await;
+                    if status != StatusCode::OK {
+                        failed.push((status.as_u16(), String::from_utf8_lossy(&body).into_owned()));
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    for i in 0..20 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        servers[i % 2].restart().await;
+    }
+    let mut failed = Vec::new();
+    for l in load {
+        failed.extend(l.await.unwrap());
+    }
+    let served: usize = servers
+        .iter()
+        .map(|s| s.served.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!(
+        served + failed.len(),
+        2400,
+        "a failed request was served: {failed:?}"
+    );
+    assert!(
+        failed
+            .iter()
+            .all(|(status, body)| (*status, body.as_str())
+                == (503, "upstream refused the request\n")),
+        "{failed:?}"
+    );
+    assert!(failed.len() < 24, "{failed:?}");
+    // Requests did wait for connections that closed, and went again.
+    let again = proxy
+        .metric("weft_upstream_connect_retries_total{cluster=\"c\"}")
+        .await;
+    assert!(again > 0.0);
+}

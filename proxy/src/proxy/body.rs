@@ -154,6 +154,11 @@ impl RequestBody {
         }))
     }
 
+    /// The body it counts, for a request that was never sent and goes again.
+    pub fn into_inner(self) -> Body {
+        self.0.inner
+    }
+
     /// Aborts the upload when the client sends nothing for `idle`.
     pub fn with_idle_timeout(mut self, idle: Option<std::time::Duration>) -> Self {
         self.0.idle = idle;

@@ -32,7 +32,7 @@ use crate::server::ConnInfo;
 use crate::snapshot::{ListenerRuntime, Snapshot};
 use crate::telemetry::access;
 use crate::telemetry::metrics::Limit;
-use crate::upstream::pool::Lease;
+use crate::upstream::pool::{Lease, SendError};
 use crate::upstream::{Cluster, Endpoint, Want};
 use crate::wasm::state::HeaderEdit;
 use body::{Body, Recorder, RequestBody, Tape};
@@ -485,18 +485,32 @@ async fn send(
     loop {
         // The attempt, dropped before its outcome is looked at (it borrows the
         // request to take it).
+        // Whether a connection was had but closed before it took the request.
+        let mut given_back = false;
         let outcome = {
             let tally = ex.tally.clone();
             // Pinned where it is made: moving a future this size costs a copy of it.
             let exchange = std::pin::pin!(async {
                 let mut lease = cluster.checkout(&ep, want).await?;
-                let mut head = head.take().unwrap_or_default();
-                for_lease(&mut head, &lease, cluster, &ep)?;
-                let body = RequestBody::new(body.take().unwrap_or_default(), tally)
+                let mut this_head = head.take().unwrap_or_default();
+                for_lease(&mut this_head, &lease, cluster, &ep)?;
+                let this_body = RequestBody::new(body.take().unwrap_or_default(), tally)
                     .with_idle_timeout(cluster.config.idle_timeout.non_zero());
-                let req = head.map(|()| body);
+                let req = this_head.map(|()| this_body);
                 let sent = Instant::now();
-                let resp = cluster.send(&ep, &mut lease, req).await?;
+                let resp = match cluster.send(&ep, &mut lease, req).await {
+                    Ok(resp) => resp,
+                    Err(SendError::Failed(e)) => return Err(e),
+                    Err(SendError::Unsent(unsent)) => {
+                        // Back where it was, to go again.
+                        let (req, e) = *unsent;
+                        let (parts, unsent_body) = req.into_parts();
+                        head = Some(Request::from_parts(parts, ()));
+                        body = Some(unsent_body.into_inner());
+                        given_back = true;
+                        return Err(e);
+                    }
+                };
                 let answered = Instant::now();
                 Ok((resp, lease, answered - sent, answered))
             });
@@ -515,8 +529,17 @@ async fn send(
                 cluster.record_at(&ep, outcome, answered);
                 Ok((resp, lease))
             }
-            // Not sent (the request is still here, untaken): another endpoint may
-            // have it.
+            // Not sent (the request is still here) because the connection it was
+            // given closed under it (an HTTP/2 upstream's GOAWAY, a restart): again,
+            // on another connection, the endpoint not blamed.
+            Err(e) if retries_left > 0 && given_back && !e.is_connect_failure() => {
+                tracing::debug!(cluster = %cluster.name, endpoint = %ep.addr, error = %e, "connection closed before the request was sent, sending it again");
+                cluster.stats.connect_retries.inc();
+                retries_left -= 1;
+                continue;
+            }
+            // Not sent because no connection could be had (or, given back, no new one
+            // in place of one that closed): another endpoint may have it.
             Err(e) if retries_left > 0 && e.is_connect_failure() && head.is_some() => {
                 cluster.record(&ep, Err(()));
                 tried.push(ep.clone());

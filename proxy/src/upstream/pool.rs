@@ -795,26 +795,38 @@ impl Cluster {
 
     /// Sends `req` on a leased connection. A request that a reused HTTP/1.1
     /// connection failed to write (the upstream closed it while idle) goes again on
-    /// a new connection, once.
+    /// a new connection, once. A request no connection took comes back in the error
+    /// (`SendError::Unsent`), to go elsewhere.
     pub(crate) async fn send(
         &self,
         ep: &Arc<Endpoint>,
         lease: &mut Lease,
         req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Incoming>, SendError> {
         let addr = ep.addr;
         match lease {
             Lease::H2(stream) => {
                 let extended = req.extensions().get::<hyper::ext::Protocol>().is_some();
-                stream.sender.send_request(req).await.map_err(|source| {
+                stream.sender.try_send_request(req).await.map_err(|mut e| {
+                    // The connection closed (the upstream's GOAWAY, a restart) while
+                    // the request waited for its turn on it: nothing was sent.
+                    if let Some(req) = e.take_message() {
+                        let source = e.into_error();
+                        return SendError::unsent(req, ProxyError::Upstream { addr, source });
+                    }
+                    let source = e.into_error();
                     // A server that did not offer extended CONNECT resets the stream;
                     // its settings, read by then, tell that apart from a failure of
                     // the endpoint (a config mismatch must not eject it).
-                    if extended && !stream.conn.extended_connect.load(Ordering::Relaxed) {
-                        ProxyError::NoExtendedConnect(addr)
-                    } else {
-                        ProxyError::Upstream { addr, source }
-                    }
+                    SendError::Failed(
+                        if extended && !stream.conn.extended_connect.load(Ordering::Relaxed) {
+                            ProxyError::NoExtendedConnect(addr)
+                        } else if refused_unprocessed(&source) {
+                            ProxyError::UpstreamRefused { addr, source }
+                        } else {
+                            ProxyError::Upstream { addr, source }
+                        },
+                    )
                 })
             }
             Lease::H1 { sender, reused, .. } => {
@@ -825,8 +837,7 @@ impl Cluster {
                     let ready =
                         tokio::time::timeout(self.connector.connect_timeout, sender.ready()).await;
                     if !matches!(ready, Ok(Ok(()))) {
-                        *lease = self.connect_h1(ep, false).await?;
-                        return Box::pin(self.send(ep, lease, req)).await;
+                        return self.send_on_new_h1(ep, lease, req).await;
                     }
                 }
                 match sender.try_send_request(req).await {
@@ -834,16 +845,72 @@ impl Cluster {
                     Err(mut e) => match (e.take_message(), *reused) {
                         (Some(req), true) => {
                             tracing::debug!(endpoint = %addr, error = %e.error(), "pooled connection was closed; sending on a new one");
-                            *lease = self.connect_h1(ep, false).await?;
-                            Box::pin(self.send(ep, lease, req)).await
+                            self.send_on_new_h1(ep, lease, req).await
                         }
-                        _ => Err(ProxyError::Upstream {
+                        (Some(req), false) => Err(SendError::unsent(
+                            req,
+                            ProxyError::Upstream {
+                                addr,
+                                source: e.into_error(),
+                            },
+                        )),
+                        (None, _) => Err(SendError::Failed(ProxyError::Upstream {
                             addr,
                             source: e.into_error(),
-                        }),
+                        })),
                     },
                 }
             }
+        }
+    }
+
+    /// `send` on a new HTTP/1.1 connection to `ep`, made the lease.
+    async fn send_on_new_h1(
+        &self,
+        ep: &Arc<Endpoint>,
+        lease: &mut Lease,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        match self.connect_h1(ep, false).await {
+            Ok(new) => *lease = new,
+            Err(e) => return Err(SendError::unsent(req, e)),
+        }
+        Box::pin(self.send(ep, lease, req)).await
+    }
+}
+
+/// Whether an HTTP/2 request failed because the server turned its stream away
+/// unprocessed: a GOAWAY whose last stream is below it (the server is shutting down;
+/// a stream opened just as its GOAWAY was on its way), or RST_STREAM with
+/// REFUSED_STREAM (RFC 9113 §8.7).
+fn refused_unprocessed(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|c| c.downcast_ref::<h2::Error>())
+        .is_some_and(|h2| {
+            h2.is_remote()
+                && ((h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
+                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
+        })
+}
+
+/// Why a request sent on a lease got no response.
+pub enum SendError {
+    /// It never left for the upstream (no connection took it); here it is again,
+    /// as it was (boxed: the common path's `Result` stays small).
+    Unsent(Box<(Request<RequestBody>, ProxyError)>),
+    /// It was sent, in part or whole.
+    Failed(ProxyError),
+}
+
+impl SendError {
+    fn unsent(req: Request<RequestBody>, why: ProxyError) -> Self {
+        SendError::Unsent(Box::new((req, why)))
+    }
+
+    pub fn into_error(self) -> ProxyError {
+        match self {
+            SendError::Unsent(u) => u.1,
+            SendError::Failed(e) => e,
         }
     }
 }

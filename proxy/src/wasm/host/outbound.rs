@@ -59,7 +59,7 @@ impl Host for HostState {
                 let started = tokio::time::Instant::now();
                 let resp = cluster.send(&ep, &mut lease, request).await.map_err(|e| {
                     cluster.record(&ep, Err(()));
-                    CallError::Upstream(e.to_string())
+                    CallError::Upstream(e.into_error().to_string())
                 })?;
                 cluster.record(&ep, Ok(started.elapsed()));
                 let (parts, body) = resp.into_parts();
