@@ -217,6 +217,29 @@ async fn grpc_through_weft_proxy_to_h2c() {
 }
 
 #[tokio::test]
+async fn the_access_log_names_the_status_a_call_ended_with() {
+    let server = GrpcServer::start(None).await;
+    let to = format!("h2c://{}", server.addr);
+    let child =
+        crate::support::Child::spawn(&["proxy", "--listen", "127.0.0.1:0", "--to", &to]).await;
+    let target = Target::clear(child.listener_addr("proxy"));
+    assert_eq!(call(&target, "unary", &["hi"]).await["code"], "OK");
+    let v = call(&target, "unary", &["abort:NOT_FOUND:gone"]).await;
+    assert_eq!(v["code"], "NOT_FOUND");
+    let access = |code: &str| {
+        let needle = format!(r#""grpc_status":"{code}""#);
+        child.lines.lock().unwrap().iter().any(|l| {
+            l.contains("\"weft::access\"") && l.contains(r#""status":200"#) && l.contains(&needle)
+        })
+    };
+    let logged = eventually(Duration::from_secs(5), async || {
+        access("OK") && access("NOT_FOUND")
+    })
+    .await;
+    assert!(logged, "{:#?}", child.lines.lock().unwrap());
+}
+
+#[tokio::test]
 async fn grpc_over_tls_on_both_sides() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
@@ -386,6 +409,36 @@ idle_timeout = "300ms"
     assert_eq!(proxy.metric(&failed("main", "grpc", "5xx")).await, 1.0);
     assert_eq!(proxy.metric(&failed("down", "gone", "5xx")).await, 2.0);
     assert_eq!(proxy.metric(&failed("guarded", "grpc", "4xx")).await, 1.0);
+
+    // The server's own statuses: trailers-only, and after a reply.
+    let v = call(&at("main"), "unary", &["abort:NOT_FOUND:no such thing"]).await;
+    assert_eq!(v["code"], "NOT_FOUND", "{v}");
+    let v = call(&at("main"), "bidi", &["a", "abort:ABORTED:stop"]).await;
+    assert_eq!(v["code"], "ABORTED", "{v}");
+    // Every call is counted by the status its client read, whoever set it; the
+    // HTTP status classes above count the server's own as 2xx.
+    let calls = |listener: &str, cluster: &str, code: &str| {
+        format!("weft_grpc_calls_total{{listener=\"{listener}\",cluster=\"{cluster}\",code=\"{code}\"}}")
+    };
+    let metrics = proxy.metrics().await;
+    let mut counted: Vec<_> = metrics
+        .lines()
+        .filter(|l| l.starts_with("weft_grpc_calls_total{"))
+        .collect();
+    counted.sort_unstable();
+    let mut want = vec![
+        format!("{} 1", calls("main", "grpc", "OK")),
+        format!("{} 2", calls("main", "grpc", "DEADLINE_EXCEEDED")),
+        format!("{} 1", calls("main", "grpc", "NOT_FOUND")),
+        format!("{} 1", calls("main", "grpc", "ABORTED")),
+        format!("{} 1", calls("quiet", "quiet", "OK")),
+        format!("{} 1", calls("quiet", "quiet", "UNAVAILABLE")),
+        format!("{} 1", calls("unrouted", "-", "UNIMPLEMENTED")),
+        format!("{} 2", calls("down", "gone", "UNAVAILABLE")),
+        format!("{} 1", calls("guarded", "grpc", "UNAUTHENTICATED")),
+    ];
+    want.sort_unstable();
+    assert_eq!(counted, want);
 }
 
 #[tokio::test]
@@ -407,6 +460,12 @@ async fn a_call_whose_upstream_fails_mid_response_ends_with_the_status_a_direct_
         "{v}"
     );
     assert_eq!(v["replies"], json!(["echo:a"]));
+    assert_eq!(
+        proxy
+            .metric("weft_grpc_calls_total{listener=\"main\",cluster=\"c\",code=\"UNAVAILABLE\"}")
+            .await,
+        1.0
+    );
 
     // An upstream that resets the stream: its error code, as gRPC maps them.
     let upstream = ResettingServer::start().await;

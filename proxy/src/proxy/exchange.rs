@@ -45,6 +45,9 @@ pub struct Exchange {
     /// Whether the request is a gRPC call, whose failures the proxy answers with a
     /// gRPC status (`local::error`).
     pub grpc: bool,
+    /// For a gRPC call, the status its client read (`grpc-status` in the trailers,
+    /// or in the headers of a trailers-only response); `None` until one is seen.
+    pub grpc_status: Option<u8>,
     /// The HTTP status answered; for a gRPC call the proxy failed, the one the
     /// failure stands for (the response itself is a `200` with a `grpc-status`).
     pub status: u16,
@@ -93,6 +96,7 @@ impl Exchange {
             x_request_id: None,
             version,
             grpc: false,
+            grpc_status: None,
             status: 0,
             cluster: None,
             endpoint: None,
@@ -154,9 +158,11 @@ impl Drop for Exchange {
         }
         let elapsed = now.saturating_duration_since(self.start);
         let cluster = self.cluster.as_ref().map(|c| &*c.name);
-        self.listener
-            .stats(cluster)
-            .record(self.status, elapsed.as_secs_f64());
+        let stats = self.listener.stats(cluster);
+        stats.record(self.status, elapsed.as_secs_f64());
+        if self.grpc {
+            stats.record_grpc(self.grpc_status);
+        }
         if let Some(hook) = self.on_complete.take() {
             hook(self);
         }
@@ -171,6 +177,9 @@ impl Drop for Exchange {
             x_request_id: self.x_request_id.as_ref().and_then(|v| v.to_str().ok()),
             version: self.version,
             status: self.status,
+            grpc_status: self
+                .grpc
+                .then(|| self.grpc_status.map_or("none", super::grpc::code_name)),
             cluster,
             upstream: self.endpoint.as_ref().map(|e| e.addr),
             request_bytes: self.tally.request_bytes.load(Ordering::Relaxed),
@@ -246,6 +255,18 @@ impl ResponseBody {
         }
     }
 
+    /// For a gRPC call, the trailers `end` makes to end it, its status noted; `None`
+    /// for other requests.
+    fn ended_grpc_call(
+        &mut self,
+        end: impl FnOnce() -> http::HeaderMap,
+    ) -> Option<http::HeaderMap> {
+        let ex = self.exchange.as_mut().filter(|ex| ex.grpc)?;
+        let trailers = end();
+        ex.grpc_status = super::grpc::status_of(&trailers);
+        Some(trailers)
+    }
+
     /// The request body's bytes so far (0 when the exchange has settled).
     fn request_progress(&self) -> u64 {
         self.exchange
@@ -291,8 +312,12 @@ impl http_body::Body for ResponseBody {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(ex), Some(data)) = (this.exchange.as_mut(), frame.data_ref()) {
-                    ex.response_bytes += data.len() as u64;
+                if let Some(ex) = this.exchange.as_mut() {
+                    if let Some(data) = frame.data_ref() {
+                        ex.response_bytes += data.len() as u64;
+                    } else if let (true, Some(trailers)) = (ex.grpc, frame.trailers_ref()) {
+                        ex.grpc_status = super::grpc::status_of(trailers);
+                    }
                 }
                 this.idle_since = None;
                 if this.inner.is_end_stream() {
@@ -306,14 +331,12 @@ impl http_body::Body for ResponseBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 tracing::debug!(error = %e, "response body failed");
-                let grpc = this.exchange.as_ref().is_some_and(|ex| ex.grpc);
+                let trailers = this.ended_grpc_call(|| super::grpc::failure_trailers(&*e));
                 this.fail("upstream response body failed");
-                if grpc {
+                if let Some(trailers) = trailers {
                     // The call ends with a status rather than a reset of the stream.
                     this.inner = Body::Empty;
-                    return Poll::Ready(Some(Ok(Frame::trailers(super::grpc::failure_trailers(
-                        &*e,
-                    )))));
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                 }
                 Poll::Ready(Some(Err(e)))
             }
@@ -341,22 +364,17 @@ impl http_body::Body for ResponseBody {
                 } else {
                     "response body idle timeout"
                 };
-                let mut grpc = false;
-                if let Some(ex) = &this.exchange {
-                    if let Some(c) = &ex.cluster {
-                        c.stats.timeouts.inc();
-                    }
-                    grpc = ex.grpc;
+                if let Some(c) = this.exchange.as_ref().and_then(|ex| ex.cluster.as_ref()) {
+                    c.stats.timeouts.inc();
                 }
+                let trailers =
+                    this.ended_grpc_call(|| super::grpc::timeout_trailers(hit_deadline, why));
                 this.fail(why);
-                if grpc {
+                if let Some(trailers) = trailers {
                     // The upstream's stream goes (dropped: reset); the client's ends
                     // with the status.
                     this.inner = Body::Empty;
-                    return Poll::Ready(Some(Ok(Frame::trailers(super::grpc::timeout_trailers(
-                        hit_deadline,
-                        why,
-                    )))));
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                 }
                 return Poll::Ready(Some(Err(why.into())));
             },

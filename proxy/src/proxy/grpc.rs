@@ -138,6 +138,38 @@ const INTERNAL: u8 = 13;
 const UNAVAILABLE: u8 = 14;
 const UNAUTHENTICATED: u8 = 16;
 
+/// The status a call ended with, from its trailers (or, trailers-only, its headers):
+/// `grpc-status`, a code outside 0–16 read as UNKNOWN, as clients read it.
+pub fn status_of(headers: &HeaderMap) -> Option<u8> {
+    let v = headers.get("grpc-status")?;
+    let code = std::str::from_utf8(v.as_bytes()).ok()?.parse::<u32>().ok();
+    Some(code.filter(|c| *c <= 16).map_or(UNKNOWN, |c| c as u8))
+}
+
+/// A status code's name, as gRPC spells it.
+pub fn code_name(code: u8) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES.get(usize::from(code)).copied().unwrap_or("UNKNOWN")
+}
+
 /// The gRPC status code for the proxy's own failure: by its cause where that tells
 /// more (the request's deadline, a size limit), else by its HTTP status.
 pub fn code_for_error(e: &ProxyError, status: StatusCode) -> u8 {
@@ -226,6 +258,25 @@ pub fn message(msg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_calls_status_is_read_as_clients_read_it() {
+        let of = |v: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(v) = v {
+                h.insert("grpc-status", HeaderValue::from_str(v).unwrap());
+            }
+            status_of(&h).map(code_name)
+        };
+        assert_eq!(of(Some("0")), Some("OK"));
+        assert_eq!(of(Some("14")), Some("UNAVAILABLE"));
+        assert_eq!(of(Some("16")), Some("UNAUTHENTICATED"));
+        // Codes gRPC does not define, and garbage, are UNKNOWN to a client.
+        assert_eq!(of(Some("17")), Some("UNKNOWN"));
+        assert_eq!(of(Some("-1")), Some("UNKNOWN"));
+        assert_eq!(of(Some("ok")), Some("UNKNOWN"));
+        assert_eq!(of(None), None);
+    }
 
     #[test]
     fn a_failed_response_body_ends_with_the_status_of_its_cause() {

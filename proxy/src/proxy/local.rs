@@ -35,9 +35,11 @@ pub fn error(e: ProxyError, mut ex: Box<Exchange>) -> Response<ResponseBody> {
     ex.status = status.as_u16();
     ex.error = Some(e.kind());
     if ex.grpc {
+        let code = grpc::code_for_error(&e, status);
+        ex.grpc_status = Some(code);
         let mut resp = Response::new(ResponseBody::new(Body::Empty, ex, BodyTimeouts::default()));
         *resp.status_mut() = status;
-        grpc::fail(&mut resp, grpc::code_for_error(&e, status), e.kind());
+        grpc::fail(&mut resp, code, e.kind());
         return resp;
     }
     text(status, e.kind(), ex)

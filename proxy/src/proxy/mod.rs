@@ -83,6 +83,8 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Res
                 if let Some(was) = resp.extensions().get::<grpc::StandsFor>() {
                     ex.status = was.0.as_u16();
                 }
+                // Trailers-only: the status is in the headers.
+                ex.grpc_status = grpc::status_of(resp.headers());
             }
             let (mut parts, body) = resp.into_parts();
             // The client's protocol, not the upstream's, decides how the response is framed.

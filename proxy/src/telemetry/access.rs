@@ -20,6 +20,8 @@ pub struct AccessRecord<'a> {
     pub x_request_id: Option<&'a str>,
     pub version: Version,
     pub status: u16,
+    /// A gRPC call's status, by name (none for other requests).
+    pub grpc_status: Option<&'static str>,
     pub cluster: Option<&'a str>,
     pub upstream: Option<SocketAddr>,
     pub request_bytes: u64,
@@ -48,6 +50,8 @@ pub fn log(r: &AccessRecord<'_>) {
         x_request_id = r.x_request_id.unwrap_or("-"),
         version = ?r.version,
         status = r.status,
+        // Left out (not `-`) for requests that are not gRPC calls.
+        grpc_status = r.grpc_status,
         cluster = r.cluster.unwrap_or("-"),
         upstream = %r.upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
         request_bytes = r.request_bytes,

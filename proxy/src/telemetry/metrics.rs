@@ -53,6 +53,14 @@ fn status_class_index(status: u16) -> usize {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub listener: String,
+    pub cluster: String,
+    /// The gRPC status name (`OK`, `UNAVAILABLE`, ...), or `none`.
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub listener: String,
     pub cluster: String,
@@ -134,6 +142,7 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     pub requests: Family<RequestLabels, WorkerCounter>,
     pub request_duration: HistogramFamily<RouteLabels>,
+    pub grpc_calls: Family<GrpcLabels, Counter>,
     pub upstream_connect_errors: Family<ClusterLabels, Counter>,
     pub upstream_timeouts: Family<ClusterLabels, Counter>,
     pub upstream_pending: Family<ClusterLabels, Gauge>,
@@ -329,6 +338,12 @@ impl Metrics {
             "Requests by listener, cluster and status class (none: the client left before a response)",
             requests.clone(),
         );
+        let grpc_calls = Family::default();
+        r.register(
+            "grpc_calls",
+            "gRPC calls by listener, cluster and the status their client read (none: the call ended without one)",
+            grpc_calls.clone(),
+        );
         let request_duration: HistogramFamily<RouteLabels> =
             Family::new_with_constructor(latency_histogram);
         r.register_with_unit(
@@ -451,6 +466,7 @@ impl Metrics {
             registry: Mutex::new(r),
             requests,
             request_duration,
+            grpc_calls,
             upstream_connect_errors,
             upstream_timeouts,
             upstream_pending,
@@ -502,6 +518,7 @@ impl Metrics {
         RouteStatsSource {
             requests: self.requests.clone(),
             request_duration: self.request_duration.clone(),
+            grpc_calls: self.grpc_calls.clone(),
         }
     }
 
@@ -650,6 +667,7 @@ fn openmetrics_to_prometheus(text: &str) -> String {
 pub struct RouteStatsSource {
     requests: Family<RequestLabels, WorkerCounter>,
     request_duration: HistogramFamily<RouteLabels>,
+    grpc_calls: Family<GrpcLabels, Counter>,
 }
 
 impl RouteStatsSource {
@@ -670,8 +688,27 @@ impl RouteStatsSource {
                 cluster: cluster.to_string(),
             })
             .clone();
-        RouteStats { by_class, duration }
+        RouteStats {
+            by_class,
+            duration,
+            grpc: Arc::new(GrpcSeries {
+                family: self.grpc_calls.clone(),
+                listener: listener.to_string(),
+                cluster: cluster.to_string(),
+                by_code: Default::default(),
+            }),
+        }
     }
+}
+
+/// A listener and cluster pair's gRPC call counters, made on first use of each code
+/// (a pair that carries no gRPC shows none).
+struct GrpcSeries {
+    family: Family<GrpcLabels, Counter>,
+    listener: String,
+    cluster: String,
+    /// Codes 0 to 16, then `none`.
+    by_code: [std::sync::OnceLock<Counter>; 18],
 }
 
 /// Metric handles of one listener and cluster pair.
@@ -679,12 +716,30 @@ impl RouteStatsSource {
 pub struct RouteStats {
     by_class: [WorkerCounter; 6],
     duration: WorkerHistogram,
+    grpc: Arc<GrpcSeries>,
 }
 
 impl RouteStats {
     pub fn record(&self, status: u16, seconds: f64) {
         self.by_class[status_class_index(status)].inc();
         self.duration.observe(seconds);
+    }
+
+    /// Counts a gRPC call that ended with `code` (`None`: with no status).
+    pub fn record_grpc(&self, code: Option<u8>) {
+        let g = &*self.grpc;
+        let i = code.map_or(17, |c| usize::from(c.min(16)));
+        g.by_code[i]
+            .get_or_init(|| {
+                g.family
+                    .get_or_create(&GrpcLabels {
+                        listener: g.listener.clone(),
+                        cluster: g.cluster.clone(),
+                        code: code.map_or("none", crate::proxy::grpc::code_name),
+                    })
+                    .clone()
+            })
+            .inc();
     }
 }
 
@@ -730,6 +785,7 @@ mod tests {
             registry: _,
             requests,
             request_duration,
+            grpc_calls,
             upstream_connect_errors,
             upstream_timeouts,
             upstream_pending,
@@ -769,6 +825,11 @@ mod tests {
             status_class: "2xx",
         });
         let _ = request_duration.get_or_create(&route);
+        let _ = grpc_calls.get_or_create(&GrpcLabels {
+            listener: "l".into(),
+            cluster: "c".into(),
+            code: "OK",
+        });
         let _ = upstream_connect_errors.get_or_create(&c);
         let _ = upstream_timeouts.get_or_create(&c);
         let _ = upstream_pending.get_or_create(&c);
@@ -808,7 +869,7 @@ mod tests {
             .lines()
             .filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next())
             .collect();
-        assert_eq!(names.len(), 20, "{text}");
+        assert_eq!(names.len(), 21, "{text}");
         let missing: Vec<&&str> = names
             .iter()
             .filter(|n| !docs.contains(&format!("`{n}`")))
