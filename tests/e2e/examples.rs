@@ -193,6 +193,7 @@ fn config_with_everything() -> Config {
             connect_timeout: dur(1),
             request_timeout: dur(1),
             grpc_timeout_max: Some(dur(1)),
+            grpc_timeout_offset: dur(1),
             max_requests: 1,
             connect_retries: 1,
             idle_timeout: dur(1),

@@ -572,6 +572,11 @@ name = "ignored"
 address = "127.0.0.1:0"
 cluster = "ignored"
 
+[[listeners]]
+name = "offset"
+address = "127.0.0.1:0"
+cluster = "offset"
+
 [[clusters]]
 name = "honoured"
 endpoints = ["{addr}"]
@@ -597,6 +602,14 @@ name = "ignored"
 endpoints = ["{addr}"]
 protocol = "http2"
 request_timeout = "200ms"
+
+[[clusters]]
+name = "offset"
+endpoints = ["{addr}"]
+protocol = "http2"
+request_timeout = "30s"
+grpc_timeout_max = "0s"
+grpc_timeout_offset = "1s"
 "#,
         addr = server.addr,
     ))
@@ -652,4 +665,20 @@ request_timeout = "200ms"
     assert_eq!(proxy.metric(ejections).await, 0.0);
     let v = call_within(&at("honoured"), 20.0, "unary", &["hi"]).await;
     assert_eq!(v["code"], "OK", "{v}");
+
+    // With an offset, the proxy and the upstream give up a second before the client
+    // would: the client hears the proxy's DEADLINE_EXCEEDED, which is counted as such
+    // rather than as a call the client abandoned.
+    let v = call_within(&at("offset"), 3.0, "unary", &["hi"]).await;
+    assert_eq!(v["code"], "OK", "{v}");
+    let left: f64 = v["initial"]["x-seen-time-remaining"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("the upstream saw no deadline: {v}"));
+    assert!(left > 1.0 && left < 2.1, "the upstream saw {left} s left");
+    let v = call_within(&at("offset"), 1.5, "unary", &["sleep:1200"]).await;
+    assert_eq!(outcome(&v), proxy_timeout);
+    let counted =
+        r#"weft_grpc_calls_total{listener="offset",cluster="offset",code="DEADLINE_EXCEEDED"}"#;
+    assert_eq!(proxy.metric(counted).await, 1.0);
 }

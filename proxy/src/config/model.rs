@@ -522,6 +522,10 @@ pub struct ClusterConfig {
     /// at this (`"0s"`: uncapped); absent, the header is passed on and not enforced.
     #[serde(default)]
     pub grpc_timeout_max: Option<Dur>,
+    /// Taken off a gRPC call's own deadline (with `grpc_timeout_max`), so that the
+    /// proxy, and the upstream it tells, give up before the client does.
+    #[serde(default)]
+    pub grpc_timeout_offset: Dur,
     /// Requests in flight to the cluster at once, over all workers and endpoints
     /// (Envoy's `max_requests` circuit breaker); beyond it a request gets 503.
     /// 0 for no limit.

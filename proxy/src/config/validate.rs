@@ -214,6 +214,12 @@ pub(super) fn check(config: &Config) -> Vec<Problem> {
         if c.connect_timeout.0.is_zero() {
             v.problem(format!("{at}.connect_timeout"), "must be more than zero");
         }
+        if c.grpc_timeout_max.is_none() && !c.grpc_timeout_offset.0.is_zero() {
+            v.problem(
+                format!("{at}.grpc_timeout_offset"),
+                "only used with grpc_timeout_max (without it, calls' deadlines are not enforced)",
+            );
+        }
         if c.outlier.max_ejected_percent > 100 {
             v.problem(
                 format!("{at}.outlier.max_ejected_percent"),
@@ -561,6 +567,19 @@ mod tests {
         // "0s" where it has a documented meaning stays accepted.
         let text = format!(
             "{BASE}dns_refresh = \"0s\"\nrequest_timeout = \"0s\"\nidle_timeout = \"0s\"\n[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\ncluster = \"a\"\n[listeners.limits]\nheader_read_timeout = \"0s\"\nidle_timeout = \"0s\"\n"
+        );
+        assert_eq!(problems(&text), "");
+    }
+
+    #[test]
+    fn a_grpc_timeout_offset_needs_the_deadlines_enforced() {
+        let e = problems(&format!("{BASE}grpc_timeout_offset = \"100ms\"\n"));
+        assert!(
+            e.contains("w.toml: clusters[0].grpc_timeout_offset: only used with grpc_timeout_max"),
+            "{e}"
+        );
+        let text = format!(
+            "{BASE}grpc_timeout_max = \"0s\"\ngrpc_timeout_offset = \"100ms\"\n[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\ncluster = \"a\"\n"
         );
         assert_eq!(problems(&text), "");
     }

@@ -394,9 +394,10 @@ struct Deadline {
 
 impl Deadline {
     /// `configured` (the route's or cluster's timeout), or for a gRPC call to a
-    /// cluster with `grpc_timeout_max` the call's `grpc-timeout` in its place, capped
-    /// at that maximum (Envoy's `grpc_timeout_header_max`); a capped value is what
-    /// the upstream is told too.
+    /// cluster with `grpc_timeout_max` the call's `grpc-timeout` in its place, less
+    /// `grpc_timeout_offset` and capped at that maximum (Envoy's
+    /// `grpc_timeout_header_max` and `_offset`); a value changed so is what the
+    /// upstream is told too.
     #[inline]
     fn of(
         configured: Duration,
@@ -405,7 +406,9 @@ impl Deadline {
         head: &mut Request<()>,
     ) -> Deadline {
         let (after, set_by_client) = match (ex.grpc, cluster.config.grpc_timeout_max) {
-            (true, Some(max)) => Deadline::grpc(configured, max, head),
+            (true, Some(max)) => {
+                Deadline::grpc(configured, max, cluster.config.grpc_timeout_offset, head)
+            }
             _ => (configured, false),
         };
         Deadline {
@@ -417,19 +420,28 @@ impl Deadline {
 
     /// The time a gRPC call gets, and whether it is the client's own.
     #[inline(never)]
-    fn grpc(configured: Duration, max: Dur, head: &mut Request<()>) -> (Duration, bool) {
+    fn grpc(
+        configured: Duration,
+        max: Dur,
+        offset: Dur,
+        head: &mut Request<()>,
+    ) -> (Duration, bool) {
         let Some(asked) = grpc::timeout(head.headers()) else {
             return (configured, false);
         };
-        match max.non_zero() {
-            Some(max) if max < asked => {
-                head.headers_mut()
-                    .insert(grpc::GRPC_TIMEOUT, grpc::timeout_value(max));
-                (max, false)
-            }
+        let (after, set_by_client) = match max.non_zero() {
+            Some(max) if max < asked.saturating_sub(offset.0) => (max, false),
             // Zero is no deadline here, but an expired one to gRPC.
-            _ => (asked.max(Duration::from_nanos(1)), true),
+            _ => (
+                asked.saturating_sub(offset.0).max(Duration::from_nanos(1)),
+                true,
+            ),
+        };
+        if after < asked {
+            head.headers_mut()
+                .insert(grpc::GRPC_TIMEOUT, grpc::timeout_value(after));
         }
+        (after, set_by_client)
     }
 }
 
