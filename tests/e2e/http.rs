@@ -663,6 +663,22 @@ async fn requests_are_routed_and_forwarded_by_their_normalized_path() {
         (StatusCode::BAD_REQUEST, &b"encoded slash in the path\n"[..])
     );
     assert_eq!(ask(&rejecting, "/public/x?next=%2Fadmin").await.0, "b2");
+    // So is a raw backslash, a slash to upstreams that read paths as browsers do.
+    let answer = raw(
+        &rejecting,
+        "GET /public\\..\\info HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.ends_with("backslash in the path\n"),
+        "{answer}"
+    );
+    let answer = raw(
+        &proxy,
+        "GET /public\\..\\info HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "kept: {answer}");
     // ...or decoded, so that the dot segments they hid are removed before routing.
     let decoding = Proxy::start(&cfg(true, false, "decode")).await;
     assert_eq!(

@@ -65,6 +65,11 @@ pub fn normalize(path_and_query: &str, rules: Rules) -> Result<Option<String>, &
     if !path.starts_with('/') || !(repeated || needs_work(path.as_bytes())) {
         return Ok(None);
     }
+    // Not a URI character at all (RFC 3986), and a slash to upstreams that read paths
+    // as browsers do (WHATWG URL): `/public\..\admin` is `/admin` to them.
+    if rules.escaped_slashes == EscapedSlashes::Reject && path.contains('\\') {
+        return Err("backslash in the path");
+    }
     let mut owned = Cow::Borrowed(path);
     if rules.escaped_slashes != EscapedSlashes::Keep && has_escaped_slash(path.as_bytes()) {
         if rules.escaped_slashes == EscapedSlashes::Reject {
@@ -115,11 +120,12 @@ fn decode_slashes(path: &str) -> String {
     out
 }
 
-/// Whether `path` has a percent-encoding or a segment that starts with a dot.
+/// Whether `path` has a percent-encoding, a backslash or a segment that starts with
+/// a dot.
 fn needs_work(path: &[u8]) -> bool {
     path.iter()
         .enumerate()
-        .any(|(i, &b)| b == b'%' || (b == b'.' && i > 0 && path[i - 1] == b'/'))
+        .any(|(i, &b)| b == b'%' || b == b'\\' || (b == b'.' && i > 0 && path[i - 1] == b'/'))
 }
 
 /// Decodes percent-encoded unreserved characters; upper-cases the hex digits of the
@@ -275,6 +281,12 @@ mod tests {
         for p in ["/public%2F..%2Fadmin", "/a%2fb", "/a%5Cb", "/a%5c..%5cb"] {
             assert_eq!(under(reject, p), Err("encoded slash in the path"), "{p}");
         }
+        // A raw backslash, which upstreams that decode `%5C` into one may read as `/`.
+        for p in ["/public\\..\\admin", "/a\\b"] {
+            assert_eq!(under(reject, p), Err("backslash in the path"), "{p}");
+            assert_eq!(under(keep, p).as_deref(), Ok(p), "{p}");
+        }
+        assert_eq!(under(reject, "/a?q=\\").as_deref(), Ok("/a?q=\\"));
         assert_eq!(
             under(keep, "/public%2f..%2Fadmin").as_deref(),
             Ok("/public%2F..%2Fadmin")
