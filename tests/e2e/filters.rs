@@ -501,6 +501,25 @@ async fn outbound_calls_reach_another_cluster() {
     assert_eq!(status, 200);
     assert_eq!(v["headers"]["x-probe-call"], "200 200");
     assert_eq!(b2.hits(), 2);
+    // A call that cannot connect goes to another endpoint, as requests do: round robin
+    // sends one of the two to the dead endpoint first.
+    let dead = ClosedPort::new();
+    let other = format!(
+        "[[clusters]]\nname = \"other\"\nendpoints = [\"{dead}\", \"{}\"]\noutlier = {{ consecutive_failures = 0 }}\n",
+        b2.addr
+    );
+    let proxy = Proxy::start(&config(&b1, &[("p", r#"{"call": "other"}"#)], &other)).await;
+    for _ in 0..2 {
+        let (_, _, v) = info(&proxy, "/info").await;
+        assert_eq!(v["headers"]["x-probe-call"], "200 200");
+    }
+    assert_eq!(b2.hits(), 6);
+    assert_eq!(
+        proxy
+            .metric("weft_upstream_connect_retries_total{cluster=\"other\"}")
+            .await,
+        2.0
+    );
     let proxy = Proxy::start(&config(&b1, &[("p", r#"{"call": "missing"}"#)], "")).await;
     let (_, _, v) = info(&proxy, "/info").await;
     assert!(

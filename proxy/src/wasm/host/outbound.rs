@@ -1,14 +1,19 @@
 //! `weft:filter/outbound`: HTTP calls from a filter to a cluster. `send` starts the
 //! call on its own task; `wait` suspends the filter (not the thread) until it ends.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Request};
+use http::{HeaderName, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
 
+use crate::error::ProxyError;
 use crate::proxy::body::{Body, RequestBody};
-use crate::upstream::Want;
+use crate::upstream::pool::{Lease, SendError};
+use crate::upstream::{Cluster, Endpoint, Want};
 use crate::wasm::bindings::weft::filter::outbound::{
     CallError, CallId, Host, Request as CallRequest, Response as CallResponse,
 };
@@ -41,26 +46,7 @@ impl Host for HostState {
         let max_body = self.filter.limits.body_bytes.as_usize();
         let task = tokio::spawn(async move {
             let call = async {
-                let ep = cluster
-                    .pick(None)
-                    .map_err(|e| CallError::Upstream(e.to_string()))?;
-                let mut lease = cluster
-                    .checkout(
-                        &ep,
-                        Want::Request {
-                            downstream_h2: false,
-                        },
-                    )
-                    .await
-                    .map_err(|e| CallError::Upstream(e.to_string()))?;
-                let mut request = request;
-                crate::proxy::for_lease(&mut request, &lease, &cluster, &ep)
-                    .map_err(|e| CallError::InvalidRequest(e.to_string()))?;
-                let started = tokio::time::Instant::now();
-                let resp = cluster.send(&ep, &mut lease, request).await.map_err(|e| {
-                    cluster.record(&ep, Err(()));
-                    CallError::Upstream(e.into_error().to_string())
-                })?;
+                let (resp, lease, ep, started) = exchange(&cluster, request).await?;
                 cluster.record(&ep, Ok(started.elapsed()));
                 let (parts, body) = resp.into_parts();
                 let body = http_body_util::Limited::new(body, max_body)
@@ -68,12 +54,12 @@ impl Host for HostState {
                     .await
                     .map_err(|e| CallError::Limit(format!("response body: {e}")))?
                     .to_bytes();
-                if let crate::upstream::pool::Lease::H1 { sender, home, .. } = lease {
+                if let Lease::H1 { sender, home, .. } = lease {
                     ep.pool.put(
                         sender,
                         home,
                         cluster.config.pool.max_idle_per_endpoint,
-                        tokio::time::Instant::now(),
+                        Instant::now(),
                     );
                 }
                 Ok(CallResponse {
@@ -108,6 +94,65 @@ impl Host for HostState {
         Ok(task
             .await
             .unwrap_or_else(|e| Err(CallError::Upstream(format!("the call was lost: {e}")))))
+    }
+}
+
+/// Sends a call's request to an endpoint of `cluster`, as the proxy sends requests:
+/// one that got no connection, or whose connection closed before taking it, goes
+/// again (to another endpoint when connecting failed), up to `connect_retries` times.
+async fn exchange(
+    cluster: &Arc<Cluster>,
+    mut request: Request<RequestBody>,
+) -> Result<(Response<Incoming>, Lease, Arc<Endpoint>, Instant), CallError> {
+    let upstream = |e: ProxyError| CallError::Upstream(e.to_string());
+    let want = Want::Request {
+        downstream_h2: false,
+    };
+    let mut ep = cluster.pick(None).map_err(upstream)?;
+    let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+    let mut retries_left = cluster.config.connect_retries;
+    loop {
+        let (e, unsent) = match cluster.checkout(&ep, want).await {
+            Err(e) => (e, request),
+            Ok(mut lease) => {
+                crate::proxy::for_lease(&mut request, &lease, cluster, &ep)
+                    .map_err(|e| CallError::InvalidRequest(e.to_string()))?;
+                let started = Instant::now();
+                match cluster.send(&ep, &mut lease, request).await {
+                    Ok(resp) => return Ok((resp, lease, ep, started)),
+                    Err(SendError::Failed(e)) => {
+                        cluster.record(&ep, Err(()));
+                        return Err(upstream(e));
+                    }
+                    Err(SendError::Unsent(u)) => {
+                        let (req, e) = *u;
+                        if retries_left > 0 && !e.is_connect_failure() {
+                            // Its connection closed under it: again, on another.
+                            retries_left -= 1;
+                            cluster.stats.connect_retries.inc();
+                            request = req;
+                            continue;
+                        }
+                        (e, req)
+                    }
+                }
+            }
+        };
+        if !e.is_connect_failure() {
+            return Err(upstream(e));
+        }
+        cluster.record(&ep, Err(()));
+        tried.push(ep.clone());
+        let next = (retries_left > 0)
+            .then(|| cluster.pick_avoiding(None, &tried))
+            .flatten();
+        let Some(next) = next else {
+            return Err(upstream(e));
+        };
+        retries_left -= 1;
+        cluster.stats.connect_retries.inc();
+        ep = next;
+        request = unsent;
     }
 }
 
