@@ -497,10 +497,10 @@ async fn send(
     let mut retries_left = cluster.config.connect_retries;
     let mut tried: Vec<Arc<Endpoint>> = Vec::new();
     loop {
-        // The attempt, dropped before its outcome is looked at (it borrows the
-        // request to take it).
         // Whether a connection was had but closed before it took the request.
         let mut given_back = false;
+        // The attempt, dropped before its outcome is looked at (it borrows the
+        // request to take it).
         let outcome = {
             let tally = ex.tally.clone();
             // Pinned where it is made: moving a future this size costs a copy of it.

@@ -121,7 +121,9 @@ async fn exchange(
                 match cluster.send(&ep, &mut lease, request).await {
                     Ok(resp) => return Ok((resp, lease, ep, started)),
                     Err(SendError::Failed(e)) => {
-                        cluster.record(&ep, Err(()));
+                        if e.counts_against_endpoint() {
+                            cluster.record(&ep, Err(()));
+                        }
                         return Err(upstream(e));
                     }
                     Err(SendError::Unsent(u)) => {
