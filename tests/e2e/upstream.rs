@@ -834,3 +834,72 @@ async fn rolling_restarts_of_http2_upstreams_lose_no_request() {
         .await;
     assert!(again > 0.0);
 }
+
+/// An HTTP/1.1 upstream that answers the first request of each connection and closes
+/// the connection, unanswered, on the second: what a server whose keep-alive timeout
+/// fires as a request arrives does.
+async fn closes_on_second_request() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for n in 0..2 {
+                    // Up to the end of a head; these requests have no body.
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 1024];
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    buf.clear();
+                    if n == 0 {
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if tcp.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                // Second request: closed unanswered.
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_request_on_a_connection_its_upstream_closed_as_it_arrived_goes_again_if_it_may() {
+    let (addr, accepted) = closes_on_second_request().await;
+    let proxy = Proxy::start(&main_to_cluster(&[addr], "")).await;
+    let client = h1();
+    assert_eq!(get(&client, &proxy.url("/")).await.0, StatusCode::OK);
+    // Idle long enough for the pooled connection to count as one its upstream may
+    // have closed: the GET the upstream drops goes again on a new connection.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _, body) = get(&client, &proxy.url("/")).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        proxy
+            .metric("weft_upstream_connect_retries_total{cluster=\"c\"}")
+            .await,
+        1.0
+    );
+    // A POST may not be sent twice: its client hears the failure.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let req = Request::post(proxy.url("/"))
+        .header("content-type", "text/plain")
+        .body(full("once"))
+        .unwrap();
+    let (status, _, body) = send(&client, req).await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::BAD_GATEWAY, &b"upstream error\n"[..])
+    );
+    assert_eq!(accepted.load(Ordering::Relaxed), 2);
+}

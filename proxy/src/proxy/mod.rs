@@ -32,7 +32,7 @@ use crate::server::ConnInfo;
 use crate::snapshot::{ListenerRuntime, Snapshot};
 use crate::telemetry::access;
 use crate::telemetry::metrics::Limit;
-use crate::upstream::pool::{Lease, SendError};
+use crate::upstream::pool::{closed_unanswered, Lease, SendError};
 use crate::upstream::{Cluster, Endpoint, Want};
 use crate::wasm::state::HeaderEdit;
 use body::{Body, Recorder, RequestBody, Tape};
@@ -497,7 +497,8 @@ async fn send(
     let mut retries_left = cluster.config.connect_retries;
     let mut tried: Vec<Arc<Endpoint>> = Vec::new();
     loop {
-        // Whether a connection was had but closed before it took the request.
+        // Whether a connection was had but closed before it took the request (or,
+        // for a request that may be sent twice, before it answered).
         let mut given_back = false;
         // The attempt, dropped before its outcome is looked at (it borrows the
         // request to take it).
@@ -510,11 +511,26 @@ async fn send(
                 for_lease(&mut this_head, &lease, cluster, &ep)?;
                 let this_body = RequestBody::new(body.take().unwrap_or_default(), tally)
                     .with_idle_timeout(cluster.config.idle_timeout.non_zero());
+                // On a connection idle long enough for its upstream to close it as the
+                // request arrives, a request that may be sent twice (idempotent, no
+                // body) keeps a copy, to go again if that happens (nginx's
+                // `proxy_next_upstream error`); busy connections never need one.
+                let copy = (lease.is_stale()
+                    && this_head.method().is_idempotent()
+                    && http_body::Body::is_end_stream(&this_body))
+                .then(|| this_head.clone());
                 let req = this_head.map(|()| this_body);
                 let sent = Instant::now();
                 let resp = match cluster.send(&ep, &mut lease, req).await {
                     Ok(resp) => resp,
-                    Err(SendError::Failed(e)) => return Err(e),
+                    Err(SendError::Failed(e)) => {
+                        if let (Some(copy), true) = (copy, closed_unanswered(&e)) {
+                            head = Some(copy);
+                            body = Some(Body::Empty);
+                            given_back = true;
+                        }
+                        return Err(e);
+                    }
                     Err(SendError::Unsent(unsent)) => {
                         // Back where it was, to go again.
                         let (req, e) = *unsent;
@@ -544,8 +560,9 @@ async fn send(
                 Ok((resp, lease))
             }
             // Not sent (the request is still here) because the connection it was
-            // given closed under it (an HTTP/2 upstream's GOAWAY, a restart): again,
-            // on another connection, the endpoint not blamed.
+            // given closed under it (an HTTP/2 upstream's GOAWAY, a restart), or sent
+            // but unanswered on an idle connection its upstream closed: again, on
+            // another connection, the endpoint not blamed.
             Err(e) if retries_left > 0 && given_back && !e.is_connect_failure() => {
                 tracing::debug!(cluster = %cluster.name, endpoint = %ep.addr, error = %e, "connection closed before the request was sent, sending it again");
                 cluster.stats.connect_retries.inc();

@@ -293,12 +293,14 @@ struct Idle {
 }
 
 impl WorkerPool {
-    /// The most recently pooled connection still fit for use.
-    fn take_idle(&self, max_idle: Duration) -> Option<H1Sender> {
+    /// The most recently pooled connection still fit for use, and whether it sat idle
+    /// for `STALE_AFTER` or longer.
+    fn take_idle(&self, max_idle: Duration) -> Option<(H1Sender, bool)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(i) = idle.pop() {
-            if i.since.elapsed() < max_idle && !i.sender.is_closed() {
-                return Some(i.sender);
+            let idle_for = i.since.elapsed();
+            if idle_for < max_idle && !i.sender.is_closed() {
+                return Some((i.sender, idle_for >= STALE_AFTER));
             }
         }
         None
@@ -386,10 +388,11 @@ impl Pool {
     /// The calling worker's most recently pooled connection still fit for use.
     fn take_idle(&self, max_idle: Duration) -> Option<Lease> {
         let (home, mine) = self.workers.mine_indexed();
-        let sender = mine.take_idle(max_idle)?;
+        let (sender, stale) = mine.take_idle(max_idle)?;
         Some(Lease::H1 {
             sender,
             reused: true,
+            stale,
             home,
         })
     }
@@ -454,7 +457,7 @@ impl Pool {
         if let Some(s) = workers().find_map(|w| w.h2(max_streams)) {
             return Some(Lease::H2(s));
         }
-        let (home, sender) = self
+        let (home, (sender, stale)) = self
             .workers
             .iter()
             .enumerate()
@@ -462,6 +465,7 @@ impl Pool {
         Some(Lease::H1 {
             sender,
             reused: true,
+            stale,
             home,
         })
     }
@@ -503,6 +507,9 @@ pub enum Lease {
     H1 {
         sender: H1Sender,
         reused: bool,
+        /// Reused after sitting idle for `STALE_AFTER` or longer: long enough for
+        /// the upstream's own idle timeout to close it just as a request is written.
+        stale: bool,
         /// The worker whose pool part the connection returns to (`Pool::put`).
         home: usize,
     },
@@ -513,6 +520,33 @@ impl Lease {
     pub fn is_h2(&self) -> bool {
         matches!(self, Lease::H2(_))
     }
+
+    pub fn is_stale(&self) -> bool {
+        matches!(self, Lease::H1 { stale: true, .. })
+    }
+}
+
+/// How long an idle HTTP/1.1 connection may sit before a request on it is treated
+/// as one the upstream may close as it arrives (servers' keep-alive timeouts are
+/// seconds: Node's is 5 s); busy connections are reused far sooner.
+const STALE_AFTER: Duration = Duration::from_secs(1);
+
+/// Whether an HTTP/1.1 exchange failed because the upstream closed the connection
+/// without answering (what an idle connection's server does when its keep-alive
+/// timeout fires as the request arrives).
+pub fn closed_unanswered(e: &ProxyError) -> bool {
+    let ProxyError::Upstream { source, .. } = e else {
+        return false;
+    };
+    source.is_incomplete_message()
+        || std::error::Error::source(source)
+            .and_then(|c| c.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                )
+            })
 }
 
 /// Counts a connection as open until dropped; then its place passes to the request
@@ -589,7 +623,12 @@ impl Cluster {
         }
         tokio::select! {
             got = &mut freed => match got {
-                Ok(Freed::Conn { sender, home }) => Ok(Lease::H1 { sender, reused: true, home }),
+                Ok(Freed::Conn { sender, home }) => Ok(Lease::H1 {
+                    sender,
+                    reused: true,
+                    stale: false,
+                    home,
+                }),
                 Ok(Freed::Stream(stream)) => Ok(Lease::H2(stream)),
                 Ok(Freed::Slot(guard)) => {
                     let use_h2 = self.use_h2(ep, want).await;
@@ -723,6 +762,7 @@ impl Cluster {
         Ok(Lease::H1 {
             sender,
             reused: false,
+            stale: false,
             home: ep.pool.home(),
         })
     }
