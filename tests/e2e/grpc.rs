@@ -226,14 +226,21 @@ async fn the_access_log_names_the_status_a_call_ended_with() {
     assert_eq!(call(&target, "unary", &["hi"]).await["code"], "OK");
     let v = call(&target, "unary", &["abort:NOT_FOUND:gone"]).await;
     assert_eq!(v["code"], "NOT_FOUND");
-    let access = |code: &str| {
-        let needle = format!(r#""grpc_status":"{code}""#);
+    // A call its client gives up on (its deadline, which nothing here enforces).
+    let v = call_within(&target, 0.3, "unary", &["sleep:1000"]).await;
+    assert_eq!(v["code"], "DEADLINE_EXCEEDED");
+    let access = |code: &str, status: u16| {
+        let needles = [
+            format!(r#""grpc_status":"{code}""#),
+            format!(r#""status":{status},"#),
+        ];
         child.lines.lock().unwrap().iter().any(|l| {
-            l.contains("\"weft::access\"") && l.contains(r#""status":200"#) && l.contains(&needle)
+            l.contains("\"weft::access\"") && needles.iter().all(|n| l.contains(n.as_str()))
         })
     };
+    // The abandoned call got no response at all (status 0).
     let logged = eventually(Duration::from_secs(5), async || {
-        access("OK") && access("NOT_FOUND")
+        access("OK", 200) && access("NOT_FOUND", 200) && access("CANCELLED", 0)
     })
     .await;
     assert!(logged, "{:#?}", child.lines.lock().unwrap());

@@ -128,6 +128,14 @@ impl Exchange {
         }
     }
 
+    /// A settled gRPC call's status: the one its client read or, for a call whose
+    /// client went away before the end (it cancelled, or its deadline passed with
+    /// nothing here enforcing it), CANCELLED, as the server counts it.
+    fn grpc_status(&self) -> Option<u8> {
+        self.grpc_status
+            .or((!self.complete).then_some(super::grpc::CANCELLED))
+    }
+
     /// Marks the request as sent to `ep`, counting it as pending there.
     pub fn set_endpoint(&mut self, ep: Arc<Endpoint>) {
         ep.pending.fetch_add(1, Ordering::Relaxed);
@@ -161,7 +169,7 @@ impl Drop for Exchange {
         let stats = self.listener.stats(cluster);
         stats.record(self.status, elapsed.as_secs_f64());
         if self.grpc {
-            stats.record_grpc(self.grpc_status);
+            stats.record_grpc(self.grpc_status());
         }
         if let Some(hook) = self.on_complete.take() {
             hook(self);
@@ -179,7 +187,7 @@ impl Drop for Exchange {
             status: self.status,
             grpc_status: self
                 .grpc
-                .then(|| self.grpc_status.map_or("none", super::grpc::code_name)),
+                .then(|| self.grpc_status().map_or("none", super::grpc::code_name)),
             cluster,
             upstream: self.endpoint.as_ref().map(|e| e.addr),
             request_bytes: self.tally.request_bytes.load(Ordering::Relaxed),

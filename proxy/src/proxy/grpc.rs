@@ -128,7 +128,7 @@ pub fn answer_local(resp: &mut Response<Body>) {
     fail(resp, code_for(status), &text);
 }
 
-const CANCELLED: u8 = 1;
+pub const CANCELLED: u8 = 1;
 const UNKNOWN: u8 = 2;
 const DEADLINE_EXCEEDED: u8 = 4;
 const PERMISSION_DENIED: u8 = 7;

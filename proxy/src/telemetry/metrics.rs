@@ -341,7 +341,7 @@ impl Metrics {
         let grpc_calls = Family::default();
         r.register(
             "grpc_calls",
-            "gRPC calls by listener, cluster and the status their client read (none: the call ended without one)",
+            "gRPC calls by listener, cluster and the status their client read (CANCELLED: the client went away first; none: the call ended without one)",
             grpc_calls.clone(),
         );
         let request_duration: HistogramFamily<RouteLabels> =
