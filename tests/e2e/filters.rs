@@ -514,12 +514,12 @@ async fn outbound_calls_reach_another_cluster() {
         assert_eq!(v["headers"]["x-probe-call"], "200 200");
     }
     assert_eq!(b2.hits(), 6);
-    assert_eq!(
-        proxy
-            .metric("weft_upstream_connect_retries_total{cluster=\"other\"}")
-            .await,
-        2.0
-    );
+    // Each request's two calls run at once, so one or both met the dead endpoint
+    // first, as the tasks happened to be scheduled.
+    let retries = proxy
+        .metric("weft_upstream_connect_retries_total{cluster=\"other\"}")
+        .await;
+    assert!((2.0..=4.0).contains(&retries), "{retries}");
     let proxy = Proxy::start(&config(&b1, &[("p", r#"{"call": "missing"}"#)], "")).await;
     let (_, _, v) = info(&proxy, "/info").await;
     assert!(
