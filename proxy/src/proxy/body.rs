@@ -258,6 +258,9 @@ impl http_body::Body for RequestBody {
 pub struct Recorder {
     inner: Body,
     tape: Arc<std::sync::Mutex<Tape>>,
+    /// Where the unread rest of the body goes if whoever sends it lets go before the
+    /// end (hyper, when an HTTP/2 stream is turned away as its body goes out).
+    rest: Option<tokio::sync::oneshot::Sender<Body>>,
 }
 
 #[derive(Default)]
@@ -275,15 +278,46 @@ impl Tape {
         }))
     }
 
-    /// The recorded body, if it fit under the bound.
+    /// What was recorded, if it fit under the bound (and had no trailers or error).
     pub fn replay(&self) -> Option<Bytes> {
         (!self.overflowed).then(|| self.data.clone().freeze())
+    }
+
+    fn spoil(&mut self) {
+        self.overflowed = true;
+        self.data = bytes::BytesMut::new();
     }
 }
 
 impl Recorder {
     pub fn new(inner: Body, tape: Arc<std::sync::Mutex<Tape>>) -> Self {
-        Recorder { inner, tape }
+        Recorder {
+            inner,
+            tape,
+            rest: None,
+        }
+    }
+
+    /// A recorder that, dropped before the end of the body, hands back the unread
+    /// rest: with what it recorded, the whole body again (`Resumed`).
+    pub fn handing_back(
+        inner: Body,
+        tape: Arc<std::sync::Mutex<Tape>>,
+    ) -> (Self, tokio::sync::oneshot::Receiver<Body>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut recorder = Recorder::new(inner, tape);
+        recorder.rest = Some(tx);
+        (recorder, rx)
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Some(rest) = self.rest.take() {
+            if !self.inner.is_end_stream() {
+                let _ = rest.send(std::mem::take(&mut self.inner));
+            }
+        }
     }
 }
 
@@ -297,25 +331,26 @@ impl http_body::Body for Recorder {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if let Some(Ok(f)) = &frame {
-            if let Some(d) = f.data_ref() {
+        match &frame {
+            Some(Ok(f)) => {
                 let mut tape = this.tape.lock().unwrap_or_else(|p| p.into_inner());
-                if !tape.overflowed {
-                    if tape.data.len() + d.len() > tape.limit {
-                        tape.overflowed = true;
-                        tape.data = bytes::BytesMut::new();
-                    } else {
-                        tape.data.extend_from_slice(d);
+                match f.data_ref() {
+                    Some(d) if !tape.overflowed => {
+                        if tape.data.len() + d.len() > tape.limit {
+                            tape.spoil();
+                        } else {
+                            tape.data.extend_from_slice(d);
+                        }
                     }
+                    _ => {}
+                }
+                // Trailers are not replayed; a body that had them cannot be sent again as it was.
+                if f.is_trailers() {
+                    tape.spoil();
                 }
             }
-            if f.is_trailers() {
-                // Trailers are not replayed; a body that had them cannot be sent again as it was.
-                this.tape
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .overflowed = true;
-            }
+            Some(Err(_)) => this.tape.lock().unwrap_or_else(|p| p.into_inner()).spoil(),
+            None => {}
         }
         Poll::Ready(frame)
     }
@@ -326,6 +361,52 @@ impl http_body::Body for Recorder {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A body sent again: what was recorded of it, then the rest, as it comes.
+pub struct Resumed {
+    recorded: Option<Bytes>,
+    rest: Body,
+}
+
+impl Resumed {
+    pub fn new(recorded: Bytes, rest: Body) -> Self {
+        Resumed {
+            recorded: (!recorded.is_empty()).then_some(recorded),
+            rest,
+        }
+    }
+}
+
+impl http_body::Body for Resumed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match this.recorded.take() {
+            Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            None => Pin::new(&mut this.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recorded.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let before = self.recorded.as_ref().map_or(0, |b| b.len() as u64);
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + before);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + before);
+        }
+        hint
     }
 }
 
@@ -347,6 +428,42 @@ mod tests {
 
     fn poll(body: &mut RequestBody) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         Pin::new(body).poll_frame(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn a_recorder_let_go_of_early_hands_back_the_rest_to_resume_from() {
+        use http_body_util::BodyExt;
+        let chunks =
+            ["kept, ", "and the rest"].map(|c| Ok::<_, BoxError>(Frame::data(Bytes::from(c))));
+        let tape = Tape::new(1024);
+        let (mut recorder, rest) = Recorder::handing_back(
+            Body::boxed(StreamBody::new(stream::iter(chunks))),
+            tape.clone(),
+        );
+        let first = Pin::new(&mut recorder).poll_frame(&mut Context::from_waker(Waker::noop()));
+        assert!(matches!(first, Poll::Ready(Some(Ok(_)))));
+        drop(recorder);
+        let recorded = tape.lock().unwrap().replay().unwrap();
+        let again = Resumed::new(recorded, rest.await.unwrap());
+        let whole = again.collect().await.unwrap().to_bytes();
+        assert_eq!(&whole[..], b"kept, and the rest");
+
+        // Read to its end: nothing to hand back, the recording is the body.
+        let tape = Tape::new(1024);
+        let (recorder, rest) = Recorder::handing_back(Body::full("all"), tape.clone());
+        assert_eq!(&recorder.collect().await.unwrap().to_bytes()[..], b"all");
+        assert!(rest.await.is_err());
+        assert_eq!(&tape.lock().unwrap().replay().unwrap()[..], b"all");
+
+        // A body that failed on its way cannot be sent again.
+        let tape = Tape::new(1024);
+        let broken = stream::iter([
+            Ok::<_, BoxError>(Frame::data(Bytes::from("part"))),
+            Err::<Frame<Bytes>, BoxError>("reset".into()),
+        ]);
+        let recorder = Recorder::new(Body::boxed(StreamBody::new(broken)), tape.clone());
+        assert!(recorder.collect().await.is_err());
+        assert!(tape.lock().unwrap().replay().is_none());
     }
 
     #[test]

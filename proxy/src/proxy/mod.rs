@@ -35,7 +35,7 @@ use crate::telemetry::metrics::Limit;
 use crate::upstream::pool::{closed_unanswered, Lease, SendError};
 use crate::upstream::{Cluster, Endpoint, Want};
 use crate::wasm::state::HeaderEdit;
-use body::{Body, Recorder, RequestBody, Tape};
+use body::{Body, Recorder, RequestBody, Resumed, Tape};
 use exchange::{BodyTimeouts, Exchange, ResponseBody};
 use tunnel::{ExtendedConnect, UpgradeOverH2};
 
@@ -382,6 +382,43 @@ async fn forward(
     }
 }
 
+/// What is kept of a request body sent to an HTTP/2 upstream, to send it again.
+struct Kept {
+    tape: Arc<std::sync::Mutex<Tape>>,
+    tally: Arc<body::Tally>,
+    /// The part hyper had not read yet, handed back when it lets go of the stream.
+    rest: tokio::sync::oneshot::Receiver<Body>,
+}
+
+/// The body to send a request again with, after an HTTP/2 upstream turned its
+/// stream away: none (it had none), or what was kept of it followed by whatever
+/// had not been read yet; nothing if more than the bound had been read.
+async fn replay(kept: Option<Kept>) -> Option<Body> {
+    let Some(Kept { tape, tally, rest }) = kept else {
+        return Some(Body::Empty);
+    };
+    // hyper lets go of the body as soon as it sees the stream reset (within the
+    // request's deadline, which covers this); bounded in case it holds on.
+    let rest = tokio::time::timeout(Duration::from_secs(1), rest).await;
+    let recorded = tape.lock().unwrap_or_else(|p| p.into_inner()).replay()?;
+    match rest {
+        Ok(Ok(rest)) => Some(Body::boxed(Resumed::new(recorded, rest))),
+        // Let go of at its end: the recording is the whole body.
+        Ok(Err(_))
+            if tally
+                .request_done
+                .load(std::sync::atomic::Ordering::Relaxed) =>
+        {
+            Some(Body::full(recorded))
+        }
+        _ => None,
+    }
+}
+
+/// The most of a request body kept to send it again should an HTTP/2 upstream turn its
+/// stream away unprocessed; a larger body's client hears the refusal (`503`).
+const REFUSED_REPLAY_LIMIT: usize = 64 * 1024;
+
 /// When the request must be answered by.
 struct Deadline {
     at: Option<Instant>,
@@ -509,24 +546,50 @@ async fn send(
                 let mut lease = cluster.checkout(&ep, want).await?;
                 let mut this_head = head.take().unwrap_or_default();
                 for_lease(&mut this_head, &lease, cluster, &ep)?;
-                let this_body = RequestBody::new(body.take().unwrap_or_default(), tally)
+                let this_body = body.take().unwrap_or_default();
+                let bodiless = http_body::Body::is_end_stream(&this_body);
+                // A stream an HTTP/2 upstream turns away unprocessed (its GOAWAY
+                // crossing the request as it shuts down, or REFUSED_STREAM) may go
+                // again whatever its method (RFC 9113 §8.7), as Envoy's `refused-stream`
+                // retry does: keep its head, and its body up to a bound. (An upgrade's
+                // body is a tunnel, never replayed.)
+                let h2 = lease.is_h2() && want != Want::Upgrade;
+                let (this_body, kept) = if h2 && !bodiless {
+                    let tape = Tape::new(REFUSED_REPLAY_LIMIT);
+                    let (recorder, rest) = Recorder::handing_back(this_body, tape.clone());
+                    let kept = Kept {
+                        tape,
+                        tally: tally.clone(),
+                        rest,
+                    };
+                    (Body::boxed(recorder), Some(kept))
+                } else {
+                    (this_body, None)
+                };
+                let this_body = RequestBody::new(this_body, tally)
                     .with_idle_timeout(cluster.config.idle_timeout.non_zero());
-                // On a connection idle long enough for its upstream to close it as the
-                // request arrives, a request that may be sent twice (idempotent, no
-                // body) keeps a copy, to go again if that happens (nginx's
-                // `proxy_next_upstream error`); busy connections never need one.
-                let copy = (lease.is_stale()
-                    && this_head.method().is_idempotent()
-                    && http_body::Body::is_end_stream(&this_body))
-                .then(|| this_head.clone());
+                // On an HTTP/1.1 connection idle long enough for its upstream to close
+                // it as the request arrives, a request that may be sent twice
+                // (idempotent, no body) keeps a copy, to go again if that happens
+                // (nginx's `proxy_next_upstream error`); busy connections never need one.
+                let stale = lease.is_stale() && this_head.method().is_idempotent() && bodiless;
+                let copy = (h2 || stale).then(|| this_head.clone());
                 let req = this_head.map(|()| this_body);
                 let sent = Instant::now();
                 let resp = match cluster.send(&ep, &mut lease, req).await {
                     Ok(resp) => resp,
                     Err(SendError::Failed(e)) => {
-                        if let (Some(copy), true) = (copy, closed_unanswered(&e)) {
+                        let again = if h2 {
+                            match e {
+                                ProxyError::UpstreamRefused { .. } => replay(kept).await,
+                                _ => None,
+                            }
+                        } else {
+                            closed_unanswered(&e).then_some(Body::Empty)
+                        };
+                        if let (Some(copy), Some(again)) = (copy, again) {
                             head = Some(copy);
-                            body = Some(Body::Empty);
+                            body = Some(again);
                             given_back = true;
                         }
                         return Err(e);
@@ -560,9 +623,10 @@ async fn send(
                 Ok((resp, lease))
             }
             // Not sent (the request is still here) because the connection it was
-            // given closed under it (an HTTP/2 upstream's GOAWAY, a restart), or sent
-            // but unanswered on an idle connection its upstream closed: again, on
-            // another connection, the endpoint not blamed.
+            // given closed under it (an HTTP/2 upstream's GOAWAY, a restart), sent
+            // but unanswered on an idle connection its upstream closed, or turned away
+            // unprocessed by an HTTP/2 upstream: again, on another connection, the
+            // endpoint not blamed.
             Err(e) if retries_left > 0 && given_back && !e.is_connect_failure() => {
                 tracing::debug!(cluster = %cluster.name, endpoint = %ep.addr, error = %e, "connection closed before the request was sent, sending it again");
                 cluster.stats.connect_retries.inc();
