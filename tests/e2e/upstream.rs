@@ -1087,3 +1087,94 @@ async fn a_request_on_a_connection_its_upstream_closed_as_it_arrived_goes_again_
     );
     assert_eq!(accepted.load(Ordering::Relaxed), 2);
 }
+
+/// A server whose first connection is reset (RST) as soon as its first request's head
+/// has arrived, unanswered: what a listener closing with connections in its backlog
+/// does to them. Later connections are answered, HTTP/1.1 or HTTP/2 (`ok`).
+async fn resets_first_connection(h2: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+            tokio::spawn(async move {
+                if first {
+                    tcp.set_zero_linger().unwrap();
+                    if h2 {
+                        let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                            return;
+                        };
+                        // Dropped with the connection once the request is in: reset.
+                        let _request = conn.accept().await;
+                    } else {
+                        let mut buf = Vec::new();
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut chunk = [0u8; 1024];
+                            match tcp.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        }
+                    }
+                    return;
+                }
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
+                });
+                let io = hyper_util::rt::TokioIo::new(tcp);
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(io, svc)
+                    .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_request_whose_new_connection_is_reset_unanswered_goes_again_if_it_may() {
+    for (h2, protocol) in [(false, "http1"), (true, "http2")] {
+        // A GET goes again on a new connection.
+        let (addr, accepted) = resets_first_connection(h2).await;
+        let proxy = Proxy::start(&main_to_cluster(
+            &[addr],
+            &format!("protocol = \"{protocol}\""),
+        ))
+        .await;
+        let (status, _, body) = get(&h1(), &proxy.url("/")).await;
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::OK, &b"ok"[..]),
+            "{protocol}"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "{protocol}");
+        let retries = "weft_upstream_connect_retries_total{cluster=\"c\"}";
+        assert_eq!(proxy.metric(retries).await, 1.0, "{protocol}");
+
+        // A POST may not be sent twice: its client hears the failure.
+        let (addr, accepted) = resets_first_connection(h2).await;
+        let proxy = Proxy::start(&main_to_cluster(
+            &[addr],
+            &format!("protocol = \"{protocol}\""),
+        ))
+        .await;
+        let req = Request::post(proxy.url("/")).body(full("once")).unwrap();
+        let (status, _, body) = send(&h1(), req).await;
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::BAD_GATEWAY, &b"upstream error\n"[..]),
+            "{protocol}"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "{protocol}");
+    }
+}

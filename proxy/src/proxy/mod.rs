@@ -568,24 +568,22 @@ async fn send(
                 };
                 let this_body = RequestBody::new(this_body, tally)
                     .with_idle_timeout(cluster.config.idle_timeout.non_zero());
-                // On an HTTP/1.1 connection idle long enough for its upstream to close
-                // it as the request arrives, a request that may be sent twice
-                // (idempotent, no body) keeps a copy, to go again if that happens
-                // (nginx's `proxy_next_upstream error`); busy connections never need one.
-                let stale = lease.is_stale() && this_head.method().is_idempotent() && bodiless;
-                let copy = (h2 || stale).then(|| this_head.clone());
+                // A request that may be sent twice (idempotent, no body) goes again if
+                // its connection is lost before the answer (RFC 9110 §9.2.2; nginx's
+                // `proxy_next_upstream error`) where a copy of it is kept anyway
+                // (HTTP/2), or where that is likely for reasons of the connection's
+                // own (a new or long-idle HTTP/1.1 one); busy connections make no copy.
+                let twice = this_head.method().is_idempotent() && bodiless;
+                let copy = (h2 || (twice && lease.may_close_unasked())).then(|| this_head.clone());
                 let req = this_head.map(|()| this_body);
                 let sent = Instant::now();
                 let resp = match cluster.send(&ep, &mut lease, req).await {
                     Ok(resp) => resp,
                     Err(SendError::Failed(e)) => {
-                        let again = if h2 {
-                            match e {
-                                ProxyError::UpstreamRefused { .. } => replay(kept).await,
-                                _ => None,
-                            }
-                        } else {
-                            closed_unanswered(&e).then_some(Body::Empty)
+                        let again = match e {
+                            ProxyError::UpstreamRefused { .. } => replay(kept).await,
+                            _ if twice && closed_unanswered(&e) => Some(Body::Empty),
+                            _ => None,
                         };
                         if let (Some(copy), Some(again)) = (copy, again) {
                             head = Some(copy);

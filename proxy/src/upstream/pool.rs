@@ -521,8 +521,14 @@ impl Lease {
         matches!(self, Lease::H2(_))
     }
 
-    pub fn is_stale(&self) -> bool {
-        matches!(self, Lease::H1 { stale: true, .. })
+    /// An HTTP/1.1 connection its upstream may close under a request for reasons of
+    /// its own: new (its listener closing with the connection still in its backlog,
+    /// a restart) or long idle (its keep-alive timeout firing as the request arrives).
+    pub fn may_close_unasked(&self) -> bool {
+        matches!(
+            self,
+            Lease::H1 { reused: false, .. } | Lease::H1 { stale: true, .. }
+        )
     }
 }
 
@@ -531,16 +537,20 @@ impl Lease {
 /// seconds: Node's is 5 s); busy connections are reused far sooner.
 const STALE_AFTER: Duration = Duration::from_secs(1);
 
-/// Whether an HTTP/1.1 exchange failed because the upstream closed the connection
+/// Whether an exchange failed because the upstream closed or reset the connection
 /// without answering (what an idle connection's server does when its keep-alive
-/// timeout fires as the request arrives).
+/// timeout fires as the request arrives, or a closing listener to the connections in
+/// its backlog).
 pub fn closed_unanswered(e: &ProxyError) -> bool {
     let ProxyError::Upstream { source, .. } = e else {
         return false;
     };
     source.is_incomplete_message()
         || std::error::Error::source(source)
-            .and_then(|c| c.downcast_ref::<std::io::Error>())
+            .and_then(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .or_else(|| c.downcast_ref::<h2::Error>().and_then(h2::Error::get_io))
+            })
             .is_some_and(|io| {
                 matches!(
                     io.kind(),
