@@ -1178,3 +1178,55 @@ async fn a_request_whose_new_connection_is_reset_unanswered_goes_again_if_it_may
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "{protocol}");
     }
 }
+
+#[tokio::test]
+async fn a_request_on_an_http2_connection_reset_before_the_servers_preface_goes_elsewhere() {
+    // Every connection to the first endpoint is reset once the request is in, before
+    // the server has sent a byte (its HTTP/2 preface): a closing listener's backlog.
+    // Not a request was processed there, so each goes to the other endpoint, POSTs
+    // with their bodies too.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let resetting = listener.local_addr().unwrap();
+    let resets = Arc::new(AtomicUsize::new(0));
+    let count = resets.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                tcp.set_zero_linger().unwrap();
+                // The client's preface and the request's first frames.
+                let mut buf = [0u8; 1024];
+                let _ = tcp.read(&mut buf).await;
+            });
+        }
+    });
+    let backend = Backend::start_with("b", Proto::Http2, None).await;
+    let proxy = Proxy::start(&main_to_cluster(
+        &[resetting, backend.addr],
+        "protocol = \"http2\"\noutlier = { consecutive_failures = 0 }",
+    ))
+    .await;
+    let client = h1();
+    for i in 0..4 {
+        let payload = format!("payload {i}");
+        let req = Request::post(proxy.url("/echo"))
+            .body(full(payload.clone()))
+            .unwrap();
+        let (status, headers, body) = send(&client, req).await;
+        assert_eq!(
+            (status, backend_of(&headers).as_str(), &body[..]),
+            (StatusCode::OK, "b", payload.as_bytes()),
+            "request {i}"
+        );
+    }
+    assert!(
+        resets.load(Ordering::SeqCst) >= 2,
+        "round robin tried the first endpoint"
+    );
+    assert!(
+        proxy
+            .metric("weft_upstream_connect_retries_total{cluster=\"c\"}")
+            .await
+            >= 2.0
+    );
+}

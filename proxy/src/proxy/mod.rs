@@ -581,7 +581,11 @@ async fn send(
                     Ok(resp) => resp,
                     Err(SendError::Failed(e)) => {
                         let again = match e {
-                            ProxyError::UpstreamRefused { .. } => replay(kept).await,
+                            // Turned away, or on an HTTP/2 connection that never opened
+                            // (`Handshake` here): not processed.
+                            ProxyError::UpstreamRefused { .. } | ProxyError::Handshake { .. } => {
+                                replay(kept).await
+                            }
                             _ if twice && closed_unanswered(&e) => Some(Body::Empty),
                             _ => None,
                         };

@@ -13,6 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -193,6 +194,8 @@ pub struct H2Conn {
     /// Whether the peer enabled extended CONNECT (RFC 8441) in its settings, as last
     /// read; only the connection knows, so its task copies it here.
     extended_connect: Arc<AtomicBool>,
+    /// Whether the server has sent anything yet (its preface comes first).
+    heard: Arc<AtomicBool>,
     /// Requests on it whose exchange has not ended (`H2Stream`s alive).
     streams: AtomicUsize,
     /// Set by each request, cleared by the sweep: whether it was used since.
@@ -542,9 +545,14 @@ const STALE_AFTER: Duration = Duration::from_secs(1);
 /// timeout fires as the request arrives, or a closing listener to the connections in
 /// its backlog).
 pub fn closed_unanswered(e: &ProxyError) -> bool {
-    let ProxyError::Upstream { source, .. } = e else {
-        return false;
-    };
+    match e {
+        ProxyError::Upstream { source, .. } => connection_lost(source),
+        _ => false,
+    }
+}
+
+/// Whether hyper failed because the connection closed or was reset under it.
+fn connection_lost(source: &hyper::Error) -> bool {
     source.is_incomplete_message()
         || std::error::Error::source(source)
             .and_then(|c| {
@@ -803,6 +811,11 @@ impl Cluster {
                 (self.connect_counted(ep, false).await?.0, guard)
             }
         };
+        let heard = Arc::new(AtomicBool::new(false));
+        let io = Heard {
+            io,
+            heard: heard.clone(),
+        };
         let (sender, mut conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -813,6 +826,7 @@ impl Cluster {
         let addr = ep.addr;
         let shared = Arc::new(H2Conn {
             sender,
+            heard,
             extended_connect: Arc::default(),
             streams: AtomicUsize::new(0),
             slots: ep.pool.slots.clone(),
@@ -858,11 +872,22 @@ impl Cluster {
             Lease::H2(stream) => {
                 let extended = req.extensions().get::<hyper::ext::Protocol>().is_some();
                 stream.sender.try_send_request(req).await.map_err(|mut e| {
+                    // Closed before the server sent anything, even its preface (a
+                    // closing listener resetting its backlog): the connection never
+                    // opened, and nothing on it was processed.
+                    let never_opened = !stream.conn.heard.load(Ordering::Relaxed);
                     // The connection closed (the upstream's GOAWAY, a restart) while
                     // the request waited for its turn on it: nothing was sent.
                     if let Some(req) = e.take_message() {
                         let source = e.into_error();
-                        return SendError::unsent(req, ProxyError::Upstream { addr, source });
+                        return SendError::unsent(
+                            req,
+                            if never_opened {
+                                ProxyError::Handshake { addr, source }
+                            } else {
+                                ProxyError::Upstream { addr, source }
+                            },
+                        );
                     }
                     let source = e.into_error();
                     // A server that did not offer extended CONNECT resets the stream;
@@ -871,6 +896,8 @@ impl Cluster {
                     SendError::Failed(
                         if extended && !stream.conn.extended_connect.load(Ordering::Relaxed) {
                             ProxyError::NoExtendedConnect(addr)
+                        } else if never_opened && connection_lost(&source) {
+                            ProxyError::Handshake { addr, source }
                         } else if refused_unprocessed(&source) {
                             ProxyError::UpstreamRefused { addr, source }
                         } else {
@@ -966,6 +993,60 @@ impl SendError {
 }
 
 /// The error of an HTTP handshake with `ep` that failed.
+/// An HTTP/2 connection's transport, noting when the server first sends anything.
+/// (hyper's handshake only writes the client's preface; it does not wait for the
+/// server's.)
+struct Heard {
+    io: super::connect::Io,
+    heard: Arc<AtomicBool>,
+}
+
+impl tokio::io::AsyncRead for Heard {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before && !this.heard.load(Ordering::Relaxed) {
+            this.heard.store(true, Ordering::Relaxed);
+        }
+        read
+    }
+}
+
+impl tokio::io::AsyncWrite for Heard {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 fn handshake_failed(ep: &Endpoint) -> impl FnOnce(hyper::Error) -> ProxyError {
     let addr = ep.addr;
     move |source| ProxyError::Handshake { addr, source }
