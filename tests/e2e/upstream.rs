@@ -946,22 +946,40 @@ impl Restartable {
         self.running = Some((stop, task));
     }
 
-    /// Starts a new server on the listening socket; the old one's connections
-    /// shut down gracefully.
-    async fn restart(&mut self) {
+    /// Starts a new server on the listening socket (`handover`), or on a new one
+    /// bound a moment after the old one closed (connections are refused meanwhile,
+    /// and those in the old one's backlog reset); the old server's connections shut
+    /// down gracefully.
+    async fn restart(&mut self, handover: bool) {
         let (stop, task) = self.running.take().expect("running");
         let _ = stop.send(true);
-        let listener = task.await.unwrap();
+        let mut listener = task.await.unwrap();
+        if !handover {
+            drop(listener);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            listener = TcpListener::bind(self.addr).await.unwrap();
+        }
         self.serve(listener);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restarts_of_http2_upstreams_lose_no_request() {
+    rolling_restarts(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restarts_that_close_the_listener_lose_no_request_either() {
+    rolling_restarts(false).await;
+}
+
+async fn rolling_restarts(handover: bool) {
     // Each restart closes the server's connections gracefully (GOAWAY): requests
     // waiting for a closing connection go on another, and so do streams opened just
     // as a GOAWAY was on its way, which the server turns away unprocessed: GETs and
-    // POSTs alike, the latter with their bodies.
+    // POSTs alike, the latter with their bodies. Without a hand-over, connections
+    // refused while no one listens, or reset in the closed listener's backlog before
+    // the server said a word, go to the other endpoint.
     let mut servers = [Restartable::start().await, Restartable::start().await];
     let addrs: Vec<_> = servers.iter().map(|s| s.addr).collect();
     let proxy = Proxy::start(&main_to_cluster(
@@ -999,7 +1017,7 @@ async fn rolling_restarts_of_http2_upstreams_lose_no_request() {
         .collect();
     for i in 0..20 {
         tokio::time::sleep(Duration::from_millis(40)).await;
-        servers[i % 2].restart().await;
+        servers[i % 2].restart(handover).await;
     }
     let mut failed = Vec::new();
     for l in load {

@@ -627,12 +627,21 @@ async fn send(
             // Not sent (the request is still here) because the connection it was
             // given closed under it (an HTTP/2 upstream's GOAWAY, a restart), sent
             // but unanswered on an idle connection its upstream closed, or turned away
-            // unprocessed by an HTTP/2 upstream: again, on another connection, the
-            // endpoint not blamed.
+            // unprocessed by an HTTP/2 upstream: again, the endpoint not blamed, but
+            // elsewhere when there is an elsewhere (one shutting down may have no one
+            // listening a moment later), else on a new connection to it.
             Err(e) if retries_left > 0 && given_back && !e.is_connect_failure() => {
-                tracing::debug!(cluster = %cluster.name, endpoint = %ep.addr, error = %e, "connection closed before the request was sent, sending it again");
                 cluster.stats.connect_retries.inc();
                 retries_left -= 1;
+                let key = head
+                    .as_ref()
+                    .and_then(|h| hash_key_of(filter_hash_key, cluster, h));
+                let next = cluster.pick_avoiding(key, std::slice::from_ref(&ep));
+                tracing::debug!(cluster = %cluster.name, endpoint = %ep.addr, next = ?next.as_ref().map(|n| n.addr), error = %e, "the upstream did not take the request, sending it again");
+                if let Some(next) = next {
+                    ex.set_endpoint(next.clone());
+                    ep = next;
+                }
                 continue;
             }
             // Not sent because no connection could be had (or, given back, no new one
