@@ -283,7 +283,8 @@ impl Tape {
         (!self.overflowed).then(|| self.data.clone().freeze())
     }
 
-    fn spoil(&mut self) {
+    /// Forgets what was recorded and records no more: the body will not be sent again.
+    pub fn discard(&mut self) {
         self.overflowed = true;
         self.data = bytes::BytesMut::new();
     }
@@ -337,7 +338,7 @@ impl http_body::Body for Recorder {
                 match f.data_ref() {
                     Some(d) if !tape.overflowed => {
                         if tape.data.len() + d.len() > tape.limit {
-                            tape.spoil();
+                            tape.discard();
                         } else {
                             tape.data.extend_from_slice(d);
                         }
@@ -346,10 +347,14 @@ impl http_body::Body for Recorder {
                 }
                 // Trailers are not replayed; a body that had them cannot be sent again as it was.
                 if f.is_trailers() {
-                    tape.spoil();
+                    tape.discard();
                 }
             }
-            Some(Err(_)) => this.tape.lock().unwrap_or_else(|p| p.into_inner()).spoil(),
+            Some(Err(_)) => this
+                .tape
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .discard(),
             None => {}
         }
         Poll::Ready(frame)
@@ -454,6 +459,9 @@ mod tests {
         assert_eq!(&recorder.collect().await.unwrap().to_bytes()[..], b"all");
         assert!(rest.await.is_err());
         assert_eq!(&tape.lock().unwrap().replay().unwrap()[..], b"all");
+        // Answered: what was kept goes.
+        tape.lock().unwrap().discard();
+        assert!(tape.lock().unwrap().replay().is_none());
 
         // A body that failed on its way cannot be sent again.
         let tape = Tape::new(1024);

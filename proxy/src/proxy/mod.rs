@@ -606,6 +606,14 @@ async fn send(
                         return Err(e);
                     }
                 };
+                // Answered: the body will not go again, so what was kept of it goes now
+                // (rather than with the stream, which may be a long one).
+                if let Some(kept) = &kept {
+                    kept.tape
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .discard();
+                }
                 let answered = Instant::now();
                 Ok((resp, lease, answered - sent, answered))
             });
