@@ -385,7 +385,7 @@ impl Metrics {
         let upstream_connect_retries = Family::default();
         r.register(
             "upstream_connect_retries",
-            "Requests sent to another endpoint after connecting to the one chosen failed",
+            "Requests sent again because the upstream did not process them (no connection, a connection lost before taking them, a stream refused)",
             upstream_connect_retries.clone(),
         );
         let endpoint_ejections = Family::default();
