@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -57,6 +57,41 @@ struct Slots {
     waiting: AtomicUsize,
     /// The waiting requests, oldest first (and some that gave up, skipped when met).
     waiters: Mutex<VecDeque<Waiter>>,
+    /// When one of its HTTP/1.1 connections last ended.
+    last_close: LastClose,
+}
+
+/// When an endpoint's HTTP/1.1 connection last ended: most often its server closing it
+/// (a graceful shutdown closes every idle one at once, a keep-alive timeout one), in
+/// which case a request written on another may meet the same fate as it is written.
+struct LastClose {
+    base: Instant,
+    /// Milliseconds after `base`, plus one; 0: never.
+    at: AtomicU64,
+}
+
+impl Default for LastClose {
+    fn default() -> Self {
+        LastClose {
+            base: Instant::now(),
+            at: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LastClose {
+    fn note(&self) {
+        let ms = self.base.elapsed().as_millis() as u64 + 1;
+        self.at.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether one ended less than `STALE_AFTER` before `now`.
+    fn recent(&self, now: Instant) -> bool {
+        let at = self.at.load(Ordering::Relaxed);
+        at != 0
+            && (now.saturating_duration_since(self.base).as_millis() as u64 + 1)
+                < at + STALE_AFTER.as_millis() as u64
+    }
 }
 
 /// What comes free at the limit, for a waiting request.
@@ -296,14 +331,17 @@ struct Idle {
 }
 
 impl WorkerPool {
-    /// The most recently pooled connection still fit for use, and whether it sat idle
-    /// for `STALE_AFTER` or longer.
-    fn take_idle(&self, max_idle: Duration) -> Option<(H1Sender, bool)> {
+    /// The most recently pooled connection still fit for use, and whether it is one
+    /// its server may close as a request is written: idle for `STALE_AFTER` or longer,
+    /// or of an endpoint one of whose connections just ended (`LastClose`).
+    fn take_idle(&self, max_idle: Duration, last_close: &LastClose) -> Option<(H1Sender, bool)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(i) = idle.pop() {
-            let idle_for = i.since.elapsed();
+            let now = Instant::now();
+            let idle_for = now.saturating_duration_since(i.since);
             if idle_for < max_idle && !i.sender.is_closed() {
-                return Some((i.sender, idle_for >= STALE_AFTER));
+                let stale = idle_for >= STALE_AFTER || last_close.recent(now);
+                return Some((i.sender, stale));
             }
         }
         None
@@ -391,7 +429,7 @@ impl Pool {
     /// The calling worker's most recently pooled connection still fit for use.
     fn take_idle(&self, max_idle: Duration) -> Option<Lease> {
         let (home, mine) = self.workers.mine_indexed();
-        let (sender, stale) = mine.take_idle(max_idle)?;
+        let (sender, stale) = mine.take_idle(max_idle, &self.slots.last_close)?;
         Some(Lease::H1 {
             sender,
             reused: true,
@@ -460,11 +498,10 @@ impl Pool {
         if let Some(s) = workers().find_map(|w| w.h2(max_streams)) {
             return Some(Lease::H2(s));
         }
-        let (home, (sender, stale)) = self
-            .workers
-            .iter()
-            .enumerate()
-            .find_map(|(home, w)| Some((home, w.take_idle(max_idle)?)))?;
+        let (home, (sender, stale)) =
+            self.workers.iter().enumerate().find_map(|(home, w)| {
+                Some((home, w.take_idle(max_idle, &self.slots.last_close)?))
+            })?;
         Some(Lease::H1 {
             sender,
             reused: true,
@@ -767,12 +804,13 @@ impl Cluster {
             .map_err(handshake_failed(ep))?;
         let addr = ep.addr;
         tokio::spawn(async move {
-            let _open = guard;
+            let open = guard;
             let r = if upgrades {
                 conn.with_upgrades().await
             } else {
                 conn.await
             };
+            open.slots.last_close.note();
             if let Err(e) = r {
                 tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended with an error");
             }
