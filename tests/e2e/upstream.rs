@@ -16,6 +16,19 @@ use tokio::net::TcpListener;
 
 use crate::support::*;
 
+/// Reads a request head (the requests of these tests have no body): its bytes, or
+/// none at the end of the stream or an error.
+async fn read_head(tcp: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let (mut chunk, mut head) = ([0u8; 4096], Vec::new());
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(head)
+}
+
 /// A listener "main" in front of cluster "c" with one endpoint and extra cluster lines.
 fn config(endpoint: &str, cluster_extra: &str) -> String {
     main_to_cluster(&[endpoint], cluster_extra)
@@ -380,12 +393,8 @@ async fn closing_upstream(linger: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
         while let Ok((mut s, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
-                let (mut buf, mut head) = ([0u8; 4096], Vec::new());
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if read_head(&mut s).await.is_none() {
+                    return;
                 }
                 let _ = s
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
@@ -556,16 +565,11 @@ async fn a_response_framed_two_ways_loses_its_length_and_its_connection() {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
                 let mut first = true;
                 loop {
-                    let mut head = Vec::new();
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
+                    let Some(head) = read_head(&mut s).await else {
+                        return;
+                    };
                     if std::mem::take(&mut first) && head.starts_with(b"GET /split ") {
                         let _ = s
                             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n")
@@ -1068,17 +1072,10 @@ async fn closes_on_second_request() -> (SocketAddr, Arc<AtomicUsize>) {
         while let Ok((mut tcp, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
-                let mut buf = Vec::new();
                 for n in 0..2 {
-                    // Up to the end of a head; these requests have no body.
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        let mut chunk = [0u8; 1024];
-                        match tcp.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                        }
+                    if read_head(&mut tcp).await.is_none() {
+                        return;
                     }
-                    buf.clear();
                     if n == 0 {
                         let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                         if tcp.write_all(ok).await.is_err() {
@@ -1146,14 +1143,7 @@ async fn resets_first_connection(h2: bool) -> (SocketAddr, Arc<AtomicUsize>) {
                         // Dropped with the connection once the request is in: reset.
                         let _request = conn.accept().await;
                     } else {
-                        let mut buf = Vec::new();
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            let mut chunk = [0u8; 1024];
-                            match tcp.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                            }
-                        }
+                        read_head(&mut tcp).await;
                     }
                     return;
                 }
