@@ -547,8 +547,9 @@ pub enum Lease {
     H1 {
         sender: H1Sender,
         reused: bool,
-        /// Reused after sitting idle for `STALE_AFTER` or longer: long enough for
-        /// the upstream's own idle timeout to close it just as a request is written.
+        /// Reused after sitting idle for `STALE_AFTER` or longer (long enough for
+        /// the upstream's own idle timeout to close it just as a request is written),
+        /// or while the endpoint's connections are closing (`LastClose`).
         stale: bool,
         /// The worker whose pool part the connection returns to (`Pool::put`).
         home: usize,
@@ -563,7 +564,8 @@ impl Lease {
 
     /// An HTTP/1.1 connection its upstream may close under a request for reasons of
     /// its own: new (its listener closing with the connection still in its backlog,
-    /// a restart) or long idle (its keep-alive timeout firing as the request arrives).
+    /// a restart), long idle (its keep-alive timeout firing as the request arrives),
+    /// or one of an endpoint whose connections are closing (a graceful shutdown).
     pub fn may_close_unasked(&self) -> bool {
         matches!(
             self,
