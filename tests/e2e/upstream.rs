@@ -29,6 +29,25 @@ async fn read_head(tcp: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
     Some(head)
 }
 
+/// A raw upstream on a loopback port that runs `serve` on each connection it accepts,
+/// told the connection's number (0 first); how many it accepted, counted.
+async fn raw_upstream<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream, usize) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(serve(tcp, count.fetch_add(1, Ordering::SeqCst)));
+        }
+    });
+    (addr, accepted)
+}
+
 /// A listener "main" in front of cluster "c" with one endpoint and extra cluster lines.
 fn config(endpoint: &str, cluster_extra: &str) -> String {
     main_to_cluster(&[endpoint], cluster_extra)
@@ -385,25 +404,16 @@ async fn streams_an_http2_upstream_refuses_go_again_with_their_bodies() {
 /// a server whose keep-alive timeout is shorter than the proxy's pool idle time does.
 /// Counts the connections it accepts.
 async fn closing_upstream(linger: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                if read_head(&mut s).await.is_none() {
-                    return;
-                }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                tokio::time::sleep(linger).await;
-            });
+    raw_upstream(move |mut s, _| async move {
+        if read_head(&mut s).await.is_none() {
+            return;
         }
-    });
-    (addr, accepted)
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+        tokio::time::sleep(linger).await;
+    })
+    .await
 }
 
 #[tokio::test]
@@ -1064,30 +1074,21 @@ async fn rolling_restarts(protocol: &str, handover: bool) {
 /// the connection, unanswered, on the second: what a server whose keep-alive timeout
 /// fires as a request arrives does.
 async fn closes_on_second_request() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                for n in 0..2 {
-                    if read_head(&mut tcp).await.is_none() {
-                        return;
-                    }
-                    if n == 0 {
-                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if tcp.write_all(ok).await.is_err() {
-                            return;
-                        }
-                    }
+    raw_upstream(|mut tcp, _| async move {
+        for n in 0..2 {
+            if read_head(&mut tcp).await.is_none() {
+                return;
+            }
+            if n == 0 {
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if tcp.write_all(ok).await.is_err() {
+                    return;
                 }
-                // Second request: closed unanswered.
-            });
+            }
         }
-    });
-    (addr, accepted)
+        // Second request: closed unanswered.
+    })
+    .await
 }
 
 #[tokio::test]
@@ -1126,46 +1127,35 @@ async fn a_request_on_a_connection_its_upstream_closed_as_it_arrived_goes_again_
 /// has arrived, unanswered: what a listener closing with connections in its backlog
 /// does to them. Later connections are answered, HTTP/1.1 or HTTP/2 (`ok`).
 async fn resets_first_connection(h2: bool) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let first = count.fetch_add(1, Ordering::SeqCst) == 0;
-            tokio::spawn(async move {
-                if first {
-                    tcp.set_zero_linger().unwrap();
-                    if h2 {
-                        let Ok(mut conn) = h2::server::handshake(tcp).await else {
-                            return;
-                        };
-                        // Dropped with the connection once the request is in: reset.
-                        let _request = conn.accept().await;
-                    } else {
-                        read_head(&mut tcp).await;
-                    }
+    raw_upstream(move |mut tcp, n| async move {
+        if n == 0 {
+            tcp.set_zero_linger().unwrap();
+            if h2 {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
                     return;
-                }
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
-                });
-                let io = hyper_util::rt::TokioIo::new(tcp);
-                if h2 {
-                    let _ = hyper::server::conn::http2::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(io, svc)
-                    .await;
-                } else {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
-                        .await;
-                }
-            });
+                };
+                // Dropped with the connection once the request is in: reset.
+                let _request = conn.accept().await;
+            } else {
+                read_head(&mut tcp).await;
+            }
+            return;
         }
-    });
-    (addr, accepted)
+        let svc = hyper::service::service_fn(|_req| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
+        });
+        let io = hyper_util::rt::TokioIo::new(tcp);
+        if h2 {
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(io, svc)
+                .await;
+        } else {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
+        }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -1212,21 +1202,13 @@ async fn a_request_on_an_http2_connection_reset_before_the_servers_preface_goes_
     // the server has sent a byte (its HTTP/2 preface): a closing listener's backlog.
     // Not a request was processed there, so each goes to the other endpoint, POSTs
     // with their bodies too.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let resetting = listener.local_addr().unwrap();
-    let resets = Arc::new(AtomicUsize::new(0));
-    let count = resets.clone();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                tcp.set_zero_linger().unwrap();
-                // The client's preface and the request's first frames.
-                let mut buf = [0u8; 1024];
-                let _ = tcp.read(&mut buf).await;
-            });
-        }
-    });
+    let (resetting, resets) = raw_upstream(|mut tcp, _| async move {
+        tcp.set_zero_linger().unwrap();
+        // The client's preface and the request's first frames.
+        let mut buf = [0u8; 1024];
+        let _ = tcp.read(&mut buf).await;
+    })
+    .await;
     let backend = Backend::start_with("b", Proto::Http2, None).await;
     let proxy = Proxy::start(&main_to_cluster(
         &[resetting, backend.addr],
