@@ -215,7 +215,7 @@ cluster = "b"
 
 [[clusters]]
 name = "b"
-endpoints = ["{}", "{dead}"]
+endpoints = ["{}", {{ address = "{dead}", weight = 2 }}]
 [clusters.outlier]
 consecutive_failures = 1
 max_ejected_percent = 50
@@ -243,8 +243,10 @@ unhealthy_threshold = 1
     let b = &v["clusters"][0]["endpoints"];
     assert_eq!(b[0]["address"], live.addr.to_string());
     assert_eq!(b[0]["host"], "127.0.0.1");
+    assert_eq!(b[0]["weight"], 1);
     assert_eq!(b[0]["state"], "healthy");
     assert_eq!(b[1]["address"], dead.to_string());
+    assert_eq!(b[1]["weight"], 2);
     assert_eq!(b[1]["state"], "healthy");
 
     // Round robin reaches the dead endpoint within two requests (which then goes on to

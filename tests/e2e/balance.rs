@@ -38,6 +38,82 @@ async fn round_robin_spreads_evenly() {
     }
 }
 
+/// A listener "main" in front of cluster "c" whose endpoints weigh `weights`.
+fn weighted(endpoints: &[(&Steered, u32)], cluster_extra: &str) -> String {
+    let list: Vec<String> = endpoints
+        .iter()
+        .map(|(b, w)| format!("{{ address = \"{}\", weight = {w} }}", b.addr))
+        .collect();
+    format!(
+        "[[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\ncluster = \"c\"\n\n\
+         [[clusters]]\nname = \"c\"\nendpoints = [{}]\n{cluster_extra}\n",
+        list.join(", ")
+    )
+}
+
+#[tokio::test]
+async fn weighted_round_robin_gives_each_endpoint_its_share_interleaved() {
+    let (mut a, b, c) = (
+        Steered::start("a").await,
+        Steered::start("b").await,
+        Steered::start("c").await,
+    );
+    let proxy = Proxy::start(&weighted(&[(&a, 5), (&b, 2), (&c, 1)], "")).await;
+    let client = h1();
+    let mut order = Vec::new();
+    for _ in 0..80 {
+        let (status, headers, _) = get(&client, &proxy.url("/")).await;
+        assert_eq!(status, 200);
+        order.push(backend_of(&headers));
+    }
+    assert_eq!((a.hits(), b.hits(), c.hits()), (50, 20, 10));
+    // Every eight requests in turn hold each endpoint's exact share, and the heavy
+    // one never gets more than two in a row.
+    for w in order.chunks(8) {
+        let count = |name: &str| w.iter().filter(|b| *b == name).count();
+        assert_eq!((count("a"), count("b"), count("c")), (5, 2, 1), "{order:?}");
+    }
+    let longest = order.chunk_by(|x, y| x == y).map(<[_]>::len).max();
+    assert!(longest <= Some(2), "{order:?}");
+
+    // The heavy one gone, the others share what is left by their weights.
+    a.kill().await;
+    for _ in 0..40 {
+        // The first request to find it dead gets a 502 that ejects it.
+        get(&client, &proxy.url("/")).await;
+    }
+    let (b_hits, c_hits) = (b.hits() - 20, c.hits() - 10);
+    assert!(b_hits + c_hits >= 39, "b {b_hits}, c {c_hits}");
+    assert!(b_hits > c_hits, "b {b_hits}, c {c_hits}");
+}
+
+#[tokio::test]
+async fn consistent_hash_gives_a_heavier_endpoint_more_keys() {
+    let (a, b) = (Steered::start("a").await, Steered::start("b").await);
+    let proxy = Proxy::start(&weighted(
+        &[(&a, 1), (&b, 4)],
+        r#"balance = { policy = "consistent_hash", hash_header = "x-user" }"#,
+    ))
+    .await;
+    let client = h1();
+    for i in 0..200 {
+        let req = Request::get(proxy.url("/"))
+            .header("x-user", format!("user-{i}"))
+            .body(empty())
+            .unwrap();
+        assert_eq!(send(&client, req).await.0, 200);
+    }
+    // 4/5 of the ring's points are b's (the addresses, and so the points, change
+    // with every run's ports).
+    let share = b.hits() as f64 / 200.0;
+    assert!(
+        (0.65..0.92).contains(&share),
+        "a {}, b {}",
+        a.hits(),
+        b.hits()
+    );
+}
+
 #[tokio::test]
 async fn least_request_prefers_the_fast_backend() {
     let (fast, slow) = (Steered::start("fast").await, Steered::start("slow").await);

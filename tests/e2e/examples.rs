@@ -176,6 +176,7 @@ fn config_with_everything() -> Config {
                 EndpointConfig::Address("127.0.0.1:1".into()),
                 EndpointConfig::Detailed {
                     address: "127.0.0.1:2".into(),
+                    weight: Some(2),
                 },
             ],
             protocol: UpstreamProtocol::Http2,

@@ -237,6 +237,7 @@ fn clusters(app: &App) -> serde_json::Value {
                     serde_json::json!({
                         "address": e.addr.to_string(),
                         "host": &*e.host,
+                        "weight": e.weight,
                         "state": crate::upstream::health::describe(e, now),
                         "pending": e.pending.load(std::sync::atomic::Ordering::Relaxed),
                         "open_connections": e.pool.open_connections(),

@@ -172,9 +172,14 @@ mod tests {
                 "[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\", {endpoint}]\n"
             ))
         };
-        let e = cluster("{ address = \"127.0.0.1:2\", weight = 2 }");
+        let e = cluster("{ address = \"127.0.0.1:2\", wieght = 2 }");
         assert!(
-            e.starts_with("weft.toml: clusters[0].endpoints[1].weight: unknown field `weight`, expected `address`"),
+            e.starts_with("weft.toml: clusters[0].endpoints[1].wieght: unknown field `wieght`, expected `address` or `weight`"),
+            "{e}"
+        );
+        let e = cluster("{ address = \"127.0.0.1:2\", weight = \"2\" }");
+        assert!(
+            e.starts_with("weft.toml: clusters[0].endpoints[1].weight: invalid type: string \"2\", expected u32"),
             "{e}"
         );
         let e = cluster("{ adress = \"127.0.0.1:2\" }");
@@ -189,7 +194,7 @@ mod tests {
         );
         let e = cluster("8080");
         assert!(
-            e.starts_with("weft.toml: clusters[0].endpoints[1]: invalid type: integer `8080`, expected an endpoint: \"host:port\" or { address = \"host:port\" }"),
+            e.starts_with("weft.toml: clusters[0].endpoints[1]: invalid type: integer `8080`, expected an endpoint: \"host:port\" or { address = \"host:port\", weight = N }"),
             "{e}"
         );
         // Both forms still read, the same way.

@@ -443,7 +443,7 @@ impl Default for BalanceConfig {
     }
 }
 
-/// An endpoint as written: `"host:port"`, or a table `{ address = "host:port" }`.
+/// An endpoint as written: `"host:port"`, or a table `{ address = "host:port", weight = 3 }`.
 /// Read by hand rather than as a serde `untagged` enum, which would ignore unknown
 /// fields of the table and, for any mistake, say only that nothing matched.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -453,8 +453,15 @@ pub enum EndpointConfig {
     Address(String),
     Detailed {
         address: String,
+        /// Its share of the cluster's traffic relative to the others' (1 when absent);
+        /// every address a name resolves to has it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        weight: Option<u32>,
     },
 }
+
+/// The heaviest an endpoint may weigh: shares from 0.1% to 99.9% between two endpoints.
+pub const MAX_ENDPOINT_WEIGHT: u32 = 1000;
 
 impl<'de> Deserialize<'de> for EndpointConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -463,6 +470,7 @@ impl<'de> Deserialize<'de> for EndpointConfig {
         #[serde(deny_unknown_fields)]
         struct Detailed {
             address: String,
+            weight: Option<u32>,
         }
 
         struct Visitor;
@@ -471,7 +479,7 @@ impl<'de> Deserialize<'de> for EndpointConfig {
             type Value = EndpointConfig;
 
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an endpoint: \"host:port\" or { address = \"host:port\" }")
+                f.write_str("an endpoint: \"host:port\" or { address = \"host:port\", weight = N }")
             }
 
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
@@ -482,9 +490,9 @@ impl<'de> Deserialize<'de> for EndpointConfig {
                 self,
                 map: A,
             ) -> Result<Self::Value, A::Error> {
-                let Detailed { address } =
+                let Detailed { address, weight } =
                     Detailed::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(EndpointConfig::Detailed { address })
+                Ok(EndpointConfig::Detailed { address, weight })
             }
         }
 
@@ -495,7 +503,17 @@ impl<'de> Deserialize<'de> for EndpointConfig {
 impl EndpointConfig {
     pub fn address(&self) -> &str {
         match self {
-            EndpointConfig::Address(a) | EndpointConfig::Detailed { address: a } => a,
+            EndpointConfig::Address(a) | EndpointConfig::Detailed { address: a, .. } => a,
+        }
+    }
+
+    /// The weight as written, 1 when absent (validation keeps it within 1..=1000).
+    pub fn weight(&self) -> u32 {
+        match self {
+            EndpointConfig::Detailed {
+                weight: Some(w), ..
+            } => *w,
+            _ => 1,
         }
     }
 }

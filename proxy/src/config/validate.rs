@@ -196,6 +196,15 @@ pub(super) fn check(config: &Config) -> Vec<Problem> {
             if let Err(reason) = split_host_port(e.address()) {
                 v.problem(format!("{at}.endpoints[{j}]"), reason);
             }
+            if !(1..=MAX_ENDPOINT_WEIGHT).contains(&e.weight()) {
+                v.problem(
+                    format!("{at}.endpoints[{j}].weight"),
+                    format!(
+                        "{} is out of range: a weight is 1 to {MAX_ENDPOINT_WEIGHT} (to send an endpoint nothing, remove it)",
+                        e.weight()
+                    ),
+                );
+            }
         }
         if let Some(h) = &c.balance.hash_header {
             if HeaderName::from_bytes(h.as_bytes()).is_err() {
@@ -524,6 +533,24 @@ mod tests {
         );
         assert!(
             e.contains("clusters[2].endpoints[1]: \"h:99999\" has an invalid port"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn endpoint_weights_outside_their_range_are_refused() {
+        let text = "[[clusters]]\nname = \"a\"\nendpoints = [{ address = \"h:1\", weight = 0 }, { address = \"h:2\", weight = 3 }, { address = \"h:3\", weight = 1001 }]\n";
+        let e = problems(text);
+        assert!(
+            e.contains("clusters[0].endpoints[0].weight: 0 is out of range: a weight is 1 to 1000 (to send an endpoint nothing, remove it)"),
+            "{e}"
+        );
+        assert!(e.contains("clusters[0].endpoints[2].weight: 1001"), "{e}");
+        assert!(!e.contains("endpoints[1]"), "{e}");
+        let typo = "[[clusters]]\nname = \"a\"\nendpoints = [{ address = \"h:1\", wieght = 2 }]\n";
+        let e = problems(typo);
+        assert!(
+            e.contains("unknown field `wieght`, expected `address` or `weight`"),
             "{e}"
         );
     }

@@ -1,5 +1,6 @@
 //! Choosing an endpoint: round robin, least request by power of two choices over a
-//! peak-EWMA latency estimate (as Linkerd does), or a ring hash on a key.
+//! peak-EWMA latency estimate (as Linkerd does), or a ring hash on a key; each
+//! honouring the endpoints' weights.
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
@@ -35,14 +36,20 @@ impl Balancer {
         self.policy
     }
 
-    /// The hash ring for these endpoints (empty unless the policy hashes).
+    /// The hash ring for these endpoints (empty unless the policy hashes): 160 points
+    /// per endpoint on average, shared out by weight (at least one each).
     pub fn ring_for(&self, list: &[Arc<Endpoint>]) -> Vec<(u64, u32)> {
         if self.policy != BalancePolicy::ConsistentHash {
             return Vec::new();
         }
+        let total: u64 = list.iter().map(|e| u64::from(e.weight)).sum();
+        let points_of = |e: &Endpoint| {
+            let share = u64::from(RING_POINTS) * list.len() as u64 * u64::from(e.weight);
+            (share.div_ceil(total.max(1)) as u32).max(1)
+        };
         let mut ring = Vec::with_capacity(list.len() * RING_POINTS as usize);
         for (i, ep) in list.iter().enumerate() {
-            for point in 0..RING_POINTS {
+            for point in 0..points_of(ep) {
                 ring.push((hash_of(&(ep.addr, point)), i as u32));
             }
         }
@@ -63,15 +70,88 @@ impl Balancer {
         if list.is_empty() {
             return None;
         }
+        let turns = || match &set.turns {
+            Some(t) => weighted_round_robin(list, t, n, &available),
+            None => round_robin(list, n, &available),
+        };
         match self.policy {
-            BalancePolicy::RoundRobin => round_robin(list, n, &available),
+            BalancePolicy::RoundRobin => turns(),
             BalancePolicy::LeastRequest => p2c(list, &available),
             BalancePolicy::ConsistentHash => match key {
                 Some(k) => ring_lookup(set, hash_of(&k), &available),
-                None => round_robin(list, n, &available),
+                None => turns(),
             },
         }
     }
+}
+
+/// Round robin's order when weights differ, without a stored schedule (which could be
+/// as long as the weights' sum). Over every `total` picks, pick `n` lands on position
+/// `n × stride mod total`: a permutation of the positions, the stride being coprime
+/// with the total, and a well-spread one, the stride being near the golden section
+/// of the total. The endpoint whose share holds the position is chosen. So each gets
+/// exactly its weight's share of every `total` picks, interleaved with the others
+/// rather than in a burst (`a a a b`, not `a a a` then `b`), as nginx's smooth
+/// weighted round robin spreads them.
+pub struct Turns {
+    /// Running sums of the weights: endpoint `i` holds positions `ends[i-1]..ends[i]`.
+    ends: Vec<u64>,
+    stride: u64,
+}
+
+impl Turns {
+    /// None when every endpoint weighs the same: plain round robin is that order.
+    pub fn new(list: &[Arc<Endpoint>]) -> Option<Turns> {
+        let first = list.first()?.weight;
+        if list.iter().all(|e| e.weight == first) {
+            return None;
+        }
+        let ends: Vec<u64> = list
+            .iter()
+            .scan(0u64, |sum, e| {
+                *sum += u64::from(e.weight);
+                Some(*sum)
+            })
+            .collect();
+        let total = *ends.last()?;
+        // Keeps `position × stride` within u64 (weights are at most 1000 each).
+        if total > u64::from(u32::MAX) {
+            return None;
+        }
+        let mut stride = ((total as f64 * 0.618_033_988_75).round() as u64).max(1);
+        while gcd(stride, total) != 1 {
+            stride += 1;
+        }
+        Some(Turns { ends, stride })
+    }
+
+    /// The endpoint whose turn pick `n` is.
+    fn at(&self, n: u64) -> usize {
+        let total = self.ends[self.ends.len() - 1];
+        let position = (n % total) * self.stride % total;
+        self.ends.partition_point(|&end| end <= position)
+    }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// Weighted turns, passing over unavailable endpoints: the next few turns, then, so
+/// that a heavy endpoint that is down costs at most one pass, the plain order.
+fn weighted_round_robin<'a>(
+    list: &'a [Arc<Endpoint>],
+    turns: &Turns,
+    n: u64,
+    available: &impl Fn(&Endpoint) -> bool,
+) -> Option<&'a Arc<Endpoint>> {
+    (0..list.len() as u64)
+        .map(|k| &list[turns.at(n.wrapping_add(k))])
+        .find(|e| available(e))
+        .or_else(|| round_robin(list, n, available))
 }
 
 fn round_robin<'a>(
@@ -87,7 +167,9 @@ fn round_robin<'a>(
 }
 
 /// Power of two choices: of two random available endpoints, the one with the lower
-/// cost, where cost = latency estimate × (outstanding requests + 1).
+/// cost, where cost = latency estimate × (outstanding requests + 1) ÷ weight: a
+/// weight is a capacity, so an endpoint twice as heavy is as loaded with twice the
+/// requests outstanding.
 fn p2c<'a>(
     list: &'a [Arc<Endpoint>],
     available: &impl Fn(&Endpoint) -> bool,
@@ -121,7 +203,7 @@ fn cost(e: &Endpoint) -> f64 {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .estimate_ns();
-    rtt * (pending + 1.0)
+    rtt * (pending + 1.0) / f64::from(e.weight)
 }
 
 fn ring_lookup<'a>(
@@ -197,18 +279,130 @@ mod tests {
     use std::collections::HashMap;
 
     fn set(n: u16, balancer: &Balancer) -> EndpointSet {
+        weighted(&vec![1; n as usize], balancer)
+    }
+
+    /// Endpoints on ports 1000, 1001, ... weighing `weights`.
+    fn weighted(weights: &[u32], balancer: &Balancer) -> EndpointSet {
         let now = Instant::now();
-        let list: Vec<_> = (0..n)
-            .map(|i| {
-                Arc::new(Endpoint::new(
-                    std::net::SocketAddr::from(([127, 0, 0, 1], 1000 + i)),
-                    "h".into(),
-                    now,
-                ))
+        let list: Vec<_> = (1000..)
+            .zip(weights)
+            .map(|(port, &weight)| {
+                let found = super::super::dns::Found {
+                    addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                    host: "h".into(),
+                    weight,
+                };
+                Arc::new(Endpoint::new(found, now))
             })
             .collect();
-        let ring = balancer.ring_for(&list);
-        EndpointSet { list, ring }
+        EndpointSet::new(balancer, list)
+    }
+
+    /// How many of `picks` picks went to each port.
+    fn shares(
+        b: &Balancer,
+        s: &EndpointSet,
+        picks: u64,
+        key: impl Fn(u64) -> Option<String>,
+    ) -> HashMap<u16, u64> {
+        let mut counts = HashMap::new();
+        for n in 0..picks {
+            let k = key(n);
+            let ep = b
+                .pick(s, k.as_deref().map(str::as_bytes), n, |_| true)
+                .unwrap();
+            *counts.entry(ep.addr.port()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn weighted_round_robin_gives_each_its_share_interleaved() {
+        let b = balancer(BalancePolicy::RoundRobin);
+        let s = weighted(&[3, 1], &b);
+        let order: String = (0..8)
+            .map(
+                |n| match b.pick(&s, None, n, |_| true).unwrap().addr.port() {
+                    1000 => 'a',
+                    _ => 'b',
+                },
+            )
+            .collect();
+        // Exactly 3:1 in every four picks, and never `b` twice running.
+        assert_eq!(order.matches('a').count(), 6, "{order}");
+        assert_eq!(order[..4].matches('b').count(), 1, "{order}");
+        assert!(!order.contains("bb"), "{order}");
+        // Uneven weights over more endpoints: exact over every cycle of the total.
+        let s = weighted(&[5, 1, 3, 1], &b);
+        let counts = shares(&b, &s, 1000, |_| None);
+        assert_eq!(counts[&1000], 500);
+        assert_eq!(counts[&1001], 100);
+        assert_eq!(counts[&1002], 300);
+        assert_eq!(counts[&1003], 100);
+        // The longest run of one endpoint is short: the turns are spread.
+        let ports: Vec<u16> = (0..100)
+            .map(|n| b.pick(&s, None, n, |_| true).unwrap().addr.port())
+            .collect();
+        let longest = ports
+            .chunk_by(|a, b| a == b)
+            .map(<[u16]>::len)
+            .max()
+            .unwrap_or(0);
+        assert!(longest <= 3, "{ports:?}");
+    }
+
+    #[test]
+    fn weighted_round_robin_passes_over_unavailable_endpoints() {
+        let b = balancer(BalancePolicy::RoundRobin);
+        let s = weighted(&[1000, 1, 1], &b);
+        // The heavy one down: the two light ones share everything, evenly.
+        let mut counts = HashMap::new();
+        for n in 0..1000 {
+            let ep = b.pick(&s, None, n, |e| e.addr.port() != 1000).unwrap();
+            *counts.entry(ep.addr.port()).or_insert(0u32) += 1;
+        }
+        assert_eq!(counts.len(), 2, "{counts:?}");
+        assert!(counts.values().all(|&c| c > 300), "{counts:?}");
+        assert!(b.pick(&s, None, 0, |_| false).is_none());
+    }
+
+    #[test]
+    fn equal_weights_keep_plain_round_robin() {
+        let b = balancer(BalancePolicy::RoundRobin);
+        assert!(weighted(&[7, 7, 7], &b).turns.is_none());
+        assert!(weighted(&[1, 2], &b).turns.is_some());
+    }
+
+    #[test]
+    fn consistent_hash_shares_keys_by_weight() {
+        let b = balancer(BalancePolicy::ConsistentHash);
+        let s = weighted(&[1, 3], &b);
+        let counts = shares(&b, &s, 8000, |n| Some(format!("user-{n}")));
+        let heavy = counts[&1001] as f64 / 8000.0;
+        assert!((0.65..0.85).contains(&heavy), "{counts:?}");
+        // Without the key, requests take weighted turns.
+        let counts = shares(&b, &s, 400, |_| None);
+        assert_eq!((counts[&1000], counts[&1001]), (100, 300));
+    }
+
+    #[test]
+    fn p2c_counts_a_heavier_endpoint_as_more_capacity() {
+        let b = balancer(BalancePolicy::LeastRequest);
+        let s = weighted(&[1, 4], &b);
+        // Three requests outstanding on the heavy one weigh less than one on the light.
+        s.list[0].pending.store(1, Ordering::Relaxed);
+        s.list[1].pending.store(3, Ordering::Relaxed);
+        let heavy = (0..100)
+            .filter(|&n| b.pick(&s, None, n, |_| true).unwrap().addr.port() == 1001)
+            .count();
+        assert_eq!(heavy, 100);
+        // Eight outstanding on the heavy one weigh more than one on the light.
+        s.list[1].pending.store(8, Ordering::Relaxed);
+        let heavy = (0..100)
+            .filter(|&n| b.pick(&s, None, n, |_| true).unwrap().addr.port() == 1001)
+            .count();
+        assert_eq!(heavy, 0);
     }
 
     fn balancer(policy: BalancePolicy) -> Balancer {

@@ -25,11 +25,20 @@ fn has_names(config: &ClusterConfig) -> bool {
         .any(|e| split_host_port(e.address()).is_ok_and(|(h, _)| h.parse::<IpAddr>().is_err()))
 }
 
+/// An address found for an endpoint entry.
+pub(super) struct Found {
+    pub addr: SocketAddr,
+    /// The host it came from, as written.
+    pub host: Arc<str>,
+    /// The entry's weight, which every address of a name shares.
+    pub weight: u32,
+}
+
 /// The outcome of resolving a cluster's endpoints.
 #[derive(Default)]
 pub(super) struct Resolved {
-    /// Every address found, with the host it came from.
-    pub addrs: Vec<(SocketAddr, Arc<str>)>,
+    /// Every address found, in configured order.
+    pub addrs: Vec<Found>,
     /// Names that did not resolve (logged and counted); the next refresh tries again.
     pub failed: Vec<String>,
 }
@@ -41,17 +50,26 @@ pub(super) async fn resolve_all(config: &ClusterConfig, stats: &ClusterStats) ->
         let Ok((host, port)) = split_host_port(e.address()) else {
             continue;
         };
+        let weight = e.weight();
         if let Ok(ip) = host.parse::<IpAddr>() {
-            out.addrs.push((SocketAddr::new(ip, port), Arc::from(host)));
+            out.addrs.push(Found {
+                addr: SocketAddr::new(ip, port),
+                host: Arc::from(host),
+                weight,
+            });
             continue;
         }
         match tokio::net::lookup_host((host, port)).await {
             Ok(addrs) => {
                 stats.dns_lookup(&config.name, DnsOutcome::resolved);
                 let host: Arc<str> = Arc::from(host);
-                for a in addrs {
-                    if !out.addrs.iter().any(|(x, _)| *x == a) {
-                        out.addrs.push((a, host.clone()));
+                for addr in addrs {
+                    if !out.addrs.iter().any(|f| f.addr == addr) {
+                        out.addrs.push(Found {
+                            addr,
+                            host: host.clone(),
+                            weight,
+                        });
                     }
                 }
             }
@@ -87,8 +105,8 @@ pub(super) async fn refresh(cluster: Weak<Cluster>) {
             continue;
         }
         tracing::info!(cluster = %c.name, endpoints = list.len(), "endpoints changed after DNS refresh");
-        let ring = c.balancer.ring_for(&list);
-        c.endpoints.store(Arc::new(EndpointSet { list, ring }));
+        c.endpoints
+            .store(Arc::new(EndpointSet::new(&c.balancer, list)));
     }
 }
 
@@ -105,10 +123,10 @@ fn carry_over(
     let mut list: Vec<Arc<Endpoint>> = resolved
         .addrs
         .into_iter()
-        .map(|(addr, host)| {
+        .map(|found| {
             known
-                .remove(&addr)
-                .unwrap_or_else(|| Arc::new(Endpoint::new(addr, host, epoch)))
+                .remove(&found.addr)
+                .unwrap_or_else(|| Arc::new(Endpoint::new(found, epoch)))
         })
         .collect();
     // In configured order, after the fresh ones: what a failed name had before.
@@ -153,9 +171,20 @@ mod tests {
         );
     }
 
+    fn found(addrs: Vec<(SocketAddr, Arc<str>)>) -> Vec<Found> {
+        addrs
+            .into_iter()
+            .map(|(addr, host)| Found {
+                addr,
+                host,
+                weight: 1,
+            })
+            .collect()
+    }
+
     fn resolved(addrs: Vec<(SocketAddr, Arc<str>)>) -> Resolved {
         Resolved {
-            addrs,
+            addrs: found(addrs),
             failed: Vec::new(),
         }
     }
@@ -174,7 +203,7 @@ mod tests {
         let after = carry_over(
             &before,
             Resolved {
-                addrs: vec![(addr(3), a.clone())],
+                addrs: found(vec![(addr(3), a.clone())]),
                 failed: vec!["b.internal".into()],
             },
             epoch,

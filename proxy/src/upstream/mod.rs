@@ -33,6 +33,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// The host as configured (a DNS name or an IP), for SNI and health checks.
     pub host: Arc<str>,
+    /// Its share of the traffic relative to the cluster's other endpoints.
+    pub weight: u32,
     pub(crate) pool: Pool,
     /// Requests sent and not yet answered.
     pub(crate) pending: AtomicU32,
@@ -43,10 +45,12 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr, host: Arc<str>, now: Instant) -> Self {
+    fn new(found: dns::Found, now: Instant) -> Self {
+        let dns::Found { addr, host, weight } = found;
         Endpoint {
             addr,
             host,
+            weight,
             pool: Pool::default(),
             pending: AtomicU32::new(0),
             ewma: Mutex::new(Ewma::new(now)),
@@ -60,6 +64,18 @@ impl Endpoint {
 pub struct EndpointSet {
     pub list: Vec<Arc<Endpoint>>,
     pub(crate) ring: Vec<(u64, u32)>,
+    /// Round robin's order when the endpoints' weights differ.
+    pub(crate) turns: Option<balance::Turns>,
+}
+
+impl EndpointSet {
+    pub(crate) fn new(balancer: &Balancer, list: Vec<Arc<Endpoint>>) -> Self {
+        EndpointSet {
+            ring: balancer.ring_for(&list),
+            turns: balance::Turns::new(&list),
+            list,
+        }
+    }
 }
 
 /// A named group of endpoints and the policy that spreads requests over them.
@@ -154,15 +170,15 @@ impl Cluster {
         let list: Vec<Arc<Endpoint>> = initial
             .addrs
             .into_iter()
-            .map(|(addr, host)| Arc::new(Endpoint::new(addr, host, epoch)))
+            .map(|found| Arc::new(Endpoint::new(found, epoch)))
             .collect();
         let balancer = Balancer::new(&config.balance);
-        let ring = balancer.ring_for(&list);
         stats.healthy.set(list.len() as i64);
+        let endpoints = EndpointSet::new(&balancer, list);
         let cluster = Arc::new(Cluster {
             name: config.name.as_str().into(),
             config: config.clone(),
-            endpoints: ArcSwap::from_pointee(EndpointSet { list, ring }),
+            endpoints: ArcSwap::from_pointee(endpoints),
             connector,
             tls_files,
             balancer,
