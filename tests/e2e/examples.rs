@@ -169,6 +169,7 @@ fn config_with_everything() -> Config {
             normalize_path: false,
             merge_slashes: true,
             escaped_slashes: EscapedSlashes::Decode,
+            proxy_protocol: true,
         }],
         clusters: vec![ClusterConfig {
             name: "c".into(),

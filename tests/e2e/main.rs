@@ -14,6 +14,7 @@ mod health;
 mod http;
 mod lifecycle;
 mod limits;
+mod proxy_protocol;
 mod reload;
 mod timeouts;
 mod tls;

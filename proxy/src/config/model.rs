@@ -182,6 +182,10 @@ pub struct ListenerConfig {
     /// What becomes of percent-encoded slashes (`%2F`, `%5C`) in paths.
     #[serde(default)]
     pub escaped_slashes: EscapedSlashes,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from a load
+    /// balancer in front, whose client address stands for the connection's.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 /// What a listener does with a path's percent-encoded slashes and backslashes

@@ -1,10 +1,12 @@
-//! Downstream: listeners accept connections, enforce connection-level limits, do the
+//! Downstream: listeners accept connections, enforce connection-level limits, read a
+//! load balancer's PROXY protocol header where asked to (`proxy_protocol`), do the
 //! TLS handshake, tell HTTP/2 from HTTP/1 (ALPN, or the HTTP/2 preface peeked from a
 //! cleartext socket) and hand the connection to hyper's server for that protocol,
 //! whose requests go to `proxy::handle`. TCP listeners hand the connection to
 //! `proxy::tunnel` instead (which does their TLS handshake too).
 
 pub mod drain;
+mod proxy_protocol;
 pub mod sockets;
 
 use std::convert::Infallible;
@@ -148,11 +150,17 @@ pub async fn accept_loop(
         let rt = rt.clone();
         let drain = drain.clone();
         tokio::spawn(async move {
-            match lr.config.protocol {
-                ListenerProtocol::Http => {
+            let mut tcp = tcp;
+            let client = match lr.config.proxy_protocol {
+                false => Some(remote),
+                true => proxy_protocol::client_of(&mut tcp, &lr, &rt, remote).await,
+            };
+            match (client, lr.config.protocol) {
+                (None, _) => {}
+                (Some(remote), ListenerProtocol::Http) => {
                     serve_http(tcp, remote, local, lr, rt, drain, removed).await
                 }
-                ListenerProtocol::Tcp => {
+                (Some(remote), ListenerProtocol::Tcp) => {
                     crate::proxy::tcp::serve_tcp(tcp, remote, lr, rt, drain).await
                 }
             }

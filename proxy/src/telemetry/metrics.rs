@@ -100,6 +100,7 @@ pub enum Limit {
     tls_handshake,
     body_size,
     stream_idle_timeout,
+    proxy_protocol,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
