@@ -209,6 +209,7 @@ fn config_with_everything() -> Config {
                 healthy_threshold: 1,
                 unhealthy_threshold: 1,
             }),
+            proxy_protocol: Some(ProxyProtocolVersion::V2),
         }],
         filters: vec![FilterConfig {
             name: "f".into(),

@@ -1,7 +1,8 @@
-//! Listeners behind a load balancer that passes TCP through and speaks the PROXY
-//! protocol: HAProxy in TCP mode, sending v1 (`send-proxy`) or v2 (`send-proxy-v2`),
-//! in front of Weft, with curl as the client, bound to 127.0.0.2 so that the address
-//! the header carries differs from the balancer's (127.0.0.1).
+//! The PROXY protocol both ways, with HAProxy as the peer. In front: HAProxy in TCP
+//! mode sending v1 (`send-proxy`) or v2 (`send-proxy-v2`) to a listener that expects
+//! it. Behind: a cluster that sends the header to HAProxy (`accept-proxy`), which
+//! adds the client it names to `X-Forwarded-For`. curl is the client, bound to
+//! 127.0.0.2 so that the address a header carries differs from the proxies' (127.0.0.1).
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -9,9 +10,9 @@ use std::process::Stdio;
 
 use crate::support::*;
 
-/// HAProxy forwarding every connection to `to`, with `send` (`send-proxy`,
-/// `send-proxy-v2`) on its server line. Its listening socket is bound here (port 0)
-/// and handed over as a file descriptor (`bind fd@N`), so no port is fixed.
+/// HAProxy running `config` (after timeouts), whose `{bind}` is its listening
+/// socket: bound here (port 0) and handed over as a file descriptor (`bind fd@N`),
+/// so no port is fixed.
 struct Haproxy {
     addr: SocketAddr,
     _child: tokio::process::Child,
@@ -19,7 +20,23 @@ struct Haproxy {
 }
 
 impl Haproxy {
-    fn start(to: SocketAddr, send: &str) -> Haproxy {
+    /// In TCP mode, forwarding every connection to `to` with `send` (`send-proxy`,
+    /// `send-proxy-v2`) on its server line.
+    fn sending(to: SocketAddr, send: &str) -> Haproxy {
+        Self::start(&format!(
+            "listen front\n  mode tcp\n  bind {{bind}}\n  server weft {to} {send}\n"
+        ))
+    }
+
+    /// In HTTP mode, taking a PROXY header on every connection (`accept-proxy`) and
+    /// adding the client it names to `X-Forwarded-For` on requests to `to`.
+    fn accepting(to: SocketAddr) -> Haproxy {
+        Self::start(&format!(
+            "listen back\n  mode http\n  option forwardfor\n  bind {{bind}} accept-proxy\n  server b {to}\n"
+        ))
+    }
+
+    fn start(config: &str) -> Haproxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let fd = listener.as_raw_fd();
@@ -28,8 +45,8 @@ impl Haproxy {
         std::fs::write(
             &cfg,
             format!(
-                "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
-                 listen front\n  bind fd@{fd}\n  server weft {to} {send}\n"
+                "defaults\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n{}",
+                config.replace("{bind}", &format!("fd@{fd}"))
             ),
         )
         .unwrap();
@@ -105,7 +122,7 @@ async fn the_client_address_comes_from_the_balancers_header_v1_and_v2() {
     let backend = Backend::start("b1").await;
     let proxy = Proxy::start(&config(backend.addr, "")).await;
     for send in ["send-proxy", "send-proxy-v2"] {
-        let front = Haproxy::start(proxy.addr("main"), send);
+        let front = Haproxy::sending(proxy.addr("main"), send);
         let (body, code) = curl(&[&format!("http://{}/info", front.addr)]).await;
         assert_eq!(code, 0, "{send}: {body}");
         // The balancer connects from 127.0.0.1; the client it speaks for is 127.0.0.2.
@@ -136,7 +153,7 @@ async fn the_header_comes_before_tls_and_before_a_tcp_listeners_bytes() {
         ),
     ))
     .await;
-    let front = Haproxy::start(tls.addr("main"), "send-proxy-v2");
+    let front = Haproxy::sending(tls.addr("main"), "send-proxy-v2");
     let port = front.addr.port();
     let (body, code) = curl(&[
         "--cacert",
@@ -153,7 +170,7 @@ async fn the_header_comes_before_tls_and_before_a_tcp_listeners_bytes() {
 
     // A TCP listener passes on what follows the header, byte for byte.
     let tcp = Proxy::start(&config(backend.addr, "protocol = \"tcp\"")).await;
-    let front = Haproxy::start(tcp.addr("main"), "send-proxy-v2");
+    let front = Haproxy::sending(tcp.addr("main"), "send-proxy-v2");
     let (body, code) = curl(&[&format!("http://{}/info", front.addr)]).await;
     assert_eq!(code, 0, "{body}");
     assert_eq!(info(&body)["backend"], "b1");
@@ -190,4 +207,66 @@ async fn a_connection_without_a_header_in_time_is_closed_and_counted() {
         )
         .await;
     assert_eq!(backend.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_cluster_sends_the_client_on_in_its_own_header_v1_and_v2() {
+    let backend = Backend::start("b1").await;
+    let back = Haproxy::accepting(backend.addr);
+    for version in ["v1", "v2"] {
+        // A tcp listener's connection: the header names its client.
+        let proxy = Proxy::start(&format!(
+            r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "c"
+
+[[listeners]]
+name = "web"
+address = "127.0.0.1:0"
+cluster = "c"
+forwarding = {{ x_forwarded_for = "off" }}
+
+[[clusters]]
+name = "c"
+endpoints = ["{}"]
+proxy_protocol = "{version}"
+health_check = {{ path = "/", interval = "50ms", unhealthy_threshold = 1 }}
+"#,
+            back.addr
+        ))
+        .await;
+        let (body, code) = curl(&[&proxy.url("/info")]).await;
+        assert_eq!(code, 0, "{version}: {body}");
+        let v = info(&body);
+        assert_eq!(
+            v["headers"]["x-forwarded-for"], "127.0.0.2",
+            "{version}: {v}"
+        );
+
+        // HTTP requests share the connections: the header names no one (v1 UNKNOWN,
+        // v2 LOCAL), so HAProxy takes the connection's own address, the proxy's (the
+        // listener adds no X-Forwarded-For of its own here).
+        let web = format!("http://{}/info", proxy.addr("web"));
+        let (body, code) = curl(&[&web]).await;
+        assert_eq!(code, 0, "{version}: {body}");
+        let v = info(&body);
+        assert_eq!(
+            v["headers"]["x-forwarded-for"], "127.0.0.1",
+            "{version}: {v}"
+        );
+
+        // Health checks open connections of their own, with a header naming no one:
+        // HAProxy, which closes any connection without one, passes them on.
+        let before = backend.hits();
+        let checked = eventually(std::time::Duration::from_secs(5), async || {
+            backend.hits() >= before + 3
+        })
+        .await;
+        assert!(checked, "{version}: no health check got through");
+        let states = endpoint_states(&proxy, "c").await;
+        assert_eq!(states[&back.addr], "healthy", "{version}");
+    }
 }

@@ -570,6 +570,19 @@ pub struct ClusterConfig {
     pub outlier: OutlierConfig,
     #[serde(default)]
     pub health_check: Option<HealthCheckConfig>,
+    /// Every connection to the endpoints begins with a PROXY protocol header of this
+    /// version: the client's address for a tcp listener's connection or a `CONNECT`
+    /// tunnel, none for connections shared by many clients' requests.
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
+}
+
+/// The PROXY protocol's text (`v1`) or binary (`v2`) header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocolVersion {
+    V1,
+    V2,
 }
 
 fn default_connect_timeout() -> Dur {

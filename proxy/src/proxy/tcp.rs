@@ -37,10 +37,12 @@ pub async fn serve_tcp(
     _drain: Drain,
 ) {
     let _ = tcp.set_nodelay(true);
+    // The client's address and the one it reached, for a PROXY header upstream.
+    let client = (remote, tcp.local_addr().unwrap_or(remote));
     let limit = lr.config.limits.tls_handshake_timeout.0;
     let Some(tls) = &lr.tls else {
         if lr.routes.routes.is_empty() {
-            return relay(tcp, &[], None, remote, &lr).await;
+            return relay(tcp, &[], None, client, &lr).await;
         }
         // Passed through: the name is read from the client's hello, which goes on.
         let mut tcp = tcp;
@@ -54,12 +56,12 @@ pub async fn serve_tcp(
             // A client that waits for the server to speak first: no name.
             Err(_) => None,
         };
-        return relay(tcp, &seen, sni.as_deref(), remote, &lr).await;
+        return relay(tcp, &seen, sni.as_deref(), client, &lr).await;
     };
     match tokio::time::timeout(limit, TlsAcceptor::from(tls.clone()).accept(tcp)).await {
         Ok(Ok(stream)) => {
             let sni = stream.get_ref().1.server_name().map(str::to_owned);
-            relay(stream, &[], sni.as_deref(), remote, &lr).await
+            relay(stream, &[], sni.as_deref(), client, &lr).await
         }
         Ok(Err(e)) => {
             tracing::debug!(listener = %lr.name, %remote, error = %e, "TLS handshake failed");
@@ -107,14 +109,15 @@ async fn relay<S>(
     downstream: S,
     first: &[u8],
     sni: Option<&str>,
-    remote: SocketAddr,
+    client: (SocketAddr, SocketAddr),
     lr: &ListenerRuntime,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let start = Instant::now();
+    let remote = client.0;
     let mut seen = Relayed::default();
-    let outcome = forward(downstream, first, sni, lr, &mut seen).await;
+    let outcome = forward(downstream, first, sni, client, lr, &mut seen).await;
     tracing::info!(
         target: "weft::access",
         listener = %lr.name,
@@ -142,6 +145,7 @@ async fn forward<S>(
     downstream: S,
     first: &[u8],
     sni: Option<&str>,
+    client: (SocketAddr, SocketAddr),
     lr: &ListenerRuntime,
     seen: &mut Relayed,
 ) -> Result<(), Cow<'static, str>>
@@ -157,7 +161,7 @@ where
     // A connection is the cluster's request in flight while it lasts.
     let _admitted = cluster.admit().map_err(|e| e.kind())?;
     // Each failed attempt was logged with its endpoint.
-    let (ep, mut upstream) = cluster.connect_tunnel().await.map_err(|e| e.kind())?;
+    let (ep, mut upstream) = cluster.connect_tunnel(client).await.map_err(|e| e.kind())?;
     seen.upstream = Some(ep.addr);
     upstream.write_all(first).await.map_err(|e| e.to_string())?;
     seen.sent = first.len() as u64;

@@ -216,7 +216,9 @@ pub async fn connect(
     let cluster = target.cluster.clone().ok_or(ProxyError::NoCluster)?;
     ex.cluster = Some(cluster.clone());
     ex.admitted = cluster.admit()?;
-    let (ep, io) = cluster.connect_tunnel().await?;
+    let (ep, io) = cluster
+        .connect_tunnel((ex.conn.remote, ex.conn.local))
+        .await?;
     ex.set_endpoint(ep);
     let downstream = hyper::upgrade::on(&mut req);
     let idle = cluster.config.idle_timeout.non_zero();

@@ -148,7 +148,7 @@ async fn check_once(
     let attempt = async {
         let (io, alpn_h2) = c
             .connector
-            .connect(ep.addr, &ep.host, false)
+            .connect(ep.addr, &ep.host, false, None)
             .await
             .map_err(|e| e.to_string())?;
         let h2 = alpn_h2 || c.config.protocol == UpstreamProtocol::Http2;

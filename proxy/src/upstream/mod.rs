@@ -164,6 +164,7 @@ impl Cluster {
         let connector = Connector {
             tls,
             connect_timeout: config.connect_timeout.0,
+            proxy_protocol: config.proxy_protocol,
         };
         let epoch = Instant::now();
         let initial = dns::resolve_all(config, &stats).await;
@@ -223,16 +224,24 @@ impl Cluster {
             .ok_or_else(|| ProxyError::NoHealthyEndpoint(self.name.to_string()))
     }
 
-    /// A byte tunnel's connection (`CONNECT`, a TCP listener): to an endpoint
+    /// A byte tunnel's connection (`CONNECT`, a TCP listener) for `client` (its
+    /// address and the one it connected to, for a PROXY header): to an endpoint
     /// `pick` chooses or, when connecting fails, to up to `connect_retries` others,
     /// each result recorded for outlier detection. The endpoint used comes with it;
     /// the last failure when none could be reached.
-    pub async fn connect_tunnel(&self) -> Result<(Arc<Endpoint>, connect::Io), ProxyError> {
+    pub async fn connect_tunnel(
+        &self,
+        client: (SocketAddr, SocketAddr),
+    ) -> Result<(Arc<Endpoint>, connect::Io), ProxyError> {
         let mut ep = self.pick(None)?;
         let mut tried = Vec::new();
         loop {
             let start = Instant::now();
-            match self.connector.connect(ep.addr, &ep.host, true).await {
+            match self
+                .connector
+                .connect(ep.addr, &ep.host, true, Some(client))
+                .await
+            {
                 Ok((io, _)) => {
                     // A success ends a streak of failures, as requests' successes do.
                     self.record(&ep, Ok(start.elapsed()));
@@ -305,7 +314,13 @@ impl Cluster {
         match self.use_h2_known(ep, want) {
             Ok(known) => known,
             Err(Unprobed) => {
-                let yes = connect::probe_h2c(ep.addr, self.connector.connect_timeout).await;
+                let prelude = self
+                    .connector
+                    .proxy_protocol
+                    .map(|v| connect::proxy_header(v, None))
+                    .unwrap_or_default();
+                let yes =
+                    connect::probe_h2c(ep.addr, self.connector.connect_timeout, &prelude).await;
                 ep.h2c.store(if yes { 1 } else { 2 }, Ordering::Relaxed);
                 tracing::debug!(cluster = %self.name, endpoint = %ep.addr, h2c = yes, "probed for clear-text HTTP/2");
                 Some(yes)

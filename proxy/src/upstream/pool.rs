@@ -777,7 +777,11 @@ impl Cluster {
         ep: &Endpoint,
         http1_only: bool,
     ) -> Result<(super::connect::Io, bool), ProxyError> {
-        let r = self.connector.connect(ep.addr, &ep.host, http1_only).await;
+        // Shared by many clients' requests: a PROXY header, if any, names no one.
+        let r = self
+            .connector
+            .connect(ep.addr, &ep.host, http1_only, None)
+            .await;
         if let Err(e) = &r {
             self.stats.connect_errors.inc();
             if matches!(e, ProxyError::ConnectTimeout(_)) {
