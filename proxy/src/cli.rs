@@ -77,6 +77,10 @@ pub struct ProxyArgs {
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+    /// Every connection begins with a load balancer's PROXY protocol header (v1 or
+    /// v2), whose client address stands for the connection's.
+    #[arg(long)]
+    pub proxy_protocol: bool,
 }
 
 /// Runs the command; the process exits with the returned code.
@@ -273,6 +277,7 @@ pub fn proxy_config(args: &ProxyArgs) -> anyhow::Result<config::LoadedConfig> {
         },
         listeners: vec![ListenerConfig {
             chain: chain.as_ref().map(|c| c.name.clone()),
+            proxy_protocol: args.proxy_protocol,
             ..listener
         }],
         clusters: vec![cluster],

@@ -172,6 +172,43 @@ async fn proxy_balances_across_every_target() {
 }
 
 #[tokio::test]
+async fn proxy_behind_a_load_balancer_takes_its_proxy_protocol_header() {
+    let b1 = Backend::start("b1").await;
+    let to = format!("http://{}", b1.addr);
+    let child = Child::spawn(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &to,
+        "--proxy-protocol",
+    ])
+    .await;
+    let url = format!("http://{}/info", child.listener_addr("proxy"));
+    let curl = async |extra: &[&str]| {
+        let out = tokio::process::Command::new("curl")
+            .args(["-s", "--interface", "127.0.0.3"])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .await
+            .expect("curl");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, body) = curl(&["--haproxy-protocol"]).await;
+    assert_eq!(code, Some(0), "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["headers"]["x-forwarded-for"], "127.0.0.3", "{v}");
+    // Without the header the connection is closed unanswered.
+    let (code, body) = curl(&[]).await;
+    assert!(matches!(code, Some(52 | 56)), "{code:?}: {body}");
+    assert_eq!(b1.hits(), 1);
+}
+
+#[tokio::test]
 async fn proxy_speaks_h2c_to_an_http2_only_upstream() {
     let backend = Backend::start_with("b1", Proto::Http2, None).await;
     let to = format!("h2c://{}", backend.addr);

@@ -211,6 +211,7 @@ async fn grpc_through_weft_proxy_to_h2c() {
         admin: None,
         filters: Vec::new(),
         workers: 0,
+        proxy_protocol: false,
     };
     let loaded = proxy_config(&args).unwrap();
     assert_eq!(
