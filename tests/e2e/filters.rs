@@ -427,6 +427,44 @@ async fn a_buffered_body_over_the_limit_is_413() {
     )
     .await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"SMALL"[..]));
+    assert_eq!(
+        proxy
+            .metric(r#"weft_limit_hits_total{listener="main",limit="body_size"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn the_listeners_body_limit_stops_a_body_a_filter_collects() {
+    let b1 = Backend::start("b1").await;
+    let cfg = config(
+        &b1,
+        &[("p", r#"{"request_body": "buffer"}"#)],
+        "[filters.limits]\nbody_bytes = \"1MiB\"\n",
+    )
+    .replacen(
+        "cluster = ",
+        "limits = { max_request_body = \"1KiB\" }\ncluster = ",
+        1,
+    );
+    let proxy = Proxy::start(&cfg).await;
+    // Of unknown length, so the listener's limit finds it while the filter collects.
+    let (status, _, _) = send(
+        &h1(),
+        Request::post(proxy.url("/echo"))
+            .body(chunks([vec![b'x'; 1000], vec![b'y'; 1000]]))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(b1.hits(), 0);
+    assert_eq!(
+        proxy
+            .metric(r#"weft_limit_hits_total{listener="main",limit="body_size"}"#)
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! Protections against bad clients: request heads too large or with too many
-//! headers (431), slowloris (heads that never finish, silent connections),
+//! headers (431), request bodies too large (413), slowloris (heads that never finish, silent connections),
 //! `max_connections`, idle keep-alive connections, HTTP/2 stream limits, and
 //! garbage on the wire. Each limit is counted in `weft_limit_hits_total`.
 
@@ -151,6 +151,41 @@ async fn too_many_headers_is_431() {
     assert!(refused.starts_with("HTTP/1.1 431"), "{refused}");
     assert_eq!(proxy.metric(&limit_hits("header_size")).await, 1.0);
     assert_eq!(backend.hits(), 1);
+}
+
+#[tokio::test]
+async fn request_bodies_past_max_request_body_are_413() {
+    let backend = Backend::start("b1").await;
+    let proxy = Proxy::start(&config(backend.addr, "max_request_body = \"1KiB\"")).await;
+    let url = proxy.url("/hash");
+    let post = |body: TestBody| Request::post(&url).body(body).unwrap();
+    for (name, client) in [("HTTP/1.1", h1()), ("HTTP/2", h2())] {
+        // Declared too long: refused at once, the upstream never asked.
+        let hits = backend.hits();
+        let (status, _, body) = send(&client, post(full(vec![b'a'; 1025]))).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{name}: {body:?}");
+        assert_eq!(backend.hits(), hits, "{name}");
+        // Of unknown length (chunked; HTTP/2 without content-length): cut off where it
+        // passes the limit, on its way upstream.
+        let (status, _, body) =
+            send(&client, post(chunks([vec![b'a'; 600], vec![b'b'; 600]]))).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{name}: {body:?}");
+        // Up to the limit, declared or not: through whole.
+        let (status, _, body) = send(&client, post(full(vec![b'a'; 1024]))).await;
+        assert_eq!(status, StatusCode::OK, "{name}");
+        assert!(
+            String::from_utf8_lossy(&body).contains(" 1024 "),
+            "{name}: {body:?}"
+        );
+        let (status, _, body) =
+            send(&client, post(chunks([vec![b'a'; 512], vec![b'b'; 512]]))).await;
+        assert_eq!(status, StatusCode::OK, "{name}");
+        assert!(
+            String::from_utf8_lossy(&body).contains(" 1024 "),
+            "{name}: {body:?}"
+        );
+    }
+    assert_eq!(proxy.metric(&limit_hits("body_size")).await, 4.0);
 }
 
 #[tokio::test]

@@ -299,12 +299,14 @@ async fn upgraded_connection_closes_after_the_cluster_idle_timeout() {
 
 /// A proxy whose listener sends `/plain...` to `plain` and the rest to `ws`.
 async fn ws_and_plain(ws: SocketAddr, plain: SocketAddr) -> Proxy {
+    // A body limit well under what the tests' WebSockets carry: a tunnel is no body.
     Proxy::start(&format!(
         r#"
 [[listeners]]
 name = "main"
 address = "127.0.0.1:0"
 cluster = "ws"
+limits = {{ max_request_body = "64KiB" }}
 [[listeners.routes]]
 path_prefix = "/plain"
 cluster = "plain"

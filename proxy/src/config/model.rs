@@ -290,6 +290,9 @@ pub struct ListenerLimits {
     /// Time allowed for a TLS handshake.
     #[serde(default = "default_handshake_timeout")]
     pub tls_handshake_timeout: Dur,
+    /// Bytes of a request body; beyond it 413 (nginx's `client_max_body_size`). 0: no limit.
+    #[serde(default)]
+    pub max_request_body: Bytes,
 }
 
 fn default_max_connections() -> usize {
@@ -324,6 +327,7 @@ impl Default for ListenerLimits {
             header_read_timeout: default_header_read_timeout(),
             idle_timeout: default_idle_timeout(),
             tls_handshake_timeout: default_handshake_timeout(),
+            max_request_body: Bytes::default(),
         }
     }
 }

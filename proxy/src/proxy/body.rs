@@ -93,6 +93,8 @@ pub struct Tally {
     /// timer, which looks at both directions, is the stream's (a client listening
     /// to a stream may say nothing for longer than the idle timeout).
     pub response_started: AtomicBool,
+    /// The client's body went past the listener's `max_request_body`.
+    too_large: AtomicBool,
 }
 
 const FLOWING: u8 = 0;
@@ -116,6 +118,25 @@ impl Tally {
     pub fn idle_timed_out(&self) -> bool {
         self.idle_timed_out.load(Ordering::Relaxed)
     }
+
+    /// Whether the upload was cut off at the listener's `max_request_body`.
+    pub fn too_large(&self) -> bool {
+        self.too_large.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether a body's error is, or was caused by, going past a length limit
+/// (`http_body_util::Limited`, which the listener's `max_request_body` puts on a body
+/// of unknown length; filters' body wrappers may pass it on inside their own).
+pub fn past_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut at = Some(e);
+    while let Some(e) = at {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        at = e.source();
+    }
+    false
 }
 
 /// The request body on its way upstream, counted. One pointer wide: the request it
@@ -240,7 +261,11 @@ impl http_body::Body for RequestBody {
                 }
             }
             None => this.tally.request_done.store(true, Ordering::Relaxed),
-            Some(Err(_)) => {}
+            Some(Err(e)) => {
+                if past_length_limit(&**e) {
+                    this.tally.too_large.store(true, Ordering::Relaxed);
+                }
+            }
         }
         Poll::Ready(frame)
     }

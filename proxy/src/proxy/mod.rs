@@ -173,6 +173,11 @@ async fn forward(
         ex.x_request_id = head.headers().get(&headers::X_REQUEST_ID).cloned();
     }
     let mut body = Body::Incoming(incoming);
+    let max_body = lr.config.limits.max_request_body.as_usize();
+    // An upgrade's body (HTTP/2's extended CONNECT) is its tunnel, not a body.
+    if max_body != 0 && !upgrade && !http_body::Body::is_end_stream(&body) {
+        body = limit_request_body(body, max_body, ex)?;
+    }
 
     // Request phases of the filter chain.
     let run = target.chain.clone().map(|c| {
@@ -199,9 +204,18 @@ async fn forward(
             return Ok((resp, BodyTimeouts::default()));
         }
         if !decision.body.is_empty() {
-            body = match request_body_phase(run, &mut head, body, &decision.body).await? {
-                Ok(b) => b,
-                Err(local) => return Ok((local, BodyTimeouts::default())),
+            let phase = request_body_phase(run, &mut head, body, &decision.body, max_body);
+            body = match phase.await {
+                Ok(Ok(b)) => b,
+                Ok(Err(local)) => return Ok((local, BodyTimeouts::default())),
+                Err(e @ ProxyError::BodyTooLarge(_)) => {
+                    ex.conn
+                        .runtime
+                        .metrics
+                        .limit_hit(&ex.conn.listener, Limit::body_size);
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
             };
         }
     }
@@ -515,6 +529,26 @@ fn hash_key_of<'a>(
     })
 }
 
+/// The listener's `max_request_body` on a request's body: one that says it is longer
+/// is refused at once (413, before any filter or upstream sees it); one of unknown
+/// length (chunked, or HTTP/2 without `content-length`) is cut off where it passes the
+/// limit (`Limited`), which `send` and the filters' collecting answer with 413. A
+/// declared length is held to by hyper and h2 (more is a protocol error).
+fn limit_request_body(body: Body, limit: usize, ex: &Exchange) -> Result<Body, ProxyError> {
+    let size = http_body::Body::size_hint(&body);
+    if size.lower() > limit as u64 {
+        ex.conn
+            .runtime
+            .metrics
+            .limit_hit(&ex.conn.listener, Limit::body_size);
+        return Err(ProxyError::BodyTooLarge(limit));
+    }
+    Ok(match size.upper() {
+        Some(n) if n <= limit as u64 => body,
+        _ => Body::boxed(http_body_util::Limited::new(body, limit)),
+    })
+}
+
 /// Picks an endpoint and sends the request under the deadline, to another endpoint
 /// when no connection could be had (`connect_retries`); records how it went.
 async fn send(
@@ -671,6 +705,15 @@ async fn send(
                 ep = next;
                 continue;
             }
+            Err(_) if ex.tally.too_large() => {
+                let limit = ex.listener.config.limits.max_request_body.as_usize();
+                ex.conn
+                    .runtime
+                    .metrics
+                    .limit_hit(&ex.conn.listener, Limit::body_size);
+                tracing::debug!(listener = %ex.conn.listener, remote = %ex.conn.remote, limit, "request body past max_request_body");
+                Err(ProxyError::BodyTooLarge(limit))
+            }
             Err(_) if ex.tally.idle_timed_out() => {
                 ex.conn
                     .runtime
@@ -712,6 +755,7 @@ async fn request_body_phase(
     head: &mut Request<()>,
     body: Body,
     plan: &BodyPlan,
+    max_body: usize,
 ) -> Result<Result<Body, Response<Body>>, ProxyError> {
     if !plan.buffer {
         head.headers_mut().remove(CONTENT_LENGTH);
@@ -725,6 +769,10 @@ async fn request_body_phase(
     let (data, mut trailers) = match run::collect(body, plan.limit).await {
         Ok(c) => c,
         Err(CollectError::TooLarge) => return Err(ProxyError::BodyTooLarge(plan.limit)),
+        // Past the listener's `max_request_body`, before the filters' own limit.
+        Err(CollectError::Body(e)) if body::past_length_limit(&*e) => {
+            return Err(ProxyError::BodyTooLarge(max_body));
+        }
         Err(CollectError::Body(e)) => return Err(ProxyError::DownstreamBody(e.to_string())),
     };
     let data = match run.on_body(true, plan, data, true).await? {
