@@ -70,24 +70,6 @@ async fn read_response(s: &mut TcpStream) -> String {
     }
 }
 
-/// Reads until the peer closes the connection; panics if it stays open `within`.
-/// Returns what was read.
-async fn closed_within(s: &mut TcpStream, within: Duration) -> Vec<u8> {
-    let mut out = Vec::new();
-    let deadline = Instant::now() + within;
-    loop {
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return out,
-            Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
-            Err(_) => panic!(
-                "connection still open after {within:?}: {:?}",
-                String::from_utf8_lossy(&out)
-            ),
-        }
-    }
-}
-
 const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
 
 #[tokio::test]

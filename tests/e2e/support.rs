@@ -501,6 +501,28 @@ endpoints = [{}]
     )
 }
 
+/// Reads until the peer closes the connection; panics if it stays open `within`.
+/// Returns what was read.
+pub async fn closed_within<S>(s: &mut S, within: Duration) -> Vec<u8>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(s, &mut chunk)).await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return out,
+            Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!(
+                "connection still open after {within:?}: {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+}
+
 /// A port on 127.0.0.1 that refuses connections for as long as this lives: bound but
 /// never listening, so the kernel answers a connect with a reset and no other test's
 /// listener can be given the port. (A port merely let go can be handed to the next

@@ -89,19 +89,6 @@ async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, data: &[u8]) -
     back
 }
 
-/// Reads until the peer closes (end of stream or reset); panics after `within`.
-async fn closed_within<S: AsyncRead + Unpin>(s: &mut S, within: Duration) -> Vec<u8> {
-    let mut rest = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(within, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return rest,
-            Ok(Ok(n)) => rest.extend_from_slice(&buf[..n]),
-            Err(_) => panic!("still open after {within:?}"),
-        }
-    }
-}
-
 /// Reads an HTTP/1.1 response head (through the blank line) from a raw stream.
 async fn read_head(s: &mut TcpStream) -> String {
     let mut head = Vec::new();

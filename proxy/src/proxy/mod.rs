@@ -208,13 +208,7 @@ async fn forward(
             body = match phase.await {
                 Ok(Ok(b)) => b,
                 Ok(Err(local)) => return Ok((local, BodyTimeouts::default())),
-                Err(e @ ProxyError::BodyTooLarge(_)) => {
-                    ex.conn
-                        .runtime
-                        .metrics
-                        .limit_hit(&ex.conn.listener, Limit::body_size);
-                    return Err(e);
-                }
+                Err(ProxyError::BodyTooLarge(limit)) => return Err(body_too_large(ex, limit)),
                 Err(e) => return Err(e),
             };
         }
@@ -537,16 +531,21 @@ fn hash_key_of<'a>(
 fn limit_request_body(body: Body, limit: usize, ex: &Exchange) -> Result<Body, ProxyError> {
     let size = http_body::Body::size_hint(&body);
     if size.lower() > limit as u64 {
-        ex.conn
-            .runtime
-            .metrics
-            .limit_hit(&ex.conn.listener, Limit::body_size);
-        return Err(ProxyError::BodyTooLarge(limit));
+        return Err(body_too_large(ex, limit));
     }
     Ok(match size.upper() {
         Some(n) if n <= limit as u64 => body,
         _ => Body::boxed(http_body_util::Limited::new(body, limit)),
     })
+}
+
+/// A 413 for a request body past `limit`, counted as a `body_size` limit hit.
+fn body_too_large(ex: &Exchange, limit: usize) -> ProxyError {
+    ex.conn
+        .runtime
+        .metrics
+        .limit_hit(&ex.conn.listener, Limit::body_size);
+    ProxyError::BodyTooLarge(limit)
 }
 
 /// Picks an endpoint and sends the request under the deadline, to another endpoint
@@ -707,12 +706,8 @@ async fn send(
             }
             Err(_) if ex.tally.too_large() => {
                 let limit = ex.listener.config.limits.max_request_body.as_usize();
-                ex.conn
-                    .runtime
-                    .metrics
-                    .limit_hit(&ex.conn.listener, Limit::body_size);
                 tracing::debug!(listener = %ex.conn.listener, remote = %ex.conn.remote, limit, "request body past max_request_body");
-                Err(ProxyError::BodyTooLarge(limit))
+                Err(body_too_large(ex, limit))
             }
             Err(_) if ex.tally.idle_timed_out() => {
                 ex.conn
