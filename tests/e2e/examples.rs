@@ -203,7 +203,8 @@ fn config_with_everything() -> Config {
             pool: PoolConfig::default(),
             outlier: OutlierConfig::default(),
             health_check: Some(HealthCheckConfig {
-                path: "/".into(),
+                protocol: HealthCheckProtocol::Http,
+                path: Some("/".into()),
                 interval: dur(1),
                 timeout: dur(1),
                 healthy_threshold: 1,

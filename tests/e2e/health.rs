@@ -218,6 +218,50 @@ async fn health_checks_mark_endpoints_down_and_up() {
 }
 
 #[tokio::test]
+async fn tcp_health_checks_open_a_connection_and_ask_nothing() {
+    let live = Backend::start("live").await;
+    let dead = ClosedPort::new();
+    let proxy = Proxy::start(&format!(
+        r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "c"
+
+[[clusters]]
+name = "c"
+endpoints = ["{}", "{}"]
+health_check = {{ protocol = "tcp", interval = "100ms", unhealthy_threshold = 1, healthy_threshold = 1 }}
+"#,
+        live.addr, dead.addr
+    ))
+    .await;
+    let marked = eventually(Duration::from_secs(3), async || {
+        let s = endpoint_states(&proxy, "c").await;
+        s[&dead.addr] == "down" && s[&live.addr] == "healthy"
+    })
+    .await;
+    assert!(marked, "{:?}", endpoint_states(&proxy, "c").await);
+    // The live endpoint saw connections and no request.
+    assert!(
+        eventually(Duration::from_secs(3), async || {
+            live.connections.load(std::sync::atomic::Ordering::Relaxed) >= 2
+        })
+        .await
+    );
+    assert_eq!(live.hits(), 0);
+    // Every connection through the listener goes to the live one.
+    for _ in 0..4 {
+        let (status, headers, _) = get(&h1(), &proxy.url("/")).await;
+        assert_eq!(
+            (status, backend_of(&headers).as_str()),
+            (StatusCode::OK, "live")
+        );
+    }
+}
+
+#[tokio::test]
 async fn health_check_on_a_failing_path_leaves_no_healthy_endpoint() {
     let backend = Backend::start("b1").await;
     let proxy = Proxy::start(&main_to_cluster(

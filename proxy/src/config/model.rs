@@ -719,8 +719,12 @@ impl Default for OutlierConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
-    /// Path requested with GET; a 2xx or 3xx answer is healthy.
-    pub path: String,
+    /// An HTTP GET (the default), or only opening a connection.
+    #[serde(default)]
+    pub protocol: HealthCheckProtocol,
+    /// Path requested with GET; a 2xx or 3xx answer is healthy. HTTP checks only.
+    #[serde(default)]
+    pub path: Option<String>,
     #[serde(default = "default_hc_interval")]
     pub interval: Dur,
     #[serde(default = "default_hc_timeout")]
@@ -731,6 +735,18 @@ pub struct HealthCheckConfig {
     /// Consecutive failures that make an endpoint unhealthy.
     #[serde(default = "default_unhealthy_threshold")]
     pub unhealthy_threshold: u32,
+}
+
+/// What an active health check does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckProtocol {
+    /// GET `path`; a 2xx or 3xx answer is healthy.
+    #[default]
+    Http,
+    /// A connection opened (and its TLS handshake done, when the cluster has `tls`)
+    /// is healthy; nothing is sent (for endpoints that speak no HTTP: a tcp listener's).
+    Tcp,
 }
 
 fn default_hc_interval() -> Dur {

@@ -247,11 +247,20 @@ pub(super) fn check(config: &Config) -> Vec<Problem> {
             );
         }
         if let Some(hc) = &c.health_check {
-            if !hc.path.starts_with('/') {
-                v.problem(
+            match (hc.protocol, &hc.path) {
+                (HealthCheckProtocol::Http, None) => v.problem(
                     format!("{at}.health_check.path"),
-                    format!("{:?} must start with '/'", hc.path),
-                );
+                    "an http health check needs a path, such as \"/healthz\" (or protocol = \"tcp\")",
+                ),
+                (HealthCheckProtocol::Http, Some(p)) if !p.starts_with('/') => v.problem(
+                    format!("{at}.health_check.path"),
+                    format!("{p:?} must start with '/'"),
+                ),
+                (HealthCheckProtocol::Tcp, Some(_)) => v.problem(
+                    format!("{at}.health_check.path"),
+                    "a tcp health check only opens a connection: it takes no path",
+                ),
+                _ => {}
             }
             if hc.interval.0.is_zero() || hc.timeout.0.is_zero() {
                 v.problem(
@@ -535,6 +544,27 @@ mod tests {
             e.contains("clusters[2].endpoints[1]: \"h:99999\" has an invalid port"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn health_checks_take_a_path_if_and_only_if_they_speak_http() {
+        let cluster = |hc: &str| {
+            format!(
+                "[[clusters]]\nname = \"a\"\nendpoints = [\"h:1\"]\nhealth_check = {{ {hc} }}\n"
+            )
+        };
+        let e = problems(&cluster("interval = \"1s\""));
+        assert!(
+            e.contains("clusters[0].health_check.path: an http health check needs a path"),
+            "{e}"
+        );
+        let e = problems(&cluster("protocol = \"tcp\", path = \"/\""));
+        assert!(
+            e.contains("clusters[0].health_check.path: a tcp health check only opens a connection: it takes no path"),
+            "{e}"
+        );
+        assert_eq!(problems(&cluster("protocol = \"tcp\"")), "");
+        assert_eq!(problems(&cluster("path = \"/healthz\"")), "");
     }
 
     #[test]

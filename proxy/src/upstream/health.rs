@@ -10,7 +10,7 @@ use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 
 use super::{Cluster, Endpoint};
-use crate::config::{HealthCheckConfig, OutlierConfig, UpstreamProtocol};
+use crate::config::{HealthCheckConfig, HealthCheckProtocol, OutlierConfig, UpstreamProtocol};
 
 #[derive(Default)]
 pub struct EndpointHealth {
@@ -139,7 +139,8 @@ pub(super) async fn active_checks(cluster: Weak<Cluster>, cfg: HealthCheckConfig
     }
 }
 
-/// One GET on a fresh connection; 2xx and 3xx are healthy.
+/// One check on a fresh connection: for HTTP a GET, 2xx and 3xx healthy; for TCP
+/// the connection itself (TLS included, when the cluster has it).
 async fn check_once(
     c: &Arc<Cluster>,
     ep: &Endpoint,
@@ -151,6 +152,10 @@ async fn check_once(
             .connect(ep.addr, &ep.host, false, None)
             .await
             .map_err(|e| e.to_string())?;
+        let path = match (cfg.protocol, cfg.path.as_deref()) {
+            (HealthCheckProtocol::Tcp, _) => return Ok(()),
+            (HealthCheckProtocol::Http, path) => path.unwrap_or("/"),
+        };
         let h2 = alpn_h2 || c.config.protocol == UpstreamProtocol::Http2;
         let scheme = if c.connector.tls.is_some() {
             "https"
@@ -165,7 +170,7 @@ async fn check_once(
             .await
             .map_err(|e| e.to_string())?;
             tokio::spawn(conn);
-            let uri = format!("{scheme}://{}{}", ep.host_port(), cfg.path);
+            let uri = format!("{scheme}://{}{path}", ep.host_port());
             let req = Request::get(uri)
                 .body(Empty::<bytes::Bytes>::new())
                 .map_err(|e| e.to_string())?;
@@ -178,7 +183,7 @@ async fn check_once(
                 .await
                 .map_err(|e| e.to_string())?;
             tokio::spawn(conn);
-            let req = Request::get(&cfg.path)
+            let req = Request::get(path)
                 .header(http::header::HOST, ep.host_port())
                 .header(http::header::USER_AGENT, "weft-health-check")
                 .body(Empty::<bytes::Bytes>::new())
