@@ -171,6 +171,56 @@ async fn request_bodies_past_max_request_body_are_413() {
 }
 
 #[tokio::test]
+async fn connections_past_max_connection_duration_close_gracefully() {
+    let backend = Backend::start("b1").await;
+    let proxy = Proxy::start(&config(backend.addr, "max_connection_duration = \"300ms\"")).await;
+    let addr = proxy.addr("main");
+    // HTTP/1.1: a request in flight as the connection comes of age is answered, with
+    // `Connection: close`, and the connection closes after it.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let resp = exchange(&mut s, b"GET /sleep/600 HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("connection: close"),
+        "{resp}"
+    );
+    closed_within(&mut s, Duration::from_secs(2)).await;
+    // An idle keep-alive connection is closed once it comes of age.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let resp = exchange(&mut s, GET).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let started = Instant::now();
+    closed_within(&mut s, Duration::from_secs(2)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "closed too soon"
+    );
+    // HTTP/2: GOAWAY, after which the client's connection ends.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let resp = sender
+        .send_request(
+            Request::get(format!("http://{addr}/"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let ended = tokio::time::timeout(Duration::from_secs(2), conn).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+    proxy
+        .until_metric(&limit_hits("max_connection_duration"), 3.0)
+        .await;
+}
+
+#[tokio::test]
 async fn slow_and_silent_clients_are_disconnected() {
     let backend = Backend::start("b1").await;
     let proxy = Proxy::start(&config(

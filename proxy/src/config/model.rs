@@ -293,6 +293,11 @@ pub struct ListenerLimits {
     /// Bytes of a request body; beyond it 413 (nginx's `client_max_body_size`). 0: no limit.
     #[serde(default)]
     pub max_request_body: Bytes,
+    /// A connection older than this is closed gracefully (HTTP/2 GOAWAY, HTTP/1.1
+    /// `Connection: close` on its next response), so that clients that keep one
+    /// connection for ever spread again over replicas scaled out since. 0: never.
+    #[serde(default)]
+    pub max_connection_duration: Dur,
 }
 
 fn default_max_connections() -> usize {
@@ -328,6 +333,7 @@ impl Default for ListenerLimits {
             idle_timeout: default_idle_timeout(),
             tls_handshake_timeout: default_handshake_timeout(),
             max_request_body: Bytes::default(),
+            max_connection_duration: Dur::default(),
         }
     }
 }

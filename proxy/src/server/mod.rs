@@ -365,13 +365,14 @@ async fn drive<C>(
     // through the idle time between requests too.
     let header_time = limits.header_read_timeout.non_zero();
     let idle = limits.idle_timeout.non_zero();
+    let max_age = limits.max_connection_duration.non_zero();
     let rt = &info.runtime;
     let mut closing = false;
     // Set when a reload retired the connection's listener binding.
     let mut retiring = false;
     // Set when a header timeout asked the connection to close: it is cut then.
     let mut cutting = false;
-    let check_every = [header_time, idle].into_iter().flatten().min();
+    let check_every = [header_time, idle, max_age].into_iter().flatten().min();
     let sleep = pin!(tokio::time::sleep(
         check_every.unwrap_or(Duration::from_secs(3600))
     ));
@@ -424,6 +425,15 @@ async fn drive<C>(
                     continue;
                 }
                 let now = rt.now_ms();
+                let age = Duration::from_millis(now.saturating_sub(started_ms));
+                if max_age.is_some_and(|max| age >= max) {
+                    rt.metrics.limit_hit(&info.listener, Limit::max_connection_duration);
+                    tracing::debug!(listener = %info.listener, remote = %info.remote, "closing connection: max_connection_duration");
+                    // Requests in flight finish; HTTP/1.1 closes after its response.
+                    graceful_shutdown(conn.as_mut());
+                    closing = true;
+                    continue;
+                }
                 let st = &info.state;
                 let busy = st.in_flight.load(Ordering::Relaxed) > 0;
                 let never_used = st.requests.load(Ordering::Relaxed) == 0;
@@ -457,6 +467,9 @@ async fn drive<C>(
                         if which == Limit::idle_timeout {
                             // Look for a request head starting at least every header time.
                             wait = wait.min(header_time.unwrap_or(wait));
+                        }
+                        if let Some(max) = max_age {
+                            wait = wait.min(max.saturating_sub(age));
                         }
                         timer.reset(tokio::time::Instant::now() + wait.max(Duration::from_millis(10)));
                     }

@@ -101,6 +101,7 @@ pub enum Limit {
     body_size,
     stream_idle_timeout,
     proxy_protocol,
+    max_connection_duration,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
