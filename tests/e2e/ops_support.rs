@@ -24,6 +24,25 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// Writes `files` into a new folder of `volume` and points the volume's `..data`
+/// link at it, as the kubelet updates a mounted ConfigMap or Secret: the visible
+/// names are links through `..data` (made on the first call), and the swap is one
+/// rename of a new link over it, so no event ever names them.
+pub fn kubernetes_volume_update(volume: &std::path::Path, version: &str, files: &[(&str, &str)]) {
+    use std::os::unix::fs::symlink;
+    let folder = format!("..{version}");
+    std::fs::create_dir(volume.join(&folder)).unwrap();
+    for (name, text) in files {
+        std::fs::write(volume.join(&folder).join(name), text).unwrap();
+        let visible = volume.join(name);
+        if std::fs::symlink_metadata(&visible).is_err() {
+            symlink(format!("..data/{name}"), &visible).unwrap();
+        }
+    }
+    symlink(&folder, volume.join("..data_tmp")).unwrap();
+    std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
+}
+
 /// One listener "main" whose requests go to cluster `target`, and two clusters
 /// "a" and "b" (one endpoint each).
 pub fn two_clusters(target: &str, a: SocketAddr, b: SocketAddr) -> String {

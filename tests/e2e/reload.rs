@@ -305,6 +305,59 @@ async fn changed_file_is_reloaded_when_watched() {
 }
 
 #[tokio::test]
+async fn a_config_mounted_from_a_kubernetes_volume_is_reloaded_when_the_volume_is_updated() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let volume = dir.path().join("config");
+    std::fs::create_dir(&volume).unwrap();
+    let text = |target: &str| {
+        format!(
+            "{}{}",
+            preamble_with(dir.path(), true, "5s"),
+            two_clusters(target, a.addr, b.addr)
+        )
+    };
+    kubernetes_volume_update(&volume, "2026_11_28_1", &[("weft.toml", &text("a"))]);
+    let app = App::start(ConfigSource::File(volume.join("weft.toml")))
+        .await
+        .unwrap();
+    let url = format!("http://{}/", app.listener_addr("main").unwrap());
+    let client = h1();
+    assert_eq!(answering_backend(&client, &url).await.as_deref(), Ok("a"));
+
+    kubernetes_volume_update(&volume, "2026_11_28_2", &[("weft.toml", &text("b"))]);
+    let moved = eventually(Duration::from_secs(10), async || {
+        answering_backend(&client, &url).await.as_deref() == Ok("b")
+    })
+    .await;
+    assert!(
+        moved,
+        "a config updated through the volume's ..data link was not reloaded"
+    );
+
+    // A file written next to the config that the config does not name changes nothing.
+    let applied = || {
+        app.runtime
+            .metrics
+            .reloads
+            .get_or_create(&OutcomeLabels {
+                outcome: Outcome::applied,
+            })
+            .get()
+    };
+    let before = applied();
+    std::fs::write(volume.join("notes.txt"), "not the config").unwrap();
+    tokio::time::sleep(weft::app::RELOAD_DEBOUNCE * 3).await;
+    assert_eq!(
+        applied(),
+        before,
+        "a file the config does not name caused a reload"
+    );
+    assert_eq!(answering_backend(&client, &url).await.as_deref(), Ok("b"));
+}
+
+#[tokio::test]
 async fn a_reload_can_turn_file_watching_on() {
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;

@@ -525,3 +525,53 @@ ca = "{}"
     assert_eq!(get(&client, &proxy.url("/")).await.0, 200);
     assert_eq!(connections(), before, "an unchanged cluster was rebuilt");
 }
+
+#[tokio::test]
+async fn a_renewed_listener_certificate_is_served_without_a_reload_signal() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let old = pki.leaf(&["a.test"], &[]);
+    let new = pki.leaf(&["a.test"], &[]);
+    let (cert, key) = pki.write(dir.path(), "a", &old);
+    let backend = Backend::start("b1").await;
+    // Watching on (the test preamble turns it off).
+    let config = format!(
+        "{}{}",
+        crate::ops_support::preamble_with(dir.path(), true, "5s"),
+        tls_listener(&backend, &[(&cert, &key, &[])], "")
+    );
+    let path = crate::ops_support::write_file(dir.path(), "weft.toml", &config);
+    let app = weft::app::App::start(weft::app::ConfigSource::File(path))
+        .await
+        .unwrap();
+    let addr = app.listener_addr("main").unwrap();
+    let served = async || {
+        let config = client_config(&pki, &[b"http/1.1"], true, None);
+        let tls = tls_connect(addr, config, "a.test")
+            .await
+            .unwrap_or_else(|e| panic!("a handshake failed: {e}"));
+        peer_leaf(&tls)
+    };
+    assert_eq!(served().await, old.der.to_vec());
+
+    // Renewed as renewal tools do it: each file written aside and renamed over it,
+    // the certificate first. (A look at the files between the two renames reloads a
+    // certificate with the old key: that reload is refused and the old pair serves.)
+    for (name, text) in [("a.crt", &new.cert_pem), ("a.key", &new.key_pem)] {
+        let tmp = crate::ops_support::write_file(dir.path(), &format!(".{name}.new"), text);
+        std::fs::rename(tmp, dir.path().join(name)).unwrap();
+    }
+    // Every handshake meanwhile succeeds, with the old certificate or the new one.
+    let renewed = eventually(std::time::Duration::from_secs(10), async || {
+        let leaf = served().await;
+        assert!(leaf == old.der.to_vec() || leaf == new.der.to_vec());
+        leaf == new.der.to_vec()
+    })
+    .await;
+    assert!(renewed, "the renewed certificate was not picked up");
+    let tls = tls_connect(addr, client_config(&pki, &[b"h2"], true, None), "a.test")
+        .await
+        .unwrap();
+    let (_, status, _) = get_over(tls, "a.test", "/").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+}

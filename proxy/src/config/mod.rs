@@ -72,6 +72,33 @@ impl LoadedConfig {
     pub fn resolve(&self, path: &Path) -> PathBuf {
         resolve_against(&self.source, path)
     }
+
+    /// Every file the config names and a reload reads again, resolved: filter
+    /// modules, listeners' certificates, keys and client CAs, clusters' CAs and
+    /// client certificates. (Not the config file itself, nor directories granted
+    /// to filters, which they read as they run.)
+    pub fn files(&self) -> Vec<PathBuf> {
+        let c = &self.config;
+        let modules = c.filters.iter().map(|f| &f.module);
+        let listeners = c
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|t| {
+                let pairs = t.certificates.iter().flat_map(|c| [&c.cert, &c.key]);
+                pairs.chain(&t.client_ca)
+            });
+        let clusters = c
+            .clusters
+            .iter()
+            .filter_map(|c| c.tls.as_ref())
+            .flat_map(|t| [&t.ca, &t.cert, &t.key].into_iter().flatten());
+        modules
+            .chain(listeners)
+            .chain(clusters)
+            .map(|p| self.resolve(p))
+            .collect()
+    }
 }
 
 pub fn resolve_against(source: &Path, path: &Path) -> PathBuf {
