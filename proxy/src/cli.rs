@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use crate::app::{App, ConfigSource, Signals};
 use crate::config::{
     self, ChainConfig, ClientTlsConfig, ClusterConfig, Config, EndpointConfig, FilterConfig,
-    ListenerConfig, UpstreamProtocol,
+    HostHeader, ListenerConfig, UpstreamProtocol,
 };
 use crate::telemetry::{self, LogFormat};
 use crate::workers::Workers;
@@ -81,6 +81,11 @@ pub struct ProxyArgs {
     /// v2), whose client address stands for the connection's.
     #[arg(long)]
     pub proxy_protocol: bool,
+    /// Send the upstream its own host in `Host` (the `--to` URL's) rather than the
+    /// client's, which goes in `X-Forwarded-Host`: for upstreams that serve their own
+    /// name, such as a public HTTPS API.
+    #[arg(long)]
+    pub change_host_header: bool,
 }
 
 /// Runs the command; the process exits with the returned code.
@@ -218,6 +223,10 @@ pub fn proxy_config(args: &ProxyArgs) -> anyhow::Result<config::LoadedConfig> {
             cert: None,
             key: None,
         }),
+        host_header: match args.change_host_header {
+            true => HostHeader::Endpoint,
+            false => HostHeader::Keep,
+        },
         ..toml::from_str("name = \"upstream\"\nendpoints = []").context("cluster defaults")?
     };
     let mut filters = Vec::new();

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{Request, StatusCode};
 
 use crate::ops_support::*;
 use crate::support::*;
@@ -206,6 +206,37 @@ async fn proxy_behind_a_load_balancer_takes_its_proxy_protocol_header() {
     let (code, body) = curl(&[]).await;
     assert!(matches!(code, Some(52 | 56)), "{code:?}: {body}");
     assert_eq!(b1.hits(), 1);
+}
+
+#[tokio::test]
+async fn proxy_can_send_the_upstream_its_own_host() {
+    let backend = Backend::start("b1").await;
+    let to = format!("http://{}", backend.addr);
+    let host_seen = async |extra: &[&str]| {
+        let child =
+            Child::spawn(&[&["proxy", "--listen", "127.0.0.1:0", "--to", &to], extra].concat())
+                .await;
+        let url = format!("http://{}/info", child.listener_addr("proxy"));
+        let req = Request::get(url)
+            .header("host", "app.example")
+            .body(empty())
+            .unwrap();
+        let (status, _, body) = send(&h1(), req).await;
+        assert_eq!(status, StatusCode::OK, "{body:?}");
+        let info: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        (
+            info["headers"]["host"].clone(),
+            info["headers"]["x-forwarded-host"].clone(),
+        )
+    };
+    assert_eq!(
+        host_seen(&[]).await,
+        ("app.example".into(), serde_json::Value::Null)
+    );
+    assert_eq!(
+        host_seen(&["--change-host-header"]).await,
+        (backend.addr.to_string().into(), "app.example".into())
+    );
 }
 
 #[tokio::test]

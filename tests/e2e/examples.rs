@@ -211,6 +211,7 @@ fn config_with_everything() -> Config {
                 unhealthy_threshold: 1,
             }),
             proxy_protocol: Some(ProxyProtocolVersion::V2),
+            host_header: HostHeader::Endpoint,
         }],
         filters: vec![FilterConfig {
             name: "f".into(),

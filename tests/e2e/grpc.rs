@@ -212,6 +212,7 @@ async fn grpc_through_weft_proxy_to_h2c() {
         filters: Vec::new(),
         workers: 0,
         proxy_protocol: false,
+        change_host_header: false,
     };
     let loaded = proxy_config(&args).unwrap();
     assert_eq!(

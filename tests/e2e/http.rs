@@ -129,6 +129,70 @@ endpoints = ["{}"]
 }
 
 #[tokio::test]
+async fn a_cluster_can_name_its_endpoint_as_the_host_and_pass_the_clients_on() {
+    let h1_backend = Backend::start("b1").await;
+    let h2_backend = Backend::start_with("b2", Proto::Http2, None).await;
+    // Listener per forwarding mode, all to the HTTP/1.1 cluster; "h2" to the HTTP/2 one.
+    let mut cfg = String::new();
+    for (name, mode, cluster) in [
+        ("append", "append", "one"),
+        ("replace", "replace", "one"),
+        ("off", "off", "one"),
+        ("h2", "append", "two"),
+    ] {
+        cfg += &format!(
+            "[[listeners]]\nname = \"{name}\"\naddress = \"127.0.0.1:0\"\ncluster = \"{cluster}\"\n\
+             [listeners.forwarding]\nx_forwarded_for = \"{mode}\"\n"
+        );
+    }
+    cfg += &format!(
+        "[[clusters]]\nname = \"one\"\nendpoints = [\"{}\"]\nhost_header = \"endpoint\"\n\
+         [[clusters]]\nname = \"two\"\nendpoints = [\"{}\"]\nprotocol = \"http2\"\nhost_header = \"endpoint\"\n",
+        h1_backend.addr, h2_backend.addr
+    );
+    let proxy = Proxy::start(&cfg).await;
+    // What the upstream saw: its Host (HTTP/1.1) or URI (HTTP/2), and X-Forwarded-Host.
+    let seen = async |client: &TestClient, listener: &str, forwarded_host: Option<&str>| {
+        let mut req = Request::get(format!("http://{}/info", proxy.addr(listener)));
+        if listener != "h2" {
+            req = req.header("host", "app.example");
+        }
+        if let Some(h) = forwarded_host {
+            req = req.header("x-forwarded-host", h);
+        }
+        let (status, _, body) = send(client, req.body(empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{body:?}");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let header = |name: &str| v["headers"][name].as_str().map(str::to_string);
+        (
+            header("host"),
+            v["uri"].as_str().unwrap().to_string(),
+            header("x-forwarded-host"),
+        )
+    };
+    let endpoint = h1_backend.addr.to_string();
+
+    let (host, _, xfh) = seen(&h1(), "append", None).await;
+    assert_eq!(host.as_deref(), Some(endpoint.as_str()));
+    assert_eq!(xfh.as_deref(), Some("app.example"));
+    // Trusted under append, dropped under replace, untouched under off.
+    let (host, _, xfh) = seen(&h1(), "append", Some("first.example")).await;
+    assert_eq!(
+        (host.as_deref(), xfh.as_deref()),
+        (Some(endpoint.as_str()), Some("first.example"))
+    );
+    let (_, _, xfh) = seen(&h1(), "replace", Some("spoofed.example")).await;
+    assert_eq!(xfh.as_deref(), Some("app.example"));
+    let (host, _, xfh) = seen(&h1(), "off", None).await;
+    assert_eq!((host.as_deref(), xfh), (Some(endpoint.as_str()), None));
+    // An HTTP/2 client names its host in :authority (here the proxy's address); an
+    // HTTP/2 upstream gets the endpoint's there.
+    let (_, uri, xfh) = seen(&h2(), "h2", None).await;
+    assert_eq!(uri, format!("http://{}/info", h2_backend.addr));
+    assert_eq!(xfh, Some(proxy.addr("h2").to_string()));
+}
+
+#[tokio::test]
 async fn request_ids_are_added_kept_or_replaced_as_the_listener_says() {
     let backend = Backend::start("b1").await;
     let mut cfg = String::new();

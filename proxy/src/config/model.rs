@@ -585,6 +585,22 @@ pub struct ClusterConfig {
     /// tunnel, none for connections shared by many clients' requests.
     #[serde(default)]
     pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// The host requests name to the endpoints.
+    #[serde(default)]
+    pub host_header: HostHeader,
+}
+
+/// What `Host` (HTTP/1.1) or `:authority` (HTTP/2) a cluster's requests carry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostHeader {
+    /// The client's, as it sent it (a mesh's services, virtual hosts behind the proxy).
+    #[default]
+    Keep,
+    /// The endpoint's host as configured, with its port unless the scheme's default
+    /// (an upstream that serves its own name: a SaaS API, a CDN, a bucket); the
+    /// client's goes in `X-Forwarded-Host`.
+    Endpoint,
 }
 
 /// The PROXY protocol's text (`v1`) or binary (`v2`) header.

@@ -15,6 +15,7 @@ use crate::config::{ForwardMode, ForwardingConfig, RequestIdMode};
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -167,6 +168,24 @@ impl ClientIp {
 }
 
 /// Adds this hop to the forwarding headers of a request.
+/// `X-Forwarded-Host` for a request whose host the proxy rewrites
+/// (`host_header = "endpoint"`): the host the client named, after the listener's
+/// `x_forwarded_for` mode: `append` keeps one the client (or a proxy before) set,
+/// `replace` writes the client's host over it, `off` leaves the field alone.
+pub fn add_forwarded_host(headers: &mut HeaderMap, mode: ForwardMode, client_host: &HeaderValue) {
+    match mode {
+        ForwardMode::Off => {}
+        ForwardMode::Append => {
+            if let Entry::Vacant(field) = headers.entry(&X_FORWARDED_HOST) {
+                field.insert(client_host.clone());
+            }
+        }
+        ForwardMode::Replace => {
+            headers.insert(&X_FORWARDED_HOST, client_host.clone());
+        }
+    }
+}
+
 pub fn add_forwarding(
     headers: &mut HeaderMap,
     cfg: &ForwardingConfig,

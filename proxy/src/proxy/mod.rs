@@ -26,7 +26,7 @@ use crate::chain::run::{
     MAX_RETRIES,
 };
 use crate::config::units::Dur;
-use crate::config::RequestIdMode;
+use crate::config::{ForwardMode, HostHeader, RequestIdMode};
 use crate::error::ProxyError;
 use crate::server::ConnInfo;
 use crate::snapshot::{ListenerRuntime, Snapshot};
@@ -561,6 +561,7 @@ async fn send(
 ) -> Result<(Response<Incoming>, Lease), ProxyError> {
     let mut ep = cluster.pick(hash_key_of(filter_hash_key, cluster, &head))?;
     ex.set_endpoint(ep.clone());
+    let rewrite = HostRewrite::of(&head, cluster, &ex.listener);
     // Taken once a connection is had: a request that failed to get one was not sent,
     // and goes again, whole, to another endpoint.
     let (mut head, mut body) = (Some(head), Some(body));
@@ -578,7 +579,7 @@ async fn send(
             let exchange = std::pin::pin!(async {
                 let mut lease = cluster.checkout(&ep, want).await?;
                 let mut this_head = head.take().unwrap_or_default();
-                for_lease(&mut this_head, &lease, cluster, &ep)?;
+                for_lease(&mut this_head, &lease, cluster, &ep, rewrite.as_ref())?;
                 let this_body = body.take().unwrap_or_default();
                 let bodiless = http_body::Body::is_end_stream(&this_body);
                 // A stream an HTTP/2 upstream turns away unprocessed (its GOAWAY
@@ -848,6 +849,32 @@ pub fn authority_of<B>(req: &Request<B>) -> Option<&str> {
         .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
 }
 
+/// A cluster's requests name its endpoint rather than the client's host
+/// (`host_header = "endpoint"`).
+pub struct HostRewrite {
+    /// The host the client named, taken before the first attempt rewrote it.
+    client: Option<HeaderValue>,
+    /// The listener's `x_forwarded_for`, which `X-Forwarded-Host` follows.
+    forward: ForwardMode,
+}
+
+impl HostRewrite {
+    pub fn of<B>(req: &Request<B>, cluster: &Cluster, listener: &ListenerRuntime) -> Option<Self> {
+        (cluster.config.host_header == HostHeader::Endpoint).then(|| HostRewrite {
+            client: authority_of(req).and_then(|a| HeaderValue::from_str(a).ok()),
+            forward: listener.config.forwarding.x_forwarded_for,
+        })
+    }
+
+    /// For a filter's outbound call: no client, no `X-Forwarded-Host`.
+    pub fn for_call(cluster: &Cluster) -> Option<Self> {
+        (cluster.config.host_header == HostHeader::Endpoint).then_some(HostRewrite {
+            client: None,
+            forward: ForwardMode::Off,
+        })
+    }
+}
+
 /// Rewrites a request for the connection it goes on: origin-form URI and a Host
 /// header for HTTP/1.1; absolute URI (`:scheme`, `:authority`) for HTTP/2. In place:
 /// a request is a few hundred bytes, and each move of it is a copy.
@@ -856,7 +883,20 @@ pub fn for_lease<B>(
     lease: &Lease,
     cluster: &Cluster,
     ep: &Endpoint,
+    rewrite: Option<&HostRewrite>,
 ) -> Result<(), ProxyError> {
+    let tls = cluster.connector.tls.is_some();
+    let rewritten = match rewrite {
+        None => None,
+        Some(r) => {
+            if let Some(host) = &r.client {
+                headers::add_forwarded_host(req.headers_mut(), r.forward, host);
+            }
+            let a = Authority::try_from(ep.authority(tls))
+                .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+            Some(a)
+        }
+    };
     // The request's authority, from its URI or Host header, else the endpoint's.
     // Parsed only when needed: an HTTP/1.1 request that has a Host header keeps it.
     let authority = |req: &Request<B>| {
@@ -883,21 +923,25 @@ pub fn for_lease<B>(
             .unwrap_or_else(|| PathAndQuery::from_static("/"))
     };
     if lease.is_h2() {
-        let scheme = if cluster.connector.tls.is_some() {
-            Scheme::HTTPS
-        } else {
-            Scheme::HTTP
+        let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
+        let authority = match rewritten {
+            Some(a) => a,
+            None => authority(req)?,
         };
         *req.uri_mut() = Uri::builder()
             .scheme(scheme)
-            .authority(authority(req)?)
+            .authority(authority)
             .path_and_query(path(req))
             .build()
             .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         req.headers_mut().remove(HOST);
         *req.version_mut() = Version::HTTP_2;
     } else {
-        if !req.headers().contains_key(HOST) {
+        if let Some(a) = rewritten {
+            let host = HeaderValue::from_str(a.as_str())
+                .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+            req.headers_mut().insert(HOST, host);
+        } else if !req.headers().contains_key(HOST) {
             let host = HeaderValue::from_str(authority(req)?.as_str())
                 .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
             req.headers_mut().insert(HOST, host);

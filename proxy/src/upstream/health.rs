@@ -214,6 +214,18 @@ impl Endpoint {
             format!("{}:{}", self.host, self.addr.port())
         }
     }
+
+    /// The endpoint as a request names it (`host_header = "endpoint"`): its host, and
+    /// its port unless it is the scheme's default (80, or 443 with `tls`), as clients
+    /// write a URL's authority and as servers that check it expect.
+    pub fn authority(&self, tls: bool) -> String {
+        let default = if tls { 443 } else { 80 };
+        match self.addr.port() == default {
+            true if self.host.contains(':') => format!("[{}]", self.host),
+            true => self.host.to_string(),
+            false => self.host_port(),
+        }
+    }
 }
 
 /// The state shown by the admin `/clusters` view.
@@ -250,6 +262,45 @@ mod tests {
         })
         .await
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_names_its_port_unless_it_is_the_schemes_default() {
+        let text = r#"name = "c"
+endpoints = ["127.0.0.1:80", "127.0.0.1:443", "127.0.0.1:8080", "[::1]:80", "[::1]:8443"]"#;
+        let config: ClusterConfig = toml::from_str(text).unwrap();
+        let c = Cluster::build(&config, Metrics::new().cluster_stats("c", false), |p| {
+            p.to_path_buf()
+        })
+        .await
+        .unwrap();
+        let names = |tls| -> Vec<String> {
+            c.endpoints()
+                .list
+                .iter()
+                .map(|ep| ep.authority(tls))
+                .collect()
+        };
+        assert_eq!(
+            names(false),
+            [
+                "127.0.0.1",
+                "127.0.0.1:443",
+                "127.0.0.1:8080",
+                "[::1]",
+                "[::1]:8443"
+            ]
+        );
+        assert_eq!(
+            names(true),
+            [
+                "127.0.0.1:80",
+                "127.0.0.1",
+                "127.0.0.1:8080",
+                "[::1]:80",
+                "[::1]:8443"
+            ]
+        );
     }
 
     fn ejected(c: &Cluster, i: usize) -> bool {

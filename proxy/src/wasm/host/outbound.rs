@@ -111,11 +111,14 @@ async fn exchange(
     let mut ep = cluster.pick(None).map_err(upstream)?;
     let mut tried: Vec<Arc<Endpoint>> = Vec::new();
     let mut retries_left = cluster.config.connect_retries;
+    // A filter's call names the host it wants; a cluster that names its endpoints
+    // still does (no client's host to pass on).
+    let rewrite = crate::proxy::HostRewrite::for_call(cluster);
     loop {
         let (e, unsent) = match cluster.checkout(&ep, want).await {
             Err(e) => (e, request),
             Ok(mut lease) => {
-                crate::proxy::for_lease(&mut request, &lease, cluster, &ep)
+                crate::proxy::for_lease(&mut request, &lease, cluster, &ep, rewrite.as_ref())
                     .map_err(|e| CallError::InvalidRequest(e.to_string()))?;
                 let started = Instant::now();
                 match cluster.send(&ep, &mut lease, request).await {
