@@ -172,6 +172,8 @@ where
 
 async fn answer(req: Request<Incoming>, name: &str) -> Response<TestBody> {
     let path = req.uri().path().to_string();
+    // A request may ask for the `Keep-Alive` field a server sends with its idle timeout.
+    let keep_alive = req.headers().get("x-reply-keep-alive").cloned();
     let mut resp = match path.as_str() {
         "/info" => {
             let headers: serde_json::Map<String, serde_json::Value> = req
@@ -260,6 +262,9 @@ async fn answer(req: Request<Incoming>, name: &str) -> Response<TestBody> {
     };
     resp.headers_mut()
         .insert("x-backend", name.parse().unwrap());
+    if let Some(v) = keep_alive {
+        resp.headers_mut().insert("keep-alive", v);
+    }
     resp
 }
 

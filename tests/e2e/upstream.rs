@@ -483,6 +483,47 @@ async fn a_connection_is_reused_after_responses_without_a_body() {
     assert_eq!(pooled(&proxy).await, (1, 1));
 }
 
+#[tokio::test]
+async fn a_connection_is_not_reused_past_the_idle_timeout_its_server_announced() {
+    // A server that closes connections idle for its keep-alive timeout (Node's 5 s)
+    // may do so just as a request is written on one, which then fails unanswered: a
+    // POST cannot go again. Servers that announce the timeout (`Keep-Alive:
+    // timeout=2`) get no request on a connection idle past it, less a margin (1 s).
+    let backend = Backend::start_with("a", Proto::Http1, None).await;
+    let proxy = Proxy::start(&config(&backend.addr.to_string(), "")).await;
+    let connections = || backend.connections.load(Ordering::Relaxed);
+    let post = async |announce: Option<&str>| {
+        let mut req = Request::post(proxy.url("/echo"));
+        if let Some(v) = announce {
+            req = req.header("x-reply-keep-alive", v);
+        }
+        let (status, headers, body) = send(&h1(), req.body(full("payload")).unwrap()).await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"payload"[..]));
+        assert!(
+            !headers.contains_key("keep-alive"),
+            "a hop-by-hop field passed"
+        );
+    };
+    post(Some("timeout=2, max=100")).await;
+    assert_eq!(connections(), 1);
+    // Within the window (2 s less the margin) the connection is reused.
+    post(Some("timeout=2")).await;
+    assert_eq!(connections(), 1);
+    // Past it, a new one is opened (the idle one is let go).
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    post(None).await;
+    assert_eq!(connections(), 2, "reused past the announced idle timeout");
+    // A server that announces nothing has its connection reused up to the pool's
+    // own idle_timeout.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    post(None).await;
+    assert_eq!(connections(), 2);
+    // One that announces no idle time at all is not reused.
+    post(Some("timeout=0")).await;
+    post(None).await;
+    assert_eq!(connections(), 3);
+}
+
 /// Requests one after the other, each on a client connection of its own (so both
 /// workers of a 2-worker proxy serve some), to a cluster allowed one connection.
 async fn one_connection_for_two_workers(proto: Proto, protocol: &str) {

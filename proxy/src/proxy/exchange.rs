@@ -63,6 +63,9 @@ pub struct Exchange {
     pub tally: Arc<Tally>,
     pub response_bytes: u64,
     pub upstream_latency: Option<Duration>,
+    /// The idle timeout the upstream announced for the connection (`Keep-Alive:
+    /// timeout=N` on its response), which bounds how long the pool reuses it.
+    pub upstream_keep_alive: Option<Duration>,
     pub retries: u32,
     /// Why the request failed, if it did.
     pub error: Option<&'static str>,
@@ -105,6 +108,7 @@ impl Exchange {
             tally: Arc::default(),
             response_bytes: 0,
             upstream_latency: None,
+            upstream_keep_alive: None,
             retries: 0,
             error: None,
             complete: false,
@@ -161,7 +165,8 @@ impl Drop for Exchange {
         {
             if self.complete && self.tally.request_done.load(Ordering::Relaxed) {
                 let max_idle = cluster.config.pool.max_idle_per_endpoint;
-                ep.pool.put(sender, home, max_idle, now);
+                ep.pool
+                    .put(sender, home, max_idle, now, self.upstream_keep_alive);
             }
         }
         let elapsed = now.saturating_duration_since(self.start);

@@ -3,6 +3,7 @@
 //! from; `X-Request-ID` names it.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use http::header::{
     Entry, HeaderName, HeaderValue, CONNECTION, FORWARDED, HOST, TE, TRANSFER_ENCODING, UPGRADE,
@@ -63,6 +64,25 @@ impl HopByHop {
             present[at] = true;
         }
         HopByHop(present)
+    }
+
+    /// The idle timeout an HTTP/1.1 server announces for its connection in
+    /// `Keep-Alive: timeout=N` (RFC 2068 §19.7.1.1; Node, Apache and others send it),
+    /// if these `headers` (the ones scanned) say one.
+    pub fn keep_alive_timeout(self, headers: &HeaderMap) -> Option<Duration> {
+        if !self.0[KEEP_ALIVE_AT] {
+            return None;
+        }
+        let params = headers
+            .get_all(&KEEP_ALIVE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','));
+        params
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("timeout"))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .map(Duration::from_secs)
     }
 
     /// Whether the message came with `Transfer-Encoding`.
@@ -572,6 +592,28 @@ mod tests {
             .unwrap();
         // :method GET, :scheme https, :authority a.example, :path /x, x-k v
         assert_eq!(h2_header_list_size(&req), 42 + 44 + 51 + 39 + 36);
+    }
+
+    #[test]
+    fn reads_the_idle_timeout_a_server_announces() {
+        let timeout = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(&KEEP_ALIVE, HeaderValue::from_str(v).unwrap());
+            }
+            HopByHop::scan(&h).keep_alive_timeout(&h)
+        };
+        assert_eq!(
+            timeout(&["timeout=5, max=100"]),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            timeout(&["max=100", "Timeout = 7"]),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(timeout(&["max=100"]), None);
+        assert_eq!(timeout(&["timeout=soon"]), None);
+        assert_eq!(timeout(&[]), None);
     }
 
     #[test]

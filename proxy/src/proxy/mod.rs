@@ -323,6 +323,7 @@ async fn forward(
         let (parts, incoming) = resp.into_parts();
         let mut rhead = Response::from_parts(parts, ());
         let hop_by_hop = headers::HopByHop::scan(rhead.headers());
+        ex.upstream_keep_alive = hop_by_hop.keep_alive_timeout(rhead.headers());
         // Framed by both Transfer-Encoding (which the body was read by) and
         // Content-Length: the length goes (RFC 9112 §6.3), and so does the
         // connection, whose next bytes may be a response smuggled in after the body.

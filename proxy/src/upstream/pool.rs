@@ -328,6 +328,9 @@ impl Drop for H2Stream {
 struct Idle {
     sender: H1Sender,
     since: Instant,
+    /// How long it may sit idle, by its server's own word (`Keep-Alive: timeout`);
+    /// `Duration::MAX` when the server said nothing.
+    limit: Duration,
 }
 
 impl WorkerPool {
@@ -339,7 +342,7 @@ impl WorkerPool {
         while let Some(i) = idle.pop() {
             let now = Instant::now();
             let idle_for = now.saturating_duration_since(i.since);
-            if idle_for < max_idle && !i.sender.is_closed() {
+            if idle_for < max_idle.min(i.limit) && !i.sender.is_closed() {
                 let stale = idle_for >= STALE_AFTER || last_close.recent(now);
                 return Some((i.sender, stale));
             }
@@ -348,12 +351,22 @@ impl WorkerPool {
     }
 
     /// Pools an idle connection if there is room; whether it did.
-    fn pool_idle(&self, sender: H1Sender, max_idle_conns: usize, now: Instant) -> bool {
+    fn pool_idle(
+        &self,
+        sender: H1Sender,
+        max_idle_conns: usize,
+        now: Instant,
+        limit: Duration,
+    ) -> bool {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() >= max_idle_conns {
             return false;
         }
-        idle.push(Idle { sender, since: now });
+        idle.push(Idle {
+            sender,
+            since: now,
+            limit,
+        });
         true
     }
 
@@ -420,7 +433,7 @@ impl Pool {
     pub(super) fn sweep(&self, max_idle: Duration) {
         for w in self.workers.iter() {
             let mut idle = w.idle.lock().unwrap_or_else(|p| p.into_inner());
-            idle.retain(|i| i.since.elapsed() < max_idle && !i.sender.is_closed());
+            idle.retain(|i| i.since.elapsed() < max_idle.min(i.limit) && !i.sender.is_closed());
             drop(idle);
             w.sweep_h2(max_idle);
         }
@@ -446,14 +459,30 @@ impl Pool {
     /// Returns a connection whose exchange finished cleanly, idle from `now`, to the
     /// part of the pool of its `home` worker, whose runtime drives its I/O (a
     /// connection borrowed at the connection limit goes back where it came from).
-    /// A request waiting at the connection limit gets it first.
-    pub fn put(&self, sender: H1Sender, home: usize, max_idle_conns: usize, now: Instant) {
+    /// A request waiting at the connection limit gets it first. `server_timeout`: the
+    /// idle timeout its server announced (`Keep-Alive: timeout=N`), past which it is
+    /// not reused (see `reuse_window`).
+    pub fn put(
+        &self,
+        sender: H1Sender,
+        home: usize,
+        max_idle_conns: usize,
+        now: Instant,
+        server_timeout: Option<Duration>,
+    ) {
         if sender.is_closed() {
+            return;
+        }
+        let limit = match server_timeout {
+            None => Duration::MAX,
+            Some(t) => reuse_window(t),
+        };
+        if limit.is_zero() {
             return;
         }
         let part = self.workers.part(home);
         // Not pooled (the pool is full): it closes, and its place passes on.
-        if !part.pool_idle(sender, max_idle_conns, now)
+        if !part.pool_idle(sender, max_idle_conns, now, limit)
             || self.slots.waiting.load(Ordering::SeqCst) == 0
         {
             return;
@@ -470,7 +499,7 @@ impl Pool {
         };
         self.slots.hand_over(Freed::Conn { sender, home }, |back| {
             if let Freed::Conn { sender, .. } = back {
-                part.pool_idle(sender, max_idle_conns, now);
+                part.pool_idle(sender, max_idle_conns, now, Duration::MAX);
             }
         });
     }
@@ -573,6 +602,19 @@ impl Lease {
         )
     }
 }
+
+/// How long a connection whose server announced an idle timeout (`Keep-Alive:
+/// timeout=N`: Node sends 5 s, Apache its `KeepAliveTimeout`) is reused: a second
+/// less than the server's, or half of it if that is shorter, so that a request is
+/// never written as the server closes the connection for idleness, which loses the
+/// request unanswered (a POST cannot be sent again). Zero: not reused at all.
+pub fn reuse_window(server_timeout: Duration) -> Duration {
+    server_timeout - (server_timeout / 2).min(KEEP_ALIVE_MARGIN)
+}
+
+/// What `reuse_window` takes off a server's announced idle timeout (undici, Node's
+/// HTTP client, takes off the same).
+const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
 
 /// How long an idle HTTP/1.1 connection may sit before a request on it is treated
 /// as one the upstream may close as it arrives (servers' keep-alive timeouts are
@@ -1099,6 +1141,15 @@ fn handshake_failed(ep: &Endpoint) -> impl FnOnce(hyper::Error) -> ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_announcing_its_idle_timeout_is_spared_a_margin_of_it() {
+        let window = |ms| reuse_window(Duration::from_millis(ms)).as_millis();
+        assert_eq!(window(5000), 4000);
+        assert_eq!(window(2000), 1000);
+        assert_eq!(window(1000), 500);
+        assert_eq!(window(0), 0);
+    }
     use crate::workers::Workers;
     use tokio::net::{TcpListener, TcpStream};
 
@@ -1170,7 +1221,7 @@ mod tests {
         // An upgrade cannot use a pooled connection; the request behind it can.
         let mut upgrade = pool.slots.wait_turn(false);
         let mut request = pool.slots.wait_turn(true);
-        pool.put(connection(addr).await, pool.home(), 8, Instant::now());
+        pool.put(connection(addr).await, pool.home(), 8, Instant::now(), None);
         assert!(pool.take_idle(max_idle).is_none(), "pooled for a newcomer");
         assert!(matches!(request.try_recv(), Ok(Freed::Conn { .. })));
         assert!(
@@ -1179,7 +1230,7 @@ mod tests {
         );
         drop((upgrade, queued));
         // Nobody waits: back to the pool.
-        pool.put(connection(addr).await, pool.home(), 8, Instant::now());
+        pool.put(connection(addr).await, pool.home(), 8, Instant::now(), None);
         assert!(pool.take_idle(max_idle).is_some());
     }
 
@@ -1212,7 +1263,7 @@ mod tests {
         let max_idle = Duration::from_secs(60);
 
         // This thread is worker 0: it pools a connection its runtime drives.
-        pool.put(connection(addr).await, pool.home(), 8, Instant::now());
+        pool.put(connection(addr).await, pool.home(), 8, Instant::now(), None);
         assert_eq!(pool.idle_connections(), 1);
 
         // Worker 1 does not take it, and pools one of its own.
@@ -1220,7 +1271,7 @@ mod tests {
         let on_worker_1 = workers.handles()[0]
             .spawn(async move {
                 let found = p.take_idle(max_idle).is_some();
-                p.put(connection(addr).await, p.home(), 8, Instant::now());
+                p.put(connection(addr).await, p.home(), 8, Instant::now(), None);
                 found
             })
             .await
@@ -1241,7 +1292,7 @@ mod tests {
         let addr = holding_listener().await;
         let pool = Arc::new(Pool::default());
         let max_idle = Duration::from_secs(60);
-        pool.put(connection(addr).await, pool.home(), 8, Instant::now());
+        pool.put(connection(addr).await, pool.home(), 8, Instant::now(), None);
 
         // Worker 1, at the connection limit, borrows worker 0's and is done with it.
         let p = pool.clone();
@@ -1250,7 +1301,7 @@ mod tests {
                 let Some(Lease::H1 { sender, home, .. }) = p.borrow(max_idle, 100) else {
                     panic!("nothing to borrow");
                 };
-                p.put(sender, home, 8, Instant::now());
+                p.put(sender, home, 8, Instant::now(), None);
                 (home, p.take_idle(max_idle).is_some())
             })
             .await

@@ -49,6 +49,8 @@ impl Host for HostState {
                 let (resp, lease, ep, started) = exchange(&cluster, request).await?;
                 cluster.record(&ep, Ok(started.elapsed()));
                 let (parts, body) = resp.into_parts();
+                let keep_alive = crate::proxy::headers::HopByHop::scan(&parts.headers)
+                    .keep_alive_timeout(&parts.headers);
                 let body = http_body_util::Limited::new(body, max_body)
                     .collect()
                     .await
@@ -60,6 +62,7 @@ impl Host for HostState {
                         home,
                         cluster.config.pool.max_idle_per_endpoint,
                         Instant::now(),
+                        keep_alive,
                     );
                 }
                 Ok(CallResponse {
