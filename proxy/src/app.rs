@@ -70,6 +70,9 @@ pub struct App {
     /// Taken by `shutdown`; hands out the `Drain` tokens tasks hold.
     drain: Mutex<Option<DrainController>>,
     draining: watch::Receiver<bool>,
+    /// Shutdown's delay has begun (`shutdown_delay`): not ready, connections closing
+    /// after their requests, listeners still accepting.
+    leaving: AtomicBool,
     ready: AtomicBool,
     /// Turns true when shutdown has finished; the admin endpoint serves until then.
     stopped: watch::Sender<bool>,
@@ -116,6 +119,7 @@ impl App {
             reload_lock: tokio::sync::Mutex::new(()),
             draining: drain.signal(),
             drain: Mutex::new(Some(drain)),
+            leaving: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             stopped: watch::channel(false).0,
             admin: Mutex::new(None),
@@ -155,12 +159,17 @@ impl App {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.is_draining()
+        self.ready.load(Ordering::Acquire) && !self.is_leaving()
     }
 
     /// Whether shutdown has begun.
     pub fn is_draining(&self) -> bool {
         *self.draining.borrow()
+    }
+
+    /// Whether shutdown has begun, its delay included.
+    fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Acquire) || self.is_draining()
     }
 
     /// A token for a task shutdown must wait for; none once shutdown has begun.
@@ -196,7 +205,7 @@ impl App {
     /// that is on its way out.
     pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
-        if self.is_draining() {
+        if self.is_leaving() {
             tracing::warn!("reload not done: the proxy is shutting down");
             return Err(ReloadError::ShuttingDown);
         }
@@ -330,6 +339,44 @@ impl App {
         }
     }
 
+    /// The first part of shutdown, when the config in force has a `shutdown_delay`:
+    /// for that long the proxy still accepts and serves, while it tells whoever
+    /// sends it traffic to go elsewhere, so that no client finds its address refusing
+    /// connections before they have all heard (a Kubernetes Service takes seconds to
+    /// drop a terminating pod's address, and a load balancer its health-check
+    /// interval): `/ready` answers 503, and every HTTP connection, open or accepted
+    /// meanwhile, closes once it has answered a request (`Connection: close`, HTTP/2's
+    /// GOAWAY), as when a reload removes its listener. Reloads are refused from here on.
+    pub async fn leave(&self) {
+        let delay = self
+            .runtime
+            .snapshot()
+            .config
+            .config
+            .runtime
+            .shutdown_delay
+            .0;
+        if delay.is_zero() || self.is_leaving() {
+            return;
+        }
+        let _one_at_a_time = self.reload_lock.lock().await;
+        self.leaving.store(true, Ordering::Release);
+        for binding in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            binding.retire_connections();
+        }
+        drop(_one_at_a_time);
+        tracing::info!(
+            delay_secs = delay.as_secs_f64(),
+            "shutting down: not ready, still accepting, closing connections after their requests"
+        );
+        tokio::time::sleep(delay).await;
+    }
+
     /// Stops accepting, lets requests in flight finish for up to the configured
     /// shutdown timeout, and returns whether they all did.
     pub async fn shutdown(&self) -> bool {
@@ -369,6 +416,12 @@ impl App {
                     let _ = self.reload().await;
                 }
             }
+        }
+        // A second signal cuts the delay short.
+        tokio::select! {
+            () = self.leave() => {}
+            _ = signals.term.recv() => tracing::info!("second signal: shutdown delay cut short"),
+            _ = signals.int.recv() => tracing::info!("second signal: shutdown delay cut short"),
         }
         self.shutdown().await;
         self.workers.stop();

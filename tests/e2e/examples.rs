@@ -131,6 +131,7 @@ fn config_with_everything() -> Config {
         runtime: RuntimeConfig {
             workers: 1,
             shutdown_timeout: dur(1),
+            shutdown_delay: dur(1),
             watch_config: false,
             module_cache: Some(PathBuf::from("cache")),
             filter_instances: 10,

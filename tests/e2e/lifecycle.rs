@@ -174,3 +174,121 @@ async fn shutdown_closes_idle_connections_at_once() {
         signaled.elapsed()
     );
 }
+
+/// A `weft run` in front of one backend, with `shutdown_delay = delay`.
+async fn proxy_with_delay(delay: &str) -> (Backend, tempfile::TempDir, Child) {
+    let backend = Backend::start("b1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_file(
+        dir.path(),
+        "weft.toml",
+        &format!(
+            "{}shutdown_delay = \"{delay}\"\n{}",
+            preamble_with(dir.path(), false, "5s"),
+            one_cluster(backend.addr)
+        ),
+    );
+    let child = Child::spawn(&["run", "--config", cfg.to_str().unwrap()]).await;
+    (backend, dir, child)
+}
+
+/// Writes one HTTP/1.1 request for `/` on `conn` and reads until `until` is read
+/// or the connection closes; what was read.
+async fn exchange(conn: &mut tokio::net::TcpStream, until: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: leaving\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.ends_with(until) {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("no response")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    seen
+}
+
+/// With `shutdown_delay`, SIGTERM first makes the proxy unready while it goes on
+/// accepting and serving, each connection closing once it has answered (so clients
+/// move elsewhere while the orchestrator stops sending them); only then do the
+/// listeners stop and the usual drain begin.
+#[tokio::test]
+async fn a_shutdown_delay_keeps_serving_while_it_sends_clients_away() {
+    let (_backend, _dir, mut child) = proxy_with_delay("3s").await;
+    let (addr, admin) = (child.listener_addr("main"), child.admin_addr());
+    let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let first = exchange(&mut kept, b"b1").await;
+    assert!(first.starts_with(b"HTTP/1.1 200"), "{first:?}");
+    // Let it settle into waiting for its next request.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let signaled = Instant::now();
+    child.signal(libc::SIGTERM);
+    let unready = eventually(Duration::from_secs(2), async || {
+        get(&h1(), &format!("http://{admin}/ready")).await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert!(unready, "still ready after the signal");
+    // The kept-alive connection, idle, is closed.
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(2), async {
+        use tokio::io::AsyncReadExt;
+        kept.read(&mut buf).await.unwrap_or(0)
+    })
+    .await
+    .expect("an idle connection was kept open in the shutdown delay");
+    assert_eq!(n, 0);
+    // A new connection is still accepted and answered, told to close, and closed.
+    let mut late = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let answer = String::from_utf8_lossy(&exchange(&mut late, b"\0").await).to_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(
+        answer.ends_with("hello from b1"),
+        "not closed after its answer: {answer}"
+    );
+    assert!(
+        signaled.elapsed() < Duration::from_secs(3),
+        "the checks above took the whole delay"
+    );
+
+    // After the delay, the listener stops and the process exits.
+    assert!(
+        eventually(Duration::from_secs(10), async || refuses_connections(addr)
+            .await)
+        .await,
+        "still accepting connections long after the delay"
+    );
+    let status = exits_within(&mut child.child, Duration::from_secs(10))
+        .await
+        .expect("weft did not exit after its delay");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        signaled.elapsed() >= Duration::from_secs(3),
+        "exited {:?} after the signal, before its delay",
+        signaled.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_second_signal_cuts_the_shutdown_delay_short() {
+    let (_backend, _dir, mut child) = proxy_with_delay("60s").await;
+    let admin = child.admin_addr();
+    child.signal(libc::SIGTERM);
+    let unready = eventually(Duration::from_secs(2), async || {
+        get(&h1(), &format!("http://{admin}/ready")).await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert!(unready, "still ready after the signal");
+    child.signal(libc::SIGINT);
+    let status = exits_within(&mut child.child, Duration::from_secs(10))
+        .await
+        .expect("weft waited out its delay after a second signal");
+    assert!(status.success(), "exit status {status:?}");
+}

@@ -70,6 +70,11 @@ pub struct RuntimeConfig {
     /// How long in-flight requests may run after SIGTERM before the proxy exits.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: Dur,
+    /// How long, after SIGTERM and before listeners stop accepting, the proxy goes
+    /// on serving while it tells its clients to go elsewhere (`/ready` 503,
+    /// connections closed after their requests).
+    #[serde(default)]
+    pub shutdown_delay: Dur,
     /// Reload when the config file changes on disk.
     #[serde(default = "yes")]
     pub watch_config: bool,
@@ -92,6 +97,7 @@ impl RuntimeConfig {
         let RuntimeConfig {
             workers,
             shutdown_timeout: _,
+            shutdown_delay: _,
             watch_config: _,
             module_cache,
             filter_instances,
@@ -127,6 +133,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             workers: 0,
             shutdown_timeout: default_shutdown_timeout(),
+            shutdown_delay: Dur::default(),
             watch_config: true,
             module_cache: default_cache_dir(),
             filter_instances: default_filter_instances(),

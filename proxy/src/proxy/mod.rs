@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -41,6 +41,16 @@ use tunnel::{ExtendedConnect, UpgradeOverH2};
 
 /// Serves one request; every failure becomes a response with the right status.
 pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<ResponseBody> {
+    if conn.state.closes_after_answer() {
+        let mut resp = answer(req, conn).await;
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
+    answer(req, conn).await
+}
+
+async fn answer(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<ResponseBody> {
     let snap = conn.runtime.snapshot();
     // Borrowed from the snapshot: every reference count the request path moves is a
     // cache line that all workers write.

@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -69,6 +69,9 @@ pub struct ConnState {
     head_since_ms: AtomicU64,
     /// The connection speaks HTTP/2: bytes between requests are frames, not heads.
     h2: bool,
+    /// Its listener binding was retired (a reload dropped it, or shutdown's delay
+    /// began): HTTP/1.1 answers say `Connection: close`, and it closes after them.
+    retiring: AtomicBool,
 }
 
 impl ConnState {
@@ -79,7 +82,14 @@ impl ConnState {
             requests: AtomicU64::new(0),
             head_since_ms: AtomicU64::new(0),
             h2,
+            retiring: AtomicBool::new(false),
         }
+    }
+
+    /// Whether this HTTP/1 connection should tell its client it closes after the
+    /// answer (see `retiring`).
+    pub fn closes_after_answer(&self) -> bool {
+        !self.h2 && self.retiring.load(Ordering::Relaxed)
     }
 
     pub fn begin(&self) {
@@ -399,6 +409,7 @@ async fn drive<C>(
                 // request on the way: closing it now would reset that request, so it
                 // is answered first (with `Connection: close`).
                 retiring = true;
+                info.state.retiring.store(true, Ordering::Relaxed);
                 timer.reset(tokio::time::Instant::now());
             }
             r = conn.as_mut() => {

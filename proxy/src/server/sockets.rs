@@ -57,6 +57,15 @@ pub struct Binding {
     retire: watch::Sender<bool>,
 }
 
+impl Binding {
+    /// Tells the listener's connections, and those it accepts from now on, to close
+    /// once they have answered a request, as if a reload had dropped it; it goes on
+    /// accepting (shutdown's delay).
+    pub fn retire_connections(&self) {
+        self.retire.send_replace(true);
+    }
+}
+
 impl Drop for Binding {
     fn drop(&mut self) {
         self.retire.send_replace(true);
