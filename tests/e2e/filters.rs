@@ -1405,6 +1405,7 @@ async fn each_request_logs_one_access_event_whose_id_the_filters_lines_carry() {
     let url = format!("http://{addr}");
     let one = Request::get(format!("{url}/one?token=secret"))
         .header("x-request-id", "trace-1")
+        .header("user-agent", "weft-test/1.0")
         .body(empty())
         .unwrap();
     let (status, _, _) = send(&h1(), one).await;
@@ -1453,6 +1454,17 @@ async fn each_request_logs_one_access_event_whose_id_the_filters_lines_carry() {
     }
     assert_eq!(one["x_request_id"], "trace-1");
     assert_eq!(two["x_request_id"], "-");
+    assert_eq!(one["user_agent"], "weft-test/1.0");
+    assert_eq!(two["user_agent"], "-");
+    // The upstream's part of the time, within the whole; none without an upstream.
+    for event in [one, two] {
+        let (upstream, whole) = (event["upstream_ms"].as_f64(), event["duration_ms"].as_f64());
+        assert!(
+            matches!((upstream, whole), (Some(u), Some(w)) if u > 0.0 && u <= w),
+            "{event}"
+        );
+    }
+    assert!(three.get("upstream_ms").is_none(), "{three}");
     assert_eq!(three["status"], 400);
     assert_eq!(three["error"], "more than one Host header");
     assert_eq!(three["authority"], "a");

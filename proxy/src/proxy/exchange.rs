@@ -38,6 +38,8 @@ pub struct Exchange {
     pub uri: Uri,
     /// The client's `Host`, kept for the access log when it is written.
     pub host: Option<HeaderValue>,
+    /// The client's `User-Agent`, kept for the access log when it is written.
+    pub user_agent: Option<HeaderValue>,
     /// The request's `X-Request-ID` (the client's, or the one the proxy made), kept
     /// for the access log when it is written.
     pub x_request_id: Option<HeaderValue>,
@@ -96,6 +98,7 @@ impl Exchange {
             method,
             uri,
             host: None,
+            user_agent: None,
             x_request_id: None,
             version,
             grpc: false,
@@ -188,6 +191,7 @@ impl Drop for Exchange {
             uri: &self.uri,
             authority: authority.or_else(|| self.host.as_ref()?.to_str().ok()),
             x_request_id: self.x_request_id.as_ref().and_then(|v| v.to_str().ok()),
+            user_agent: self.user_agent.as_ref().and_then(|v| v.to_str().ok()),
             version: self.version,
             status: self.status,
             grpc_status: self
@@ -197,6 +201,7 @@ impl Drop for Exchange {
             upstream: self.endpoint.as_ref().map(|e| e.addr),
             request_bytes: self.tally.request_bytes.load(Ordering::Relaxed),
             response_bytes: self.response_bytes,
+            upstream_duration: self.upstream_latency,
             duration: elapsed,
             retries: self.retries,
             error: self.error,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, USER_AGENT};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -73,6 +73,7 @@ async fn answer(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Respons
     ));
     if access::enabled() {
         ex.host = req.headers().get(HOST).cloned();
+        ex.user_agent = req.headers().get(USER_AGENT).cloned();
     }
     // gRPC runs over HTTP/2 only: HTTP/1.1 requests need no look.
     ex.grpc = ex.version == Version::HTTP_2 && grpc::is_grpc(req.headers());

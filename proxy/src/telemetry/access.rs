@@ -18,6 +18,7 @@ pub struct AccessRecord<'a> {
     pub authority: Option<&'a str>,
     /// The request's `X-Request-ID`: the client's, or the one the proxy made.
     pub x_request_id: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
     pub version: Version,
     pub status: u16,
     /// A gRPC call's status, by name (none for other requests).
@@ -26,6 +27,8 @@ pub struct AccessRecord<'a> {
     pub upstream: Option<SocketAddr>,
     pub request_bytes: u64,
     pub response_bytes: u64,
+    /// From sending the request upstream to its response's head (the last attempt's).
+    pub upstream_duration: Option<Duration>,
     pub duration: Duration,
     pub retries: u32,
     pub error: Option<&'a str>,
@@ -35,6 +38,11 @@ pub struct AccessRecord<'a> {
 /// gathered otherwise.
 pub fn enabled() -> bool {
     tracing::enabled!(target: "weft::access", tracing::Level::INFO)
+}
+
+/// Whole microseconds: `0.321`, not `0.32133900000000004`.
+fn millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
 }
 
 pub fn log(r: &AccessRecord<'_>) {
@@ -48,6 +56,7 @@ pub fn log(r: &AccessRecord<'_>) {
         authority = r.authority.unwrap_or("-"),
         path = r.uri.path(),
         x_request_id = r.x_request_id.unwrap_or("-"),
+        user_agent = r.user_agent.unwrap_or("-"),
         version = ?r.version,
         status = r.status,
         // Left out (not `-`) for requests that are not gRPC calls.
@@ -56,8 +65,9 @@ pub fn log(r: &AccessRecord<'_>) {
         upstream = %r.upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
         request_bytes = r.request_bytes,
         response_bytes = r.response_bytes,
-        // Whole microseconds: `0.321`, not `0.32133900000000004`.
-        duration_ms = r.duration.as_micros() as f64 / 1000.0,
+        duration_ms = millis(r.duration),
+        // Left out for requests that got no response head from an upstream.
+        upstream_ms = r.upstream_duration.map(millis),
         retries = r.retries,
         error = r.error.unwrap_or("-"),
     );
