@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{App, ConfigSource, Signals};
 use crate::config::{
-    self, ChainConfig, ClientTlsConfig, ClusterConfig, Config, EndpointConfig, FilterConfig,
-    HostHeader, ListenerConfig, UpstreamProtocol,
+    self, CertificateConfig, ChainConfig, ClientTlsConfig, ClusterConfig, Config, EndpointConfig,
+    FilterConfig, HostHeader, ListenerConfig, ServerTlsConfig, UpstreamProtocol,
 };
 use crate::telemetry::{self, LogFormat};
 use crate::workers::Workers;
@@ -86,6 +86,13 @@ pub struct ProxyArgs {
     /// name, such as a public HTTPS API.
     #[arg(long)]
     pub change_host_header: bool,
+    /// Terminate TLS with this PEM certificate chain (leaf first; with --tls-key):
+    /// HTTP/2 or HTTP/1.1 by the client's ALPN.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Runs the command; the process exits with the returned code.
@@ -172,6 +179,23 @@ fn check(path: &Path) -> anyhow::Result<()> {
 }
 
 /// The config `weft proxy` stands for: one listener, one cluster, an optional chain.
+/// The listener's TLS from `--tls-cert` and `--tls-key` (clap requires both or neither).
+fn listener_tls(args: &ProxyArgs) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let absolute = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+    let tls: ServerTlsConfig = toml::from_str("certificates = []").context("tls defaults")?;
+    Ok(Some(ServerTlsConfig {
+        certificates: vec![CertificateConfig {
+            cert: absolute(cert),
+            key: absolute(key),
+            server_names: Vec::new(),
+        }],
+        ..tls
+    }))
+}
+
 pub fn proxy_config(args: &ProxyArgs) -> anyhow::Result<config::LoadedConfig> {
     let mut scheme = None;
     let mut endpoints = Vec::new();
@@ -287,6 +311,7 @@ pub fn proxy_config(args: &ProxyArgs) -> anyhow::Result<config::LoadedConfig> {
         listeners: vec![ListenerConfig {
             chain: chain.as_ref().map(|c| c.name.clone()),
             proxy_protocol: args.proxy_protocol,
+            tls: listener_tls(args)?,
             ..listener
         }],
         clusters: vec![cluster],

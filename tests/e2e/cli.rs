@@ -145,6 +145,62 @@ async fn proxy_forwards_http1_and_http2_clients() {
 }
 
 #[tokio::test]
+async fn proxy_terminates_tls_with_a_certificate_from_flags() {
+    let backend = Backend::start("b1").await;
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.write(dir.path(), "edge", &pki.leaf(&["edge.test"], &[]));
+    let ca = write_file(dir.path(), "ca.pem", &pki.ca_pem);
+    let to = format!("http://{}", backend.addr);
+    let child = Child::spawn(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &to,
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ])
+    .await;
+    let addr = child.listener_addr("proxy");
+    let resolve = format!("edge.test:{}:127.0.0.1", addr.port());
+    let url = format!("https://edge.test:{}/", addr.port());
+    // curl verifies the certificate against the CA, and picks the protocol by ALPN.
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let out = tokio::process::Command::new("curl")
+            .args([
+                "-s",
+                flag,
+                "--cacert",
+                ca.to_str().unwrap(),
+                "--resolve",
+                &resolve,
+            ])
+            .args(["-w", "\n%{http_version} %{http_code}", &url])
+            .output()
+            .await
+            .expect("curl");
+        let out = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out, format!("hello from b1\n{version} 200"));
+    }
+    // One flag without the other is refused before anything starts.
+    let (status, _, err) = run_weft(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &to,
+        "--tls-cert",
+        "c.pem",
+    ])
+    .await;
+    assert!(!status.success());
+    assert!(err.contains("--tls-key"), "{err}");
+}
+
+#[tokio::test]
 async fn proxy_balances_across_every_target() {
     let b1 = Backend::start("b1").await;
     let b2 = Backend::start("b2").await;

@@ -213,6 +213,8 @@ async fn grpc_through_weft_proxy_to_h2c() {
         workers: 0,
         proxy_protocol: false,
         change_host_header: false,
+        tls_cert: None,
+        tls_key: None,
     };
     let loaded = proxy_config(&args).unwrap();
     assert_eq!(
