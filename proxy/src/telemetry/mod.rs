@@ -23,8 +23,10 @@ pub enum LogFormat {
 pub fn init_logging(format: LogFormat, default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let colours = colours();
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(colours)
         .with_env_filter(filter);
     // A second init (tests start several proxies in one process) keeps the first.
     // (The reloadable filter is added last: its handle's type names the format's.)
@@ -34,6 +36,7 @@ pub fn init_logging(format: LogFormat, default_filter: &str) {
             let handle = builder.reload_handle();
             if builder.try_init().is_ok() {
                 LogFilter::install(handle);
+                access::write_here(access::Style { format, colours });
             }
         }
         LogFormat::Json => {
@@ -41,9 +44,19 @@ pub fn init_logging(format: LogFormat, default_filter: &str) {
             let handle = builder.reload_handle();
             if builder.try_init().is_ok() {
                 LogFilter::install(handle);
+                access::write_here(access::Style { format, colours });
             }
         }
     }
+}
+
+/// Whether human-readable lines are coloured: only for a terminal, and not under
+/// `NO_COLOR` (no-color.org). A container's or a service manager's log collector
+/// would store the escape codes; writing them also took a third of the access log's
+/// cost per request (`docs/benchmarks.md`).
+fn colours() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// The running subscriber's filter, behind its reload handle (whose type depends on
