@@ -41,16 +41,8 @@ use tunnel::{ExtendedConnect, UpgradeOverH2};
 
 /// Serves one request; every failure becomes a response with the right status.
 pub async fn handle(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<ResponseBody> {
-    if conn.state.closes_after_answer() {
-        let mut resp = answer(req, conn).await;
-        resp.headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-        return resp;
-    }
-    answer(req, conn).await
-}
-
-async fn answer(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<ResponseBody> {
+    // A retired connection tells its client it closes after this answer.
+    let close = conn.state.closes_after_answer();
     let snap = conn.runtime.snapshot();
     // Borrowed from the snapshot: every reference count the request path moves is a
     // cache line that all workers write.
@@ -104,6 +96,11 @@ async fn answer(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Respons
             } else {
                 Version::HTTP_11
             };
+            if close {
+                parts
+                    .headers
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
             Response::from_parts(parts, ResponseBody::new(body, ex, timeouts))
         }
         Err(e) => {
@@ -113,6 +110,10 @@ async fn answer(req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Respons
             HeaderEdit::apply(edits, resp.headers_mut());
             if let Some(id) = id {
                 resp.headers_mut().insert(&headers::X_REQUEST_ID, id);
+            }
+            if close {
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
             }
             resp
         }
