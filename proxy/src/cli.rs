@@ -128,6 +128,7 @@ pub fn main(cli: Cli) -> ExitCode {
         },
         Command::CompileFilter { .. } => Ok(()),
     };
+    telemetry::access::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -292,3 +292,33 @@ async fn a_second_signal_cuts_the_shutdown_delay_short() {
         .expect("weft waited out its delay after a second signal");
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// Access lines are held for up to a tenth of a second before they are written;
+/// those held when the process is told to stop are written before it exits.
+#[tokio::test]
+async fn access_lines_held_at_shutdown_are_written_before_exit() {
+    let (_backend, _dir, mut child) = proxy_with_deadline("5s").await;
+    let addr = child.listener_addr("main");
+    let client = h1();
+    for _ in 0..20 {
+        assert_eq!(
+            get(&client, &format!("http://{addr}/")).await.0,
+            StatusCode::OK
+        );
+    }
+    child.signal(libc::SIGTERM);
+    let status = exits_within(&mut child.child, Duration::from_secs(10))
+        .await
+        .expect("weft did not exit");
+    assert!(status.success(), "exit status {status:?}");
+    let access_lines = || {
+        let lines = child.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.contains("\"target\":\"weft::access\""))
+            .count()
+    };
+    // The log reader may still be catching up with the exited process.
+    let all = eventually(Duration::from_secs(5), async || access_lines() == 20).await;
+    assert!(all, "{} access lines of 20", access_lines());
+}
