@@ -83,13 +83,22 @@ async fn sigint_drains_in_flight_requests_then_exits_0() {
 
 /// A `weft run` in front of one backend, with this shutdown deadline.
 async fn proxy_with_deadline(shutdown_timeout: &str) -> (Backend, tempfile::TempDir, Child) {
+    proxy_with_runtime(shutdown_timeout, "").await
+}
+
+/// A `weft run` in front of one backend, with this shutdown deadline and more
+/// `[runtime]` lines.
+async fn proxy_with_runtime(
+    shutdown_timeout: &str,
+    runtime: &str,
+) -> (Backend, tempfile::TempDir, Child) {
     let backend = Backend::start("b1").await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_file(
         dir.path(),
         "weft.toml",
         &format!(
-            "{}{}",
+            "{}{runtime}{}",
             preamble_with(dir.path(), false, shutdown_timeout),
             one_cluster(backend.addr)
         ),
@@ -177,19 +186,15 @@ async fn shutdown_closes_idle_connections_at_once() {
 
 /// A `weft run` in front of one backend, with `shutdown_delay = delay`.
 async fn proxy_with_delay(delay: &str) -> (Backend, tempfile::TempDir, Child) {
-    let backend = Backend::start("b1").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_file(
-        dir.path(),
-        "weft.toml",
-        &format!(
-            "{}shutdown_delay = \"{delay}\"\n{}",
-            preamble_with(dir.path(), false, "5s"),
-            one_cluster(backend.addr)
-        ),
-    );
-    let child = Child::spawn(&["run", "--config", cfg.to_str().unwrap()]).await;
-    (backend, dir, child)
+    proxy_with_runtime("5s", &format!("shutdown_delay = \"{delay}\"\n")).await
+}
+
+/// Whether the admin endpoint's `/ready` turns 503 within two seconds.
+async fn turns_unready(admin: std::net::SocketAddr) -> bool {
+    eventually(Duration::from_secs(2), async || {
+        get(&h1(), &format!("http://{admin}/ready")).await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await
 }
 
 /// Writes one HTTP/1.1 request for `/` on `conn` and reads until `until` is read
@@ -230,11 +235,7 @@ async fn a_shutdown_delay_keeps_serving_while_it_sends_clients_away() {
 
     let signaled = Instant::now();
     child.signal(libc::SIGTERM);
-    let unready = eventually(Duration::from_secs(2), async || {
-        get(&h1(), &format!("http://{admin}/ready")).await.0 == StatusCode::SERVICE_UNAVAILABLE
-    })
-    .await;
-    assert!(unready, "still ready after the signal");
+    assert!(turns_unready(admin).await, "still ready after the signal");
     // The kept-alive connection, idle, is closed.
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(2), async {
@@ -281,11 +282,7 @@ async fn a_second_signal_cuts_the_shutdown_delay_short() {
     let (_backend, _dir, mut child) = proxy_with_delay("60s").await;
     let admin = child.admin_addr();
     child.signal(libc::SIGTERM);
-    let unready = eventually(Duration::from_secs(2), async || {
-        get(&h1(), &format!("http://{admin}/ready")).await.0 == StatusCode::SERVICE_UNAVAILABLE
-    })
-    .await;
-    assert!(unready, "still ready after the signal");
+    assert!(turns_unready(admin).await, "still ready after the signal");
     child.signal(libc::SIGINT);
     let status = exits_within(&mut child.child, Duration::from_secs(10))
         .await
