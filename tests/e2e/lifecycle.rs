@@ -319,3 +319,37 @@ async fn access_lines_held_at_shutdown_are_written_before_exit() {
     let all = eventually(Duration::from_secs(5), async || access_lines() == 20).await;
     assert!(all, "{} access lines of 20", access_lines());
 }
+
+/// The thread that writes access lines out wakes only when lines are held: an idle
+/// proxy's does not wake (ten times a second it would, polling).
+#[tokio::test]
+async fn the_access_log_writer_sleeps_while_the_proxy_is_idle() {
+    let (_backend, _dir, child) = proxy_with_deadline("5s").await;
+    let url = format!("http://{}/", child.listener_addr("main"));
+    assert_eq!(get(&h1(), &url).await.0, StatusCode::OK);
+    let pid = child.pid();
+    let wakeups = || thread_wakeups(pid, "weft-log");
+    // Started by the first line, which it writes out.
+    let written = eventually(Duration::from_secs(5), async || {
+        wakeups().is_some() && child.logged("\"target\":\"weft::access\"")
+    })
+    .await;
+    assert!(written, "the first access line was not written");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = wakeups().unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        wakeups().unwrap() - before <= 1,
+        "the idle proxy's log writer kept waking"
+    );
+    // A new line wakes it again.
+    assert_eq!(get(&h1(), &url).await.0, StatusCode::OK);
+    let lines = || {
+        let lines = child.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.contains("\"target\":\"weft::access\""))
+            .count()
+    };
+    assert!(eventually(Duration::from_secs(5), async || lines() == 2).await);
+}

@@ -12,9 +12,9 @@
 //! Without `init_logging` (the library in someone else's process), the record is
 //! an ordinary tracing event.
 //!
-//! Lines are buffered per thread and written at least every `FLUSH_EVERY` (by the
-//! `weft-log` thread) or as soon as a thread holds `FLUSH_AT` bytes of them, and at
-//! exit (`flush`): a write per line was a system call per request, which cost a
+//! Lines are buffered per thread and written within `FLUSH_EVERY` (by the `weft-log`
+//! thread, which sleeps while none are held) or as soon as a thread holds `FLUSH_AT`
+//! bytes of them, and at exit (`flush`): a write per line was a system call per request, which cost a
 //! busy proxy an eighth of its throughput. Envoy buffers its access logs likewise
 //! (for a second by default), nginx with `access_log ... buffer=`. A process killed
 //! outright loses at most the last `FLUSH_EVERY` of lines.
@@ -22,7 +22,7 @@
 use std::cell::RefCell;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Method, Uri, Version};
@@ -84,19 +84,49 @@ type Pending = Arc<Mutex<Vec<u8>>>;
 static PENDING: Mutex<Vec<Pending>> = Mutex::new(Vec::new());
 
 /// Has access lines written here, to standard error, as `style` says (the log
-/// subscriber leaves them out), and starts the thread that writes them out.
+/// subscriber leaves them out).
 pub(super) fn write_here(style: Style) {
-    if STYLE.set(style).is_err() {
-        return;
+    let _ = STYLE.set(style);
+}
+
+/// Whether a line is held that the writer has not been told of; the writer waits on
+/// `HELD_LINES` while there is none, so an idle proxy's writer never wakes.
+static DUE: Mutex<bool> = Mutex::new(false);
+static HELD_LINES: Condvar = Condvar::new();
+
+/// Tells the writer a thread holds lines (called when a thread's first line since
+/// its last write is held), starting it the first time.
+fn lines_held() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("weft-log".into())
+            .spawn(write_out_held);
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the access log's writer: lines are written when 32KiB of them are held, and at exit");
+        }
+    });
+    let mut due = DUE.lock().unwrap_or_else(|p| p.into_inner());
+    if !*due {
+        *due = true;
+        HELD_LINES.notify_one();
     }
-    let spawned = std::thread::Builder::new()
-        .name("weft-log".into())
-        .spawn(|| loop {
-            std::thread::sleep(FLUSH_EVERY);
-            flush();
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start the access log's writer: lines are written when 32KiB of them are held, and at exit");
+}
+
+/// The `weft-log` thread: once told of held lines, waits `FLUSH_EVERY` for more to
+/// gather, then writes them all out.
+fn write_out_held() {
+    loop {
+        let mut due = DUE.lock().unwrap_or_else(|p| p.into_inner());
+        while !*due {
+            due = HELD_LINES.wait(due).unwrap_or_else(|p| p.into_inner());
+        }
+        drop(due);
+        std::thread::sleep(FLUSH_EVERY);
+        // Cleared before the lines are taken: a line held after its thread's lines
+        // were written tells the writer again.
+        *DUE.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        flush();
     }
 }
 
@@ -137,13 +167,18 @@ pub fn log(r: &AccessRecord<'_>) {
     LINE.with_borrow_mut(|line| {
         line.buf.clear();
         line.write(r, *style, SystemTime::now());
-        HELD.with(|held| {
+        let first = HELD.with(|held| {
             let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+            let first = held.is_empty();
             held.extend_from_slice(&line.buf);
             if held.len() >= FLUSH_AT {
                 write_out(&mut held);
             }
+            first
         });
+        if first {
+            lines_held();
+        }
     });
 }
 
