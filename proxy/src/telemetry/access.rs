@@ -74,7 +74,7 @@ pub(super) struct Style {
 
 static STYLE: OnceLock<Style> = OnceLock::new();
 
-/// Lines written longer ago than this are out.
+/// Held lines are written out within this long of the first of them.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// A thread that holds this many bytes of lines writes them out itself.
 const FLUSH_AT: usize = 32 * 1024;
@@ -130,8 +130,8 @@ fn write_out_held() {
     }
 }
 
-/// Writes out every line held (`weft-log` does every `FLUSH_EVERY`; call it before
-/// the process exits).
+/// Writes out every line held (what `weft-log` does `FLUSH_EVERY` after a line is
+/// held; call it before the process exits).
 pub fn flush() {
     let all: Vec<Pending> = PENDING.lock().unwrap_or_else(|p| p.into_inner()).clone();
     for pending in all {
