@@ -524,6 +524,31 @@ async fn a_connection_is_not_reused_past_the_idle_timeout_its_server_announced()
     assert_eq!(connections(), 3);
 }
 
+#[tokio::test]
+async fn a_connection_is_closed_after_carrying_max_requests_per_connection() {
+    // Behind a virtual IP that balances connections (a Kubernetes Service), a pooled
+    // connection sticks to one replica: recycling it spreads the load again.
+    for (proto, protocol) in [(Proto::Http1, "http1"), (Proto::Http2, "http2")] {
+        let backend = Backend::start_with("a", proto, None).await;
+        let extra = format!(
+            "protocol = \"{protocol}\"\n[clusters.pool]\nmax_requests_per_connection = 3\n"
+        );
+        let proxy = Proxy::start(&config(&backend.addr.to_string(), &extra)).await;
+        for i in 0..7 {
+            let (status, _, _) = get(&h1(), &proxy.url("/info")).await;
+            assert_eq!(status, StatusCode::OK, "{protocol}: request {i}");
+        }
+        // 3 + 3 + 1: the first two connections closed after their third request.
+        assert_eq!(backend.connections.load(Ordering::Relaxed), 3, "{protocol}");
+        let closed = eventually(Duration::from_secs(5), async || pooled(&proxy).await.0 == 1).await;
+        assert!(
+            closed,
+            "{protocol}: {:?} open and idle",
+            pooled(&proxy).await
+        );
+    }
+}
+
 /// Requests one after the other, each on a client connection of its own (so both
 /// workers of a 2-worker proxy serve some), to a cluster allowed one connection.
 async fn one_connection_for_two_workers(proto: Proto, protocol: &str) {

@@ -668,6 +668,9 @@ pub struct PoolConfig {
     /// (within `max_connections_per_endpoint`); 0: one connection per worker.
     #[serde(default = "default_streams_per_connection")]
     pub max_streams_per_connection: usize,
+    /// Requests one connection carries before it is closed (0: no limit).
+    #[serde(default)]
+    pub max_requests_per_connection: u64,
     /// Idle connections are closed after this long.
     #[serde(default = "default_pool_idle")]
     pub idle_timeout: Dur,
@@ -695,6 +698,7 @@ impl Default for PoolConfig {
             max_connections_per_endpoint: 0,
             max_pending_per_endpoint: default_max_pending(),
             max_streams_per_connection: default_streams_per_connection(),
+            max_requests_per_connection: 0,
             idle_timeout: default_pool_idle(),
         }
     }

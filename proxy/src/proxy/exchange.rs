@@ -167,9 +167,9 @@ impl Drop for Exchange {
             (self.lease.take(), &self.endpoint, &self.cluster)
         {
             if self.complete && self.tally.request_done.load(Ordering::Relaxed) {
-                let max_idle = cluster.config.pool.max_idle_per_endpoint;
+                let pool = &cluster.config.pool;
                 ep.pool
-                    .put(sender, home, max_idle, now, self.upstream_keep_alive);
+                    .put(sender, home, pool, now, self.upstream_keep_alive);
             }
         }
         let elapsed = now.saturating_duration_since(self.start);

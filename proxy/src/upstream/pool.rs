@@ -26,12 +26,38 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{Cluster, Endpoint, Want};
+use crate::config::PoolConfig;
 use crate::error::ProxyError;
 use crate::proxy::body::RequestBody;
 use crate::workers::PerWorker;
 
-type H1Sender = http1::SendRequest<RequestBody>;
 type H2Sender = http2::SendRequest<RequestBody>;
+
+/// An HTTP/1.1 connection's handle, and how many exchanges it has carried (for
+/// `max_requests_per_connection`).
+pub struct H1Sender {
+    send: http1::SendRequest<RequestBody>,
+    carried: u64,
+}
+
+impl H1Sender {
+    fn new(send: http1::SendRequest<RequestBody>) -> Self {
+        H1Sender { send, carried: 0 }
+    }
+}
+
+impl std::ops::Deref for H1Sender {
+    type Target = http1::SendRequest<RequestBody>;
+    fn deref(&self) -> &Self::Target {
+        &self.send
+    }
+}
+
+impl std::ops::DerefMut for H1Sender {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.send
+    }
+}
 
 /// An endpoint's connections, kept apart per worker (see `workers`): a connection's
 /// I/O is driven by the runtime of the worker that opened it, so it serves only
@@ -241,6 +267,11 @@ pub struct H2Conn {
     slots: Arc<Slots>,
     /// The cluster's `max_streams_per_connection` when it was opened (0: no limit).
     max_streams: usize,
+    /// Requests it has taken, and the most it may (`max_requests_per_connection`,
+    /// 0: no limit); once it has taken them it takes no more, and the sweep lets it
+    /// go when they have ended.
+    taken: AtomicU64,
+    max_requests: u64,
 }
 
 impl H2Conn {
@@ -253,12 +284,20 @@ impl H2Conn {
         // SeqCst, as the count's changes and the waiting count are: a request that
         // counted itself waiting then finds no room sees the stream's end, or the end
         // sees it waiting (`H2Stream::drop`). (A plain load on x86.)
-        self.is_open() && (max_streams == 0 || self.streams.load(Ordering::SeqCst) < max_streams)
+        self.is_open()
+            && !self.exhausted()
+            && (max_streams == 0 || self.streams.load(Ordering::SeqCst) < max_streams)
+    }
+
+    /// Whether it has taken all the requests it may.
+    fn exhausted(&self) -> bool {
+        self.max_requests != 0 && self.taken.load(Ordering::Relaxed) >= self.max_requests
     }
 
     /// A request's use of the connection, counted until it is dropped.
     fn stream(self: &Arc<Self>) -> H2Stream {
         self.streams.fetch_add(1, Ordering::SeqCst);
+        self.taken.fetch_add(1, Ordering::Relaxed);
         self.used.store(true, Ordering::Relaxed);
         H2Stream {
             sender: self.sender.clone(),
@@ -272,6 +311,9 @@ impl H2Conn {
     /// it), for the request that has waited longest (`Slots::hand_over`). Whether one
     /// was handed over.
     fn pass_on_stream(self: &Arc<Self>) -> bool {
+        if self.exhausted() {
+            return false;
+        }
         let max = if self.max_streams == 0 {
             usize::MAX
         } else {
@@ -285,6 +327,7 @@ impl H2Conn {
         if taken.is_err() {
             return false;
         }
+        self.taken.fetch_add(1, Ordering::Relaxed);
         let stream = H2Stream {
             sender: self.sender.clone(),
             conn: self.clone(),
@@ -410,7 +453,11 @@ impl WorkerPool {
         let now = Instant::now();
         let keep = |c: &&Arc<H2Conn>| {
             let mut since = c.unused_since.lock().unwrap_or_else(|p| p.into_inner());
-            if c.used.swap(false, Ordering::Relaxed) || c.streams.load(Ordering::Relaxed) > 0 {
+            let busy = c.streams.load(Ordering::Relaxed) > 0;
+            if c.exhausted() && !busy {
+                return false;
+            }
+            if c.used.swap(false, Ordering::Relaxed) || busy {
                 *since = None;
                 return c.is_open();
             }
@@ -464,15 +511,18 @@ impl Pool {
     /// not reused (see `reuse_window`).
     pub fn put(
         &self,
-        sender: H1Sender,
+        mut sender: H1Sender,
         home: usize,
-        max_idle_conns: usize,
+        pool: &PoolConfig,
         now: Instant,
         server_timeout: Option<Duration>,
     ) {
-        if sender.is_closed() {
+        sender.carried += 1;
+        let max = pool.max_requests_per_connection;
+        if sender.is_closed() || (max != 0 && sender.carried >= max) {
             return;
         }
+        let max_idle_conns = pool.max_idle_per_endpoint;
         let limit = match server_timeout {
             None => Duration::MAX,
             Some(t) => reuse_window(t),
@@ -864,7 +914,7 @@ impl Cluster {
             }
         });
         Ok(Lease::H1 {
-            sender,
+            sender: H1Sender::new(sender),
             reused: false,
             stale: false,
             home: ep.pool.home(),
@@ -917,6 +967,8 @@ impl Cluster {
             streams: AtomicUsize::new(0),
             slots: ep.pool.slots.clone(),
             max_streams: self.config.pool.max_streams_per_connection,
+            taken: AtomicU64::new(0),
+            max_requests: self.config.pool.max_requests_per_connection,
             used: AtomicBool::new(false),
             unused_since: Mutex::new(None),
         });
@@ -1142,6 +1194,14 @@ fn handshake_failed(ep: &Endpoint) -> impl FnOnce(hyper::Error) -> ProxyError {
 mod tests {
     use super::*;
 
+    /// A pool config keeping 8 idle connections per endpoint.
+    fn eight_idle() -> PoolConfig {
+        PoolConfig {
+            max_idle_per_endpoint: 8,
+            ..PoolConfig::default()
+        }
+    }
+
     #[test]
     fn a_server_announcing_its_idle_timeout_is_spared_a_margin_of_it() {
         let window = |ms| reuse_window(Duration::from_millis(ms)).as_millis();
@@ -1221,7 +1281,13 @@ mod tests {
         // An upgrade cannot use a pooled connection; the request behind it can.
         let mut upgrade = pool.slots.wait_turn(false);
         let mut request = pool.slots.wait_turn(true);
-        pool.put(connection(addr).await, pool.home(), 8, Instant::now(), None);
+        pool.put(
+            connection(addr).await,
+            pool.home(),
+            &eight_idle(),
+            Instant::now(),
+            None,
+        );
         assert!(pool.take_idle(max_idle).is_none(), "pooled for a newcomer");
         assert!(matches!(request.try_recv(), Ok(Freed::Conn { .. })));
         assert!(
@@ -1230,7 +1296,13 @@ mod tests {
         );
         drop((upgrade, queued));
         // Nobody waits: back to the pool.
-        pool.put(connection(addr).await, pool.home(), 8, Instant::now(), None);
+        pool.put(
+            connection(addr).await,
+            pool.home(),
+            &eight_idle(),
+            Instant::now(),
+            None,
+        );
         assert!(pool.take_idle(max_idle).is_some());
     }
 
@@ -1239,7 +1311,7 @@ mod tests {
         let stream = TcpStream::connect(to).await.unwrap();
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
         tokio::spawn(conn);
-        sender
+        H1Sender::new(sender)
     }
 
     /// A listener that accepts connections and holds them open, never answering.
@@ -1263,7 +1335,13 @@ mod tests {
         let max_idle = Duration::from_secs(60);
 
         // This thread is worker 0: it pools a connection its runtime drives.
-        pool.put(connection(addr).await, pool.home(), 8, Instant::now(), None);
+        pool.put(
+            connection(addr).await,
+            pool.home(),
+            &eight_idle(),
+            Instant::now(),
+            None,
+        );
         assert_eq!(pool.idle_connections(), 1);
 
         // Worker 1 does not take it, and pools one of its own.
@@ -1271,7 +1349,13 @@ mod tests {
         let on_worker_1 = workers.handles()[0]
             .spawn(async move {
                 let found = p.take_idle(max_idle).is_some();
-                p.put(connection(addr).await, p.home(), 8, Instant::now(), None);
+                p.put(
+                    connection(addr).await,
+                    p.home(),
+                    &eight_idle(),
+                    Instant::now(),
+                    None,
+                );
                 found
             })
             .await
@@ -1292,7 +1376,13 @@ mod tests {
         let addr = holding_listener().await;
         let pool = Arc::new(Pool::default());
         let max_idle = Duration::from_secs(60);
-        pool.put(connection(addr).await, pool.home(), 8, Instant::now(), None);
+        pool.put(
+            connection(addr).await,
+            pool.home(),
+            &eight_idle(),
+            Instant::now(),
+            None,
+        );
 
         // Worker 1, at the connection limit, borrows worker 0's and is done with it.
         let p = pool.clone();
@@ -1301,7 +1391,7 @@ mod tests {
                 let Some(Lease::H1 { sender, home, .. }) = p.borrow(max_idle, 100) else {
                     panic!("nothing to borrow");
                 };
-                p.put(sender, home, 8, Instant::now(), None);
+                p.put(sender, home, &eight_idle(), Instant::now(), None);
                 (home, p.take_idle(max_idle).is_some())
             })
             .await

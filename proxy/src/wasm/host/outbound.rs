@@ -60,7 +60,7 @@ impl Host for HostState {
                     ep.pool.put(
                         sender,
                         home,
-                        cluster.config.pool.max_idle_per_endpoint,
+                        &cluster.config.pool,
                         Instant::now(),
                         keep_alive,
                     );
