@@ -1202,6 +1202,12 @@ mod tests {
         }
     }
 
+    /// Gives `pool` a new connection to `addr`, as the calling worker's.
+    async fn pool_new(pool: &Pool, addr: std::net::SocketAddr) {
+        let sender = connection(addr).await;
+        pool.put(sender, pool.home(), &eight_idle(), Instant::now(), None);
+    }
+
     #[test]
     fn a_server_announcing_its_idle_timeout_is_spared_a_margin_of_it() {
         let window = |ms| reuse_window(Duration::from_millis(ms)).as_millis();
@@ -1281,13 +1287,7 @@ mod tests {
         // An upgrade cannot use a pooled connection; the request behind it can.
         let mut upgrade = pool.slots.wait_turn(false);
         let mut request = pool.slots.wait_turn(true);
-        pool.put(
-            connection(addr).await,
-            pool.home(),
-            &eight_idle(),
-            Instant::now(),
-            None,
-        );
+        pool_new(&pool, addr).await;
         assert!(pool.take_idle(max_idle).is_none(), "pooled for a newcomer");
         assert!(matches!(request.try_recv(), Ok(Freed::Conn { .. })));
         assert!(
@@ -1296,13 +1296,7 @@ mod tests {
         );
         drop((upgrade, queued));
         // Nobody waits: back to the pool.
-        pool.put(
-            connection(addr).await,
-            pool.home(),
-            &eight_idle(),
-            Instant::now(),
-            None,
-        );
+        pool_new(&pool, addr).await;
         assert!(pool.take_idle(max_idle).is_some());
     }
 
@@ -1335,13 +1329,7 @@ mod tests {
         let max_idle = Duration::from_secs(60);
 
         // This thread is worker 0: it pools a connection its runtime drives.
-        pool.put(
-            connection(addr).await,
-            pool.home(),
-            &eight_idle(),
-            Instant::now(),
-            None,
-        );
+        pool_new(&pool, addr).await;
         assert_eq!(pool.idle_connections(), 1);
 
         // Worker 1 does not take it, and pools one of its own.
@@ -1349,13 +1337,7 @@ mod tests {
         let on_worker_1 = workers.handles()[0]
             .spawn(async move {
                 let found = p.take_idle(max_idle).is_some();
-                p.put(
-                    connection(addr).await,
-                    p.home(),
-                    &eight_idle(),
-                    Instant::now(),
-                    None,
-                );
+                pool_new(&p, addr).await;
                 found
             })
             .await
@@ -1376,13 +1358,7 @@ mod tests {
         let addr = holding_listener().await;
         let pool = Arc::new(Pool::default());
         let max_idle = Duration::from_secs(60);
-        pool.put(
-            connection(addr).await,
-            pool.home(),
-            &eight_idle(),
-            Instant::now(),
-            None,
-        );
+        pool_new(&pool, addr).await;
 
         // Worker 1, at the connection limit, borrows worker 0's and is done with it.
         let p = pool.clone();
